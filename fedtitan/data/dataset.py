@@ -1,0 +1,107 @@
+"""The one dataset type every loader returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fedtitan.errors import DataError
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A classification dataset held in memory, in the layout the models take.
+
+    ``x_*`` are channels-first arrays: ``(N, C, H, W)`` images, ``(N, C, L)`` sequences or
+    ``(N, D)`` vectors, stored compactly (often ``uint8``). :meth:`tensor` turns a selection
+    into a normalised float tensor: ``(x * scale - mean) / std`` with per-channel mean/std.
+    ``groups_*`` hold natural client ids (writer, subject, speaker) when the data has them.
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    classes: tuple[str, ...] = ()
+    groups_train: np.ndarray | None = None
+    groups_test: np.ndarray | None = None
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_arrays(self)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.x_train.shape[1:])
+
+    def split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        if split == "train":
+            return self.x_train, self.y_train
+        if split == "test":
+            return self.x_test, self.y_test
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+
+    def tensor(self, split: str, idx: np.ndarray | slice | None = None) -> torch.Tensor:
+        """Normalised float32 tensor of ``x[idx]`` for ``split`` ('train' or 'test')."""
+        x, _ = self.split(split)
+        sel = x if idx is None else x[idx]
+        return normalise(sel, self.scale, self.mean, self.std)
+
+    def labels(self, split: str, idx: np.ndarray | slice | None = None) -> torch.Tensor:
+        _, y = self.split(split)
+        sel = y if idx is None else y[idx]
+        return torch.as_tensor(np.asarray(sel, dtype=np.int64))
+
+
+def normalise(
+    x: np.ndarray, scale: float, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
+    t = torch.as_tensor(np.ascontiguousarray(x)).to(torch.float32)
+    if scale != 1.0:
+        t = t * scale
+    if len(mean) > 1 and t.ndim >= 2:
+        shape = (1, len(mean)) + (1,) * (t.ndim - 2)
+        m = torch.tensor(mean, dtype=torch.float32).view(shape)
+        s = torch.tensor(std, dtype=torch.float32).view(shape)
+        return (t - m) / s
+    return (t - mean[0]) / std[0]
+
+
+def validate_arrays(ds: Dataset) -> None:
+    """Check shapes, label range and finiteness; raise one clear :class:`DataError`."""
+    name = ds.name
+    for split, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
+        if x.ndim < 2:
+            raise DataError(f"{name}: x_{split} must have a sample axis and features, got shape {x.shape}")
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(
+                f"{name}: y_{split} must be 1-D with one label per sample ({len(x)}), got shape {y.shape}"
+            )
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{name}: labels must be integers 0..num_classes-1, got dtype {y.dtype}")
+        if len(y) and (y.min() < 0 or y.max() >= ds.num_classes):
+            raise DataError(
+                f"{name}: y_{split} has labels in [{y.min()}, {y.max()}] but num_classes is "
+                f"{ds.num_classes}; labels must lie in 0..{ds.num_classes - 1}"
+            )
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            bad = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum())
+            raise DataError(f"{name}: x_{split} has {bad} samples with NaN or inf features; clean them first")
+    if ds.x_train.shape[1:] != ds.x_test.shape[1:]:
+        raise DataError(
+            f"{name}: train and test samples differ in shape: {ds.x_train.shape[1:]} vs {ds.x_test.shape[1:]}"
+        )
+    if len(ds.x_train) == 0:
+        raise DataError(f"{name}: the training split is empty")
+    for split, g, y in (("train", ds.groups_train, ds.y_train), ("test", ds.groups_test, ds.y_test)):
+        if g is not None and len(g) != len(y):
+            raise DataError(f"{name}: groups_{split} has {len(g)} entries for {len(y)} samples")
+    if len(ds.mean) != len(ds.std):
+        raise DataError(f"{name}: normalisation mean and std differ in length")

@@ -1,0 +1,185 @@
+"""Client partitions: iid, dirichlet, shards (k classes per client), natural (by group).
+
+A partition is a list of sorted index arrays, one per client, into the training split.
+All partitioners are deterministic for a given seed and raise :class:`ConfigError` on
+parameters that cannot work.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from fedtitan.errors import ConfigError
+
+Partition = list[np.ndarray]
+
+
+def _check_clients(num_clients: int, n: int) -> None:
+    if num_clients < 1:
+        raise ConfigError(f"num_clients must be >= 1, got {num_clients}")
+    if num_clients > n:
+        raise ConfigError(f"num_clients={num_clients} exceeds the {n} training samples; use at most {n}")
+
+
+def iid(labels: np.ndarray, num_clients: int, seed: int = 0) -> Partition:
+    """Shuffle and cut into ``num_clients`` near-equal parts."""
+    _check_clients(num_clients, len(labels))
+    perm = np.random.default_rng(seed).permutation(len(labels))
+    return [np.sort(p) for p in np.array_split(perm, num_clients)]
+
+
+def dirichlet(
+    labels: np.ndarray,
+    num_clients: int,
+    alpha: float,
+    seed: int = 0,
+    min_samples: int = 1,
+    max_tries: int = 100,
+) -> Partition:
+    """Label-skewed split: for every class, client shares ~ Dirichlet(alpha) (Hsu et al., 2019).
+
+    Redraws (up to ``max_tries``) until every client holds at least ``min_samples``.
+    """
+    if not alpha > 0:
+        raise ConfigError(f"dirichlet alpha must be > 0, got {alpha}")
+    _check_clients(num_clients, len(labels))
+    if min_samples * num_clients > len(labels):
+        raise ConfigError(
+            f"min_samples={min_samples} x {num_clients} clients needs more than the {len(labels)} samples"
+        )
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    order = np.argsort(labels, kind="stable")
+    counts = np.bincount(np.searchsorted(classes, labels), minlength=len(classes))
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    sizes = np.zeros(num_clients, dtype=np.int64)
+    for _ in range(max_tries):
+        props = rng.dirichlet(np.full(num_clients, alpha), size=len(classes))  # (C, K)
+        # Integer split of each class by cumulative proportions, vectorised over classes.
+        cuts = np.floor(np.cumsum(props, axis=1) * counts[:, None]).astype(np.int64)
+        cuts[:, -1] = counts
+        per = np.diff(np.concatenate([np.zeros((len(classes), 1), np.int64), cuts], axis=1), axis=1)
+        sizes = per.sum(axis=0)
+        if sizes.min() >= min_samples:
+            break
+    else:
+        raise ConfigError(
+            f"dirichlet(alpha={alpha}) could not give each of {num_clients} clients >= {min_samples} "
+            f"samples in {max_tries} draws (smallest got {sizes.min()}); raise alpha or lower min_samples"
+        )
+    shuffled = order.copy()
+    for c in range(len(classes)):  # shuffle within class so splits are random members
+        seg = shuffled[starts[c] : starts[c + 1]]
+        rng.shuffle(seg)
+        shuffled[starts[c] : starts[c + 1]] = seg
+    client_of = np.repeat(np.tile(np.arange(num_clients), len(classes)), per.ravel())
+    return [np.sort(shuffled[client_of == k]) for k in range(num_clients)]
+
+
+def shards(labels: np.ndarray, num_clients: int, classes_per_client: int, seed: int = 0) -> Partition:
+    """Each client gets exactly ``classes_per_client`` distinct classes (Titan's FL setting).
+
+    Classes are dealt so that every class is held by a near-equal number of clients (each
+    client takes the least-used classes, ties broken at random), then each class's samples
+    are split evenly among its holders.
+    """
+    classes = np.unique(labels)
+    k = classes_per_client
+    if not 1 <= k <= len(classes):
+        raise ConfigError(f"classes_per_client must be in 1..{len(classes)} (classes in the data), got {k}")
+    _check_clients(num_clients, len(labels))
+    rng = np.random.default_rng(seed)
+    usage = np.zeros(len(classes), dtype=np.int64)
+    holders: list[list[int]] = [[] for _ in classes]
+    for client in range(num_clients):
+        tiebreak = rng.random(len(classes))
+        chosen = np.lexsort((tiebreak, usage))[:k]
+        usage[chosen] += 1
+        for c in chosen:
+            holders[c].append(client)
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for ci, c in enumerate(classes):
+        if not holders[ci]:
+            continue
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        if len(idx) < len(holders[ci]):
+            raise ConfigError(
+                f"class {c} has {len(idx)} samples for {len(holders[ci])} clients; lower num_clients or classes_per_client"
+            )
+        for client, piece in zip(holders[ci], np.array_split(idx, len(holders[ci])), strict=True):
+            parts[client].append(piece)
+    return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def natural(groups: np.ndarray | None, num_clients: int | None = None, seed: int = 0) -> Partition:
+    """One client per natural group (writer, subject, speaker).
+
+    With ``num_clients`` smaller than the number of groups, groups are dealt round-robin in
+    a seeded order so each client holds whole groups; more clients than groups is an error.
+    """
+    if groups is None:
+        raise ConfigError("partition 'natural' needs a dataset with group ids (femnist, uci-har, speech-commands)")
+    uniq, inv = np.unique(groups, return_inverse=True)
+    n_groups = len(uniq)
+    k = n_groups if num_clients is None else num_clients
+    if not 1 <= k <= n_groups:
+        raise ConfigError(f"partition 'natural' supports 1..{n_groups} clients (one per group), got {k}")
+    order = np.random.default_rng(seed).permutation(n_groups) if k < n_groups else np.arange(n_groups)
+    client_of_group = np.empty(n_groups, dtype=np.int64)
+    client_of_group[order] = np.arange(n_groups) % k
+    client_of = client_of_group[inv]
+    return [np.flatnonzero(client_of == c) for c in range(k)]
+
+
+PARTITIONERS = ("iid", "dirichlet", "shards", "natural")
+
+
+def partition(
+    labels: np.ndarray,
+    method: str,
+    num_clients: int,
+    *,
+    seed: int = 0,
+    alpha: float = 0.5,
+    classes_per_client: int = 2,
+    min_samples: int = 1,
+    groups: np.ndarray | None = None,
+) -> Partition:
+    """Dispatch by method name; see the individual partitioners."""
+    if method == "iid":
+        return iid(labels, num_clients, seed)
+    if method == "dirichlet":
+        return dirichlet(labels, num_clients, alpha, seed, min_samples)
+    if method == "shards":
+        return shards(labels, num_clients, classes_per_client, seed)
+    if method == "natural":
+        return natural(groups, num_clients, seed)
+    raise ConfigError(f"unknown partition {method!r}; choose one of {', '.join(PARTITIONERS)}")
+
+
+def summary(parts: Partition, labels: np.ndarray, num_classes: int) -> pd.DataFrame:
+    """Per-client counts and label histogram: one row per client, columns ``n`` and ``class_k``."""
+    hist = np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts])
+    df = pd.DataFrame(hist, columns=[f"class_{c}" for c in range(num_classes)])
+    df.insert(0, "n", hist.sum(axis=1))
+    df.insert(1, "classes", (hist > 0).sum(axis=1))
+    df.index.name = "partition_id"
+    return df
+
+
+def heatmap(df: pd.DataFrame):  # noqa: ANN201 - returns a matplotlib Figure
+    """Seaborn heatmap of a :func:`summary` table (clients x classes)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    counts = df[[c for c in df.columns if c.startswith("class_")]]
+    fig, ax = plt.subplots(figsize=(max(4, 0.4 * counts.shape[1] + 2), max(3, 0.18 * len(df) + 1)))
+    sns.heatmap(counts, ax=ax, cmap="viridis", cbar_kws={"label": "samples"})
+    ax.set_xlabel("class")
+    ax.set_ylabel("client (partition_id)")
+    fig.tight_layout()
+    return fig

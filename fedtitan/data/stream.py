@@ -1,0 +1,139 @@
+"""A client's partition replayed as an on-device data stream.
+
+Each :meth:`DataStream.next` returns the next ``v`` sample indices. A pass over the
+partition is a seeded permutation; every pass reshuffles. Optional noise (Titan, Appendix
+B): a fixed ``feature_noise`` fraction of samples gets Gaussian noise on its features, a
+fixed ``label_noise`` fraction is relabelled to another class. Which samples are noisy, and
+how, is a pure function of (seed, client, sample id), so the same sample is always noisy
+the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedtitan.data.dataset import Dataset
+from fedtitan.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """``v`` streamed samples: normalised inputs, labels, and their ids (training-set indices)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    feature_fraction: float = 0.0
+    feature_sigma: float = 1.0
+    label_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("feature_fraction", "label_fraction"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(f"noise {name} must be in [0, 1], got {v}")
+        if self.feature_sigma < 0:
+            raise ConfigError(f"noise feature_sigma must be >= 0, got {self.feature_sigma}")
+
+
+class DataStream:
+    """Replay ``indices`` of ``dataset``'s training split, ``v`` at a time.
+
+    State is ``(epoch, offset)`` and can be saved/restored with :meth:`state`/:meth:`restore`
+    so a client can resume its stream across rounds.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        indices: np.ndarray,
+        v: int,
+        seed: int,
+        client: int,
+        noise: NoiseSpec | None = None,
+    ) -> None:
+        if v < 1:
+            raise ConfigError(f"stream velocity v must be >= 1, got {v}")
+        if len(indices) == 0:
+            raise ConfigError(f"client {client} has an empty partition; nothing to stream")
+        self.dataset = dataset
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.v = v
+        self.seed = seed
+        self.client = client
+        self.noise = noise or NoiseSpec()
+        self.epoch = 0
+        self.offset = 0
+        self._order = self._permutation(0)
+        self._noisy_features, self._new_labels = self._noise_plan()
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.client, epoch, 0x5EED])
+        return self.indices[rng.permutation(len(self.indices))]
+
+    def _noise_plan(self) -> tuple[np.ndarray, dict[int, int]]:
+        rng = np.random.default_rng([self.seed, self.client, 0xA015E])
+        n = len(self.indices)
+        nf = int(round(self.noise.feature_fraction * n))
+        nl = int(round(self.noise.label_fraction * n))
+        feat = np.sort(rng.choice(self.indices, size=nf, replace=False)) if nf else np.empty(0, np.int64)
+        relabel: dict[int, int] = {}
+        if nl:
+            k = self.dataset.num_classes
+            chosen = rng.choice(self.indices, size=nl, replace=False)
+            shift = rng.integers(1, k, size=nl) if k > 1 else np.zeros(nl, np.int64)
+            for i, s in zip(chosen, shift, strict=True):
+                relabel[int(i)] = int((self.dataset.y_train[i] + s) % k)
+        return feat, relabel
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
+        self._order = self._permutation(self.epoch)
+
+    def next_ids(self, v: int | None = None) -> np.ndarray:
+        v = self.v if v is None else v
+        out = []
+        need = v
+        while need:
+            take = min(need, len(self._order) - self.offset)
+            out.append(self._order[self.offset : self.offset + take])
+            self.offset += take
+            need -= take
+            if self.offset == len(self._order):
+                self.epoch += 1
+                self.offset = 0
+                self._order = self._permutation(self.epoch)
+        return np.concatenate(out)
+
+    def materialise(self, ids: np.ndarray) -> Chunk:
+        """Inputs and (possibly noisy) labels of training samples ``ids``."""
+        x = self.dataset.tensor("train", ids)
+        y = self.dataset.labels("train", ids)
+        if len(self._noisy_features):
+            mask = np.isin(ids, self._noisy_features)
+            for r in np.flatnonzero(mask).tolist():
+                state = np.random.SeedSequence([self.seed, self.client, int(ids[r])]).generate_state(1)
+                g = torch.Generator().manual_seed(int(state[0]))
+                x[r] += self.noise.feature_sigma * torch.randn(x[r].shape, generator=g)
+        if self._new_labels:
+            for row, i in enumerate(ids):
+                new = self._new_labels.get(int(i))
+                if new is not None:
+                    y[row] = new
+        return Chunk(x=x, y=y, ids=ids)
+
+    def next(self, v: int | None = None) -> Chunk:
+        return self.materialise(self.next_ids(v))

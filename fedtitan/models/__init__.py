@@ -1,0 +1,31 @@
+"""Model zoo with a registry by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fedtitan.errors import ConfigError
+from fedtitan.models import zoo
+from fedtitan.models.base import BlockModel
+from fedtitan.models.flops import count_forward_flops, model_flops, param_bytes
+
+MODELS: dict[str, Callable[..., BlockModel]] = {
+    "mlp": zoo.mlp,
+    "cnn": zoo.cnn,
+    "mobilenet_v1": zoo.mobilenet_v1,
+    "mobilenet_v2": zoo.mobilenet_v2,
+    "resnet18": zoo.resnet18,
+    "resnet34": zoo.resnet34,
+    "har_cnn": zoo.har_cnn,
+    "speech_cnn": zoo.speech_cnn,
+}
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **options: object) -> BlockModel:
+    """Build a model by short name for inputs of ``input_shape`` (channels first, no batch)."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    return MODELS[name](tuple(input_shape), num_classes, **options)
+
+
+__all__ = ["MODELS", "BlockModel", "build_model", "count_forward_flops", "model_flops", "param_bytes"]

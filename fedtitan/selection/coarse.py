@@ -1,0 +1,155 @@
+"""Titan's coarse-grained filter: running class estimators + a scored candidate buffer.
+
+The trap (docs/selection.md): with the paper's definitions, ``Rep(x,y) + Div(x,y)`` equals
+``E||f(x')||^2 - ||E f(x')||^2`` for every x of class y, so a literal implementation ranks
+nothing within a class. Here:
+
+* ``Rep(x, y) = -||f(x) - mu_y||^2`` with ``mu_y`` from running sums over every streamed
+  sample of class y (the paper's running-sum estimators);
+* ``Div(x, y) = mean_{b in K_y} ||f(x) - f(b)||^2`` measured against the samples already
+  *kept* for class y, not against the class distribution.
+
+The buffer is rebuilt greedily from (old buffer ∪ new chunk): first the most representative
+sample of each class (so every observed class stays represented while the budget allows),
+then repeatedly the candidate with the highest ``Rep + Div`` given what has been kept so far.
+Since ``Rep + Div`` is then ``2 <f(x), mu_y - mean(K_y)> + const``, each pick pulls the kept
+set towards the class mean from the side where it is thin, a herding-style rule that keeps
+the buffer both representative and spread out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedtitan.data.stream import Chunk
+from fedtitan.errors import ConfigError
+from fedtitan.models.base import BlockModel
+
+
+def coarse_features(model: BlockModel, x: torch.Tensor, n_blocks: int, pool: int) -> np.ndarray:
+    """First ``n_blocks`` block outputs, average-pooled to ``pool`` x ``pool`` (or ``pool`` steps), flattened."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            f = model.features(x, n_blocks)
+    finally:
+        model.train(was)
+    if f.ndim == 4 and pool > 0:
+        f = F.adaptive_avg_pool2d(f, pool)
+    elif f.ndim == 3 and pool > 0:
+        f = F.adaptive_avg_pool1d(f, pool * pool)
+    return f.flatten(1).double().numpy()
+
+
+class CoarseFilter:
+    """Candidate buffer of at most ``budget`` samples with per-class running estimators."""
+
+    def __init__(self, budget: int = 30, n_blocks: int = 1, pool: int = 4) -> None:
+        if budget < 1:
+            raise ConfigError(f"buffer budget must be >= 1, got {budget}")
+        if n_blocks < 1:
+            raise ConfigError(f"coarse n_blocks must be >= 1, got {n_blocks}")
+        self.budget = budget
+        self.n_blocks = n_blocks
+        self.pool = pool
+        self.count: dict[int, int] = {}
+        self.sum_f: dict[int, np.ndarray] = {}
+        self.sum_sq: dict[int, float] = {}
+        self.x: torch.Tensor | None = None
+        self.y = np.zeros(0, dtype=np.int64)
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.f = np.zeros((0, 0))
+        self.last_scores = np.zeros(0)  # diagnostics: final scores of the last pool
+        self.last_pool_y = np.zeros(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def centroid(self, label: int) -> np.ndarray:
+        return self.sum_f[label] / self.count[label]
+
+    def _update_estimators(self, f: np.ndarray, y: np.ndarray) -> None:
+        for c in np.unique(y):
+            rows = y == c
+            c = int(c)
+            self.count[c] = self.count.get(c, 0) + int(rows.sum())
+            self.sum_f[c] = self.sum_f.get(c, 0.0) + f[rows].sum(axis=0)
+            self.sum_sq[c] = self.sum_sq.get(c, 0.0) + float((f[rows] ** 2).sum())
+
+    def observe(self, chunk: Chunk, model: BlockModel) -> None:
+        f_new = coarse_features(model, chunk.x, self.n_blocks, self.pool)
+        y_new = chunk.y.numpy().astype(np.int64)
+        self._update_estimators(f_new, y_new)
+        if self.x is None or len(self.ids) == 0:
+            pool_x, pool_y, pool_ids, pool_f = chunk.x, y_new, chunk.ids, f_new
+        else:
+            pool_x = torch.cat([self.x, chunk.x])
+            pool_y = np.concatenate([self.y, y_new])
+            pool_ids = np.concatenate([self.ids, chunk.ids])
+            pool_f = np.concatenate([self.f, f_new])
+        keep, scores = self._greedy(pool_f, pool_y)
+        self.x = pool_x[torch.as_tensor(keep)]
+        self.y, self.ids, self.f = pool_y[keep], pool_ids[keep], pool_f[keep]
+        self.last_scores, self.last_pool_y = scores, pool_y
+
+    def _greedy(self, f: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of the kept candidates (in pick order) and each candidate's final score."""
+        n = len(y)
+        k = min(self.budget, n)
+        mu = np.stack([self.centroid(int(c)) for c in y])
+        rep = -((f - mu) ** 2).sum(axis=1)
+        sq = (f**2).sum(axis=1)
+        dist = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (f @ f.T), 0.0)
+        same = y[:, None] == y[None, :]
+        chosen = np.zeros(n, dtype=bool)
+        kept_in_class = np.zeros(n)  # for each candidate: #kept of its class
+        dist_sum = np.zeros(n)  # for each candidate: sum of distances to kept of its class
+        order: list[int] = []
+
+        def pick(i: int) -> None:
+            chosen[i] = True
+            order.append(i)
+            mates = same[i]
+            kept_in_class[mates] += 1
+            dist_sum[mates] += dist[i, mates]
+
+        classes, first, counts = np.unique(y, return_index=True, return_counts=True)
+        # Floor: one slot per class (most populous classes first if there are more than k).
+        for ci in np.lexsort((first, -counts))[:k]:
+            rows = np.flatnonzero(y == classes[ci])
+            pick(int(rows[np.argmax(rep[rows])]))
+        while len(order) < k:
+            score = rep + dist_sum / np.maximum(kept_in_class, 1)
+            score[chosen] = -np.inf
+            pick(int(np.argmax(score)))
+        final = rep + dist_sum / np.maximum(kept_in_class, 1)
+        return np.asarray(order, dtype=np.int64), final
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Drop consumed samples (by id) from the buffer."""
+        if self.x is None or len(self.ids) == 0:
+            return
+        keep = ~np.isin(self.ids, ids)
+        self.x = self.x[torch.as_tensor(keep)]
+        self.y, self.ids, self.f = self.y[keep], self.ids[keep], self.f[keep]
+
+    def as_chunk(self) -> Chunk:
+        assert self.x is not None
+        return Chunk(x=self.x, y=torch.as_tensor(self.y), ids=self.ids)
+
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "count": dict(self.count), "sum_f": {k: v.copy() for k, v in self.sum_f.items()},
+            "sum_sq": dict(self.sum_sq), "x": None if self.x is None else self.x.clone(),
+            "y": self.y.copy(), "ids": self.ids.copy(), "f": self.f.copy(),
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.count = dict(state["count"])  # type: ignore[call-overload]
+        self.sum_f = dict(state["sum_f"])  # type: ignore[call-overload]
+        self.sum_sq = dict(state["sum_sq"])  # type: ignore[call-overload]
+        self.x = state["x"]  # type: ignore[assignment]
+        self.y, self.ids, self.f = state["y"], state["ids"], state["f"]  # type: ignore[assignment]

@@ -1,0 +1,72 @@
+"""Optimisers, schedules and one weighted SGD step."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedtitan.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine", "step")
+
+
+def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.0,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def lr_at(base_lr: float, schedule: str, step: int, total: int, decay: float = 0.95,
+          every: int = 100) -> float:
+    """Learning rate at global ``step`` of ``total``.
+
+    ``step``: ``base * decay ** (step // every)`` (Titan: 0.95 per 100 rounds);
+    ``cosine``: cosine annealing to 0 over ``total`` (the pruning paper); ``constant``.
+    """
+    if schedule == "constant":
+        return base_lr
+    if schedule == "step":
+        return base_lr * decay ** (step // max(every, 1))
+    if schedule == "cosine":
+        return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    raise ConfigError(f"unknown lr schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def weighted_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                  weights: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+    """One step on ``sum_i w_i * loss_i`` (mean when ``weights`` is None).
+
+    Returns the weighted loss and the per-sample losses (detached, before the update).
+    """
+    model.train()
+    opt.zero_grad(set_to_none=True)
+    losses = F.cross_entropy(model(x), y, reduction="none")
+    loss = losses.mean() if weights is None else (weights.to(losses.dtype) * losses).sum()
+    loss.backward()
+    opt.step()
+    return float(loss.detach()), losses.detach()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:
+    """(mean loss, accuracy) over a labelled set."""
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for i in range(0, len(y), batch_size):
+        z = model(x[i : i + batch_size])
+        total_loss += float(F.cross_entropy(z, y[i : i + batch_size], reduction="sum"))
+        correct += int((z.argmax(1) == y[i : i + batch_size]).sum())
+    n = max(len(y), 1)
+    return total_loss / n, correct / n

@@ -1,0 +1,91 @@
+"""Static local training over a (pruned) subset, and the warm-up that scores samples.
+
+Algorithm 1 of the pruning paper: T0 warm-up SGD iterations on the full local set, where
+each observed sample's loss (with the weights before that iteration's update, i.e. the same
+forward pass that computes the gradient) is accumulated; scores are normalised by how often
+each sample was observed; then training continues from the warm-up weights on the kept subset.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedtitan.data.dataset import Dataset
+from fedtitan.models.base import BlockModel
+from fedtitan.selection.pruning import normalise_scores
+from fedtitan.training.common import lr_at, make_optimizer, set_lr, weighted_step
+
+
+@dataclass(frozen=True)
+class StaticConfig:
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    schedule: str = "cosine"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class StaticResult:
+    steps: int
+    samples: int
+    mean_loss: float
+    wall_s: float
+
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator, steps: int) -> list[np.ndarray]:
+    """``steps`` minibatches as positions in ``range(n)``: shuffled passes, reshuffled every pass."""
+    out: list[np.ndarray] = []
+    order = rng.permutation(n)
+    pos = 0
+    while len(out) < steps:
+        if pos >= n:
+            order, pos = rng.permutation(n), 0
+        out.append(order[pos : pos + batch_size])
+        pos += batch_size
+    return out
+
+
+def warmup_scores(
+    model: BlockModel, dataset: Dataset, indices: np.ndarray, iterations: int, cfg: StaticConfig,
+    rng: np.random.Generator, unseen: str = "mean",
+) -> tuple[np.ndarray, StaticResult]:
+    """Train ``iterations`` steps on ``indices`` and return per-sample mean warm-up losses."""
+    n = len(indices)
+    loss_sum = np.zeros(n)
+    seen = np.zeros(n, dtype=np.int64)
+    opt = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    t0 = time.perf_counter()
+    total = 0.0
+    for pos in _batches(n, cfg.batch_size, rng, iterations):
+        ids = indices[pos]
+        loss, per = weighted_step(model, opt, dataset.tensor("train", ids), dataset.labels("train", ids))
+        np.add.at(loss_sum, pos, per.double().numpy())
+        np.add.at(seen, pos, 1)
+        total += loss
+    res = StaticResult(iterations, iterations * cfg.batch_size, total / max(iterations, 1), time.perf_counter() - t0)
+    return normalise_scores(loss_sum, seen, unseen), res
+
+
+def train_static(
+    model: BlockModel, dataset: Dataset, indices: np.ndarray, cfg: StaticConfig, rng: np.random.Generator,
+    step_offset: int = 0, total_steps: int | None = None,
+) -> StaticResult:
+    """``cfg.epochs`` epochs of minibatch training over ``indices`` (the kept subset)."""
+    n = len(indices)
+    steps = cfg.epochs * int(np.ceil(n / cfg.batch_size))
+    total = total_steps if total_steps is not None else steps
+    opt = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    t0 = time.perf_counter()
+    loss_total = 0.0
+    for s, pos in enumerate(_batches(n, cfg.batch_size, rng, steps)):
+        set_lr(opt, lr_at(cfg.lr, cfg.schedule, step_offset + s, total))
+        ids = indices[pos]
+        loss, _ = weighted_step(model, opt, dataset.tensor("train", ids), dataset.labels("train", ids))
+        loss_total += loss
+    return StaticResult(steps, steps * cfg.batch_size, loss_total / max(steps, 1), time.perf_counter() - t0)

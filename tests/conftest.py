@@ -1,0 +1,38 @@
+"""Shared fixtures: locate ../shared/data without hard-coded absolute paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared_data() -> Path | None:
+    env = os.environ.get("FEDTITAN_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(ROOT.parent / "shared" / "data")
+    for c in candidates:
+        if (c / "README.md").exists() or (c / "cifar10").exists():
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = _shared_data()
+    if path is None:
+        pytest.skip("../shared/data not found (set FEDTITAN_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep decoded-data caches out of the user's home, but share them across one test session."""
+    monkeypatch.setenv("FEDTITAN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

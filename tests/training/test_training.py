@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+import torch
+
+from fedtitan.data import load_dataset
+from fedtitan.data.stream import DataStream
+from fedtitan.models import build_model
+from fedtitan.selection import SELECTORS, build_selector
+from fedtitan.selection.pruning import prune
+from fedtitan.training import (
+    StaticConfig,
+    StreamingConfig,
+    evaluate,
+    lr_at,
+    train_static,
+    train_streaming,
+    warmup_scores,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _run(ds, method, pipeline, seed=0, steps=4):
+    torch.manual_seed(seed)
+    model = build_model("cnn", ds.input_shape, 10, width=8)
+    stream = DataStream(ds, np.arange(len(ds.y_train)), v=40, seed=seed, client=0)
+    recs = train_streaming(model, stream, build_selector(method),
+                           StreamingConfig(steps=steps, batch_size=8, velocity=40, lr=0.05, pipeline=pipeline),
+                           np.random.default_rng(seed))
+    return model, recs
+
+
+@pytest.mark.parametrize("method", sorted(SELECTORS))
+def test_every_selector_trains_and_is_reproducible(digits, method):
+    m1, r1 = _run(digits, method, pipeline=False)
+    m2, r2 = _run(digits, method, pipeline=False)
+    assert len(r1) == 4 and all(r.selected >= 1 for r in r1)
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # bit-for-bit with the pipeline off
+    assert [r.loss for r in r1] == [r.loss for r in r2]
+
+
+def test_pipeline_runs_concurrently_and_records_times(digits):
+    _, recs = _run(digits, "titan", pipeline=True, steps=5)
+    assert len(recs) == 5
+    assert all(r.train_ms > 0 for r in recs)
+    assert all(r.select_ms > 0 for r in recs[:-1])  # the last step has nothing left to select
+    assert recs[-1].select_ms == 0.0
+    assert "pipeline_fill_ms" in recs[0].info
+
+
+def test_pipeline_uses_one_step_old_weights(digits):
+    """With the pipeline, the batch of step t+1 is chosen with the weights of step t: with
+    one step the two modes train on the same first batch, so they agree exactly."""
+    m_seq, _ = _run(digits, "rs", pipeline=False, steps=1)
+    m_pipe, _ = _run(digits, "rs", pipeline=True, steps=1)
+    for a, b in zip(m_seq.state_dict().values(), m_pipe.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_warmup_scores_and_pruned_training(digits):
+    torch.manual_seed(0)
+    model = build_model("mlp", digits.input_shape, 10)
+    idx = np.arange(200)
+    cfg = StaticConfig(epochs=1, batch_size=20, lr=1e-3)
+    scores, res = warmup_scores(model, digits, idx, iterations=10, cfg=cfg, rng=np.random.default_rng(0))
+    assert res.steps == 10 and scores.shape == (200,) and np.isfinite(scores).all()  # one full epoch
+    kept = prune("warmup-loss", 200, 0.3, scores=scores)
+    assert len(kept) == 60
+    assert scores[kept].min() >= np.delete(scores, kept).max()
+    out = train_static(model, digits, idx[kept], cfg, np.random.default_rng(1))
+    assert out.steps == 3 and out.samples == 60
+
+
+def test_lr_schedules():
+    assert lr_at(0.1, "step", 250, 1000) == pytest.approx(0.1 * 0.95**2)
+    assert lr_at(1.0, "cosine", 0, 10) == pytest.approx(1.0)
+    assert lr_at(1.0, "cosine", 10, 10) == pytest.approx(0.0)
+    assert lr_at(0.3, "constant", 99, 100) == 0.3
+
+
+def test_titan_learns_digits(digits):
+    """A short streaming run beats chance clearly (this test can fail)."""
+    torch.manual_seed(0)
+    model = build_model("mlp", digits.input_shape, 10)
+    stream = DataStream(digits, np.arange(len(digits.y_train)), v=50, seed=0, client=0)
+    train_streaming(model, stream, build_selector("titan", buffer_size=20),
+                    StreamingConfig(steps=150, batch_size=10, velocity=50, lr=0.1), np.random.default_rng(0))
+    _, acc = evaluate(model, digits.tensor("test"), digits.labels("test"))
+    assert acc > 0.6
