@@ -79,11 +79,15 @@ def har_cnn(input_shape: tuple[int, ...], num_classes: int, width: int = 32) -> 
     return BlockModel(blocks, nn.Sequential(nn.AdaptiveAvgPool1d(1), nn.Flatten()), 4 * w, num_classes)
 
 
-def mobilenet_v1(input_shape: tuple[int, ...], num_classes: int, width_mult: float = 1.0) -> BlockModel:
-    """MobileNetV1 (Howard et al., 2017), CIFAR variant: stride-1 stem, 32x32 inputs.
+def mobilenet_v1(input_shape: tuple[int, ...], num_classes: int, width_mult: float = 1.0,
+                 stem_stride: int | None = None) -> BlockModel:
+    """MobileNetV1 (Howard et al., 2017). For inputs up to 64 px the CIFAR variant (stride-1
+    stem); larger inputs get the original stride-2 stem (569 M MACs at 224x224).
 
     Block 1 is the stem conv; then one block per depthwise-separable stage.
     """
+    if stem_stride is None:
+        stem_stride = 1 if input_shape[-1] <= 64 else 2
     def ch(v: int) -> int:
         return max(8, int(v * width_mult))
 
@@ -93,7 +97,7 @@ def mobilenet_v1(input_shape: tuple[int, ...], num_classes: int, width_mult: flo
     cfg = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
     stages = [[0], [1, 2], [3, 4], [5, 6, 7, 8, 9, 10], [11, 12]]
     cin = ch(32)
-    blocks: list[nn.Module] = [_conv_bn(input_shape[0], cin, 3, 1)]
+    blocks: list[nn.Module] = [_conv_bn(input_shape[0], cin, 3, stem_stride)]
     for stage in stages:
         layers = []
         for i in stage:
