@@ -4,8 +4,21 @@ from dataclasses import replace
 import pytest
 
 from fedtitan.devices import (
-    CATALOG, Battery, FleetSpec, MeasuredMeter, adaptive_ratio, affordable_units, check_memory, device_for,
-    device_names, get_profile, load_profiles, profile_toml, static_round, step_time, streaming_round,
+    CATALOG,
+    Battery,
+    FleetSpec,
+    MeasuredMeter,
+    adaptive_ratio,
+    affordable_units,
+    check_memory,
+    device_for,
+    device_names,
+    get_profile,
+    load_profiles,
+    profile_toml,
+    static_round,
+    step_time,
+    streaming_round,
 )
 from fedtitan.devices.budgets import training_memory_bytes
 from fedtitan.devices.cost import coarse_cost, comm_cost, train_cost
