@@ -1,0 +1,77 @@
+"""fedtitan's Flower ClientApp (Message API).
+
+The run config travels in every train/evaluate message (``config`` key of the ConfigRecord),
+so simulated clients and real SuperNodes need nothing but their node config:
+``partition-id``, ``num-partitions`` and optionally ``device`` (catalog name or profile TOML)
+and ``meter`` (``simulated`` or ``measured``). Datasets and models are cached per process;
+the client's persistent state (stream position, selector buffer, pruning subset, battery)
+lives in ``Context.state``.
+"""
+
+from __future__ import annotations
+
+import functools
+import pickle
+from typing import Any, cast
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedtitan.config import Config
+from fedtitan.training.client import client_evaluate, client_round
+
+STATE_KEY = "fedtitan-state"
+
+app = ClientApp()
+
+
+@functools.lru_cache(maxsize=8)
+def _parse(config_json: str) -> Config:
+    return Config.from_json(config_json)
+
+
+def _config(msg: Message) -> tuple[Config, ConfigRecord]:
+    rec = msg.content["config"]
+    assert isinstance(rec, ConfigRecord)
+    return _parse(str(rec["config"])), rec
+
+
+def _load_state(context: Context) -> dict[str, Any]:
+    rec = context.state.config_records.get(STATE_KEY)
+    if rec is None or "blob" not in rec:
+        return {}
+    return pickle.loads(cast(bytes, rec["blob"]))  # noqa: S301 - written by this client itself
+
+
+def _save_state(context: Context, state: dict[str, Any]) -> None:
+    context.state.config_records[STATE_KEY] = ConfigRecord({"blob": pickle.dumps(state)})
+
+
+def _node(context: Context) -> tuple[int, str | None, str | None]:
+    nc = context.node_config
+    device = nc.get("device")
+    meter = nc.get("meter")
+    return int(nc["partition-id"]), (str(device) if device else None), (str(meter) if meter else None)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg, rec = _config(msg)
+    pid, device, meter = _node(context)
+    arrays = msg.content["arrays"]
+    assert isinstance(arrays, ArrayRecord)
+    out = client_round(cfg, pid, arrays.to_torch_state_dict(), _load_state(context), int(cast(int, rec["server-round"])),
+                       device=device, meter=meter)
+    _save_state(context, out.state)
+    content = RecordDict({"arrays": ArrayRecord(out.state_dict), "metrics": MetricRecord(cast(dict[str, Any], out.metrics))})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    cfg, _ = _config(msg)
+    pid, _, _ = _node(context)
+    arrays = msg.content["arrays"]
+    assert isinstance(arrays, ArrayRecord)
+    metrics = client_evaluate(cfg, pid, arrays.to_torch_state_dict())
+    return Message(content=RecordDict({"metrics": MetricRecord(cast(dict[str, Any], metrics))}), reply_to=msg)

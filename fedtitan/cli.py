@@ -1,0 +1,156 @@
+"""``fedtitan`` command line: run, devices, data.
+
+User errors print one line and exit with status 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from fedtitan.errors import FedtitanError
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from fedtitan.config import load_config
+
+    cfg = load_config(args.preset, args.set)
+    out = args.out or f"runs/{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from simulations.run import run
+
+    summary = run(cfg, out, ray_address=args.ray_address, quiet=args.quiet)
+    _print_summary(out, summary)
+    return 0
+
+
+def _print_summary(out: str, summary: dict[str, object]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"fedtitan run: {out}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("rounds", "final_accuracy", "final_loss", "virtual_time_s", "energy_j", "wall_s_total"):
+        v = summary.get(key)
+        table.add_row(key, f"{v:.4g}" if isinstance(v, float) else str(v))
+    Console().print(table)
+    print(f"results: {Path(out) / 'rounds.csv'}, {Path(out) / 'clients.csv'}")
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    from fedtitan.devices import CATALOG, get_profile, profile_toml
+
+    if args.devices_cmd == "list":
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="fedtitan device catalog (effective rates)")
+        for col in ("name", "train GFLOP/s", "select GFLOP/s", "train W", "select W", "idle W", "memory GiB",
+                    "up Mbit/s", "battery kJ"):
+            table.add_column(col, justify="right" if col != "name" else "left")
+        for p in CATALOG.values():
+            table.add_row(p.name, f"{p.train_flops / 1e9:.2f}", f"{p.select_flops / 1e9:.1f}", f"{p.train_w:g}",
+                          f"{p.select_w:g}", f"{p.idle_w:g}", f"{p.memory_bytes / 2**30:.0f}",
+                          f"{p.uplink_bps * 8 / 1e6:.0f}", "-" if p.battery_j is None else f"{p.battery_j / 1e3:.1f}")
+        Console(width=160).print(table)
+        return 0
+    if args.devices_cmd == "show":
+        p = get_profile(args.name)
+        print(profile_toml(p), end="")
+        return 0
+    if args.devices_cmd == "calibrate":
+        from fedtitan.devices.calibrate import calibrate
+
+        prof = calibrate(args.model, args.batch_size, args.seconds, args.name)
+        text = profile_toml(prof)
+        if args.output:
+            Path(args.output).write_text(text)
+            print(f"wrote {args.output}")
+        else:
+            print(text, end="")
+        return 0
+    raise FedtitanError("usage: fedtitan devices {list,show NAME,calibrate}")
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from fedtitan.data import load_dataset, partition, summary
+
+    ds = load_dataset(args.dataset, data_dir=args.data_dir, path=args.path, seed=args.seed)
+    parts = partition(ds.y_train, args.partition, args.num_clients, seed=args.seed, alpha=args.alpha,
+                      classes_per_client=args.classes_per_client, groups=ds.groups_train)
+    df = summary(parts, ds.y_train, ds.num_classes)
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", 200, "display.max_columns", 80, "display.width", 200):
+        print(df)
+    if args.heatmap:
+        from fedtitan.data.partition import heatmap
+
+        heatmap(df).savefig(args.heatmap, dpi=120)
+        print(f"wrote {args.heatmap}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="fedtitan", description="Federated on-device data selection on edge fleets.")
+    ap.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = ap.add_subparsers(dest="cmd")
+    r = sub.add_parser("run", help="run one simulation (Flower + Ray)")
+    r.add_argument("preset", nargs="?", default="quickstart", help="preset name or TOML file (default: quickstart)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    r.add_argument("--out", help="output directory (default: runs/NAME-TIMESTAMP)")
+    r.add_argument("--ray-address", help="attach to an existing Ray cluster (e.g. auto or HOST:6379)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar or client logs")
+    r.set_defaults(func=_cmd_run)
+
+    d = sub.add_parser("devices", help="device catalog and calibration")
+    dsub = d.add_subparsers(dest="devices_cmd")
+    dsub.add_parser("list", help="table of the catalog")
+    show = dsub.add_parser("show", help="one profile as TOML")
+    show.add_argument("name")
+    cal = dsub.add_parser("calibrate", help="measure this machine and write a profile TOML")
+    cal.add_argument("--model", default="cnn")
+    cal.add_argument("--batch-size", type=int, default=32)
+    cal.add_argument("--seconds", type=float, default=5.0)
+    cal.add_argument("--name", default="this-machine")
+    cal.add_argument("--output", "-o")
+    d.set_defaults(func=_cmd_devices)
+
+    da = sub.add_parser("data", help="datasets and partitions")
+    dasub = da.add_subparsers(dest="data_cmd")
+    sm = dasub.add_parser("summary", help="per-client counts and label histogram")
+    sm.add_argument("dataset")
+    sm.add_argument("--path", help="npz file for dataset 'npz'")
+    sm.add_argument("--data-dir")
+    sm.add_argument("--partition", default="dirichlet")
+    sm.add_argument("--num-clients", type=int, default=15)
+    sm.add_argument("--alpha", type=float, default=0.5)
+    sm.add_argument("--classes-per-client", type=int, default=2)
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--heatmap", help="write a seaborn heatmap (PNG/PDF) to this path")
+    da.set_defaults(func=_cmd_data)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cmd is None:
+        args = parser.parse_args(["run", *(argv or [])])
+    try:
+        return int(args.func(args))
+    except FedtitanError as exc:
+        if args.debug:
+            raise
+        print(f"fedtitan: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedtitan: interrupted; finished rounds are on disk", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,288 @@
+"""The run configuration: one validated object, built in one place from a TOML preset plus
+``key=value`` overrides. Every error is one line naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedtitan.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunSection(_Section):
+    seed: int = 0
+    rounds: int = Field(10, ge=1)
+    pipeline: bool = False
+    name: str = "run"
+
+
+class DataSection(_Section):
+    dataset: str = "digits"
+    path: str | None = None
+    data_dir: str | None = None
+    partition: Literal["iid", "dirichlet", "shards", "natural"] = "dirichlet"
+    alpha: float = Field(0.5, gt=0)
+    classes_per_client: int = Field(2, ge=1)
+    num_clients: int = Field(15, ge=1)
+    min_samples: int = Field(10, ge=1)
+    feature_noise: float = Field(0.0, ge=0, le=1)
+    feature_sigma: float = Field(1.0, ge=0)
+    label_noise: float = Field(0.0, ge=0, le=1)
+
+
+class ModelSection(_Section):
+    name: str = "cnn"
+    width: int | None = Field(None, ge=1)
+
+
+class SelectionSection(_Section):
+    method: str = "titan"
+    batch_size: int = Field(10, ge=1)
+    velocity: int = Field(100, ge=1)
+    local_steps: int = Field(3, ge=1)
+    buffer_size: int = Field(30, ge=1)
+    n_blocks: int = Field(1, ge=1)
+    pool: int = Field(4, ge=0)
+    weighting: bool = True
+    lr: float = Field(0.1, gt=0)
+    lr_decay: float = Field(0.95, gt=0, le=1)
+    lr_decay_every: int = Field(100, ge=1)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> SelectionSection:
+        if self.velocity < self.batch_size:
+            raise ValueError(f"selection.velocity ({self.velocity}) must be >= selection.batch_size ({self.batch_size})")
+        if self.method == "titan" and self.buffer_size < self.batch_size:
+            raise ValueError(
+                f"selection.buffer_size ({self.buffer_size}) must be >= selection.batch_size ({self.batch_size})"
+            )
+        return self
+
+
+class PruningSection(_Section):
+    method: Literal["none", "warmup-loss", "random", "full"] = "none"
+    ratio: float = 1.0
+    adaptive: bool = False
+    warmup_epochs: float = Field(1.0, gt=0)
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["sgd", "adam"] = "adam"
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    unseen: Literal["mean", "keep", "drop"] = "mean"
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio(cls, v: float) -> float:
+        if not (math.isfinite(v) and 0 < v <= 1):
+            raise ValueError("must be in (0, 1] (the fraction of data kept)")
+        return v
+
+
+class ServerSection(_Section):
+    fraction: float = Field(0.2, gt=0, le=1)
+    min_clients: int = Field(1, ge=1)
+    policy: Literal["wait-all", "deadline", "first-k"] = "wait-all"
+    deadline_s: float | None = Field(None, gt=0)
+    over_commit: float = Field(0.0, ge=0, le=2)
+    eval_every: int = Field(1, ge=1)
+    eval_samples: int = Field(2000, ge=1)
+    target_accuracy: float | None = Field(None, gt=0, le=1)
+    timeout_s: float = Field(600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _deadline(self) -> ServerSection:
+        if self.policy == "deadline" and self.deadline_s is None:
+            raise ValueError("server.policy='deadline' needs server.deadline_s")
+        return self
+
+
+class FleetSection(_Section):
+    mix: dict[str, float] = Field(default_factory=lambda: {"jetson-nano-10w": 0.4, "orin-nano": 0.3, "rpi4": 0.3})
+    devices: list[str] = Field(default_factory=list)
+    variation: float = Field(0.05, ge=0, lt=1)
+    profiles: str | None = None
+    meter: Literal["simulated", "measured"] = "simulated"
+
+
+class SimulationSection(_Section):
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    ray_address: str | None = None
+
+
+class FaultSection(_Section):
+    """Injected faults for testing robustness (fractions of client calls, seeded)."""
+
+    exception: float = Field(0.0, ge=0, le=1)
+    nan: float = Field(0.0, ge=0, le=1)
+    slow: float = Field(0.0, ge=0, le=1)
+    slow_factor: float = Field(5.0, ge=1)
+
+
+class Config(_Section):
+    run: RunSection = RunSection()
+    data: DataSection = DataSection()
+    model: ModelSection = ModelSection()
+    selection: SelectionSection = SelectionSection()
+    pruning: PruningSection = PruningSection()
+    server: ServerSection = ServerSection()
+    fleet: FleetSection = FleetSection()
+    simulation: SimulationSection = SimulationSection()
+    faults: FaultSection = FaultSection()
+
+    @property
+    def regime(self) -> str:
+        """``streaming`` (a selector each step) or ``static`` (a one-shot pruner then epochs)."""
+        return "streaming" if self.pruning.method == "none" else "static"
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        return cls.model_validate(json.loads(text))
+
+
+# ---------------------------------------------------------------------------- building
+
+PRESET_DIR = "presets"
+
+
+def preset_names() -> list[str]:
+    root = resources.files("simulations") / PRESET_DIR
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def _read_preset(name_or_path: str) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if name_or_path.endswith(".toml") or path.exists():
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        text = path.read_text()
+    else:
+        res = resources.files("simulations") / PRESET_DIR / f"{name_or_path}.toml"
+        if not res.is_file():
+            close = difflib.get_close_matches(name_or_path, preset_names(), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown preset {name_or_path!r}{hint} Presets: {', '.join(preset_names())}")
+        text = res.read_text()
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{name_or_path} is not valid TOML: {exc}") from None
+
+
+def _parse_value(key: str, raw: str) -> Any:
+    """``key=value`` values: TOML scalars/arrays/tables, ``a:0.4,b:0.6`` for mixes, bare strings."""
+    if key.endswith(".mix") and ":" in raw and not raw.lstrip().startswith("{"):
+        out = {}
+        for part in raw.split(","):
+            name, _, frac = part.partition(":")
+            try:
+                out[name.strip()] = float(frac)
+            except ValueError:
+                raise ConfigError(f"{key}: bad mix entry {part!r}; write name:fraction,name:fraction") from None
+        return out
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        if "," in raw and key.endswith((".devices",)):
+            return [s.strip() for s in raw.split(",")]
+        return raw
+
+
+def _known_keys() -> list[str]:
+    keys = []
+    for section, field in Config.model_fields.items():
+        sub = field.annotation
+        for name in sub.model_fields:  # type: ignore[union-attr]
+            keys.append(f"{section}.{name}")
+    return keys
+
+
+def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    known = _known_keys()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. run.rounds=5)")
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r}{hint}")
+        section, name = key.split(".", 1)
+        doc.setdefault(section, {})[name] = _parse_value(key, raw.strip())
+    return doc
+
+
+def _format_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+    msg = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(loc, _known_keys(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"unknown config key {loc!r}{hint}"
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"config {loc or 'value'}: {msg}{shown}"
+
+
+def validate(doc: dict[str, Any]) -> Config:
+    try:
+        cfg = Config.model_validate(doc)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+    _check_names(cfg)
+    return cfg
+
+
+def _check_names(cfg: Config) -> None:
+    from fedtitan.data.loaders import LOADERS
+    from fedtitan.devices.catalog import CATALOG, load_profiles
+    from fedtitan.models import MODELS
+    from fedtitan.selection import SELECTORS
+
+    def choose(key: str, value: str, allowed: list[str]) -> None:
+        if value not in allowed:
+            close = difflib.get_close_matches(value, allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"config {key}: unknown value {value!r}{hint} Allowed: {', '.join(allowed)}")
+
+    choose("data.dataset", cfg.data.dataset, [*LOADERS, "npz"])
+    choose("model.name", cfg.model.name, list(MODELS))
+    choose("selection.method", cfg.selection.method, list(SELECTORS))
+    if cfg.data.dataset == "npz" and not cfg.data.path:
+        raise ConfigError("config data.path: dataset 'npz' needs data.path pointing at your .npz file")
+    extra = load_profiles(cfg.fleet.profiles) if cfg.fleet.profiles else {}
+    names = list(CATALOG) + list(extra)
+    for name, frac in cfg.fleet.mix.items():
+        choose("fleet.mix", name, names)
+        if not frac > 0:
+            raise ConfigError(f"config fleet.mix: fraction for {name!r} must be > 0, got {frac}")
+    for name in cfg.fleet.devices:
+        choose("fleet.devices", name, names)
+    if not cfg.fleet.mix and not cfg.fleet.devices:
+        raise ConfigError("config fleet: give fleet.mix (name:fraction,...) or fleet.devices")
+    if cfg.data.partition == "shards" and cfg.data.classes_per_client < 1:
+        raise ConfigError("config data.classes_per_client must be >= 1")
+
+
+def load_config(preset: str | None = "quickstart", overrides: list[str] | None = None) -> Config:
+    """Preset name or TOML path, then ``key=value`` overrides; validated."""
+    doc = _read_preset(preset) if preset else {}
+    return validate(apply_overrides(doc, list(overrides or [])))

@@ -1,0 +1,91 @@
+"""Run directories: resolved config, versions, and tidy CSV tables written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fedtitan.errors import FedtitanError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder + rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def prepare_dir(out: str | Path) -> Path:
+    """Create the output folder and prove it is writable, before any work starts."""
+    path = Path(out).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise FedtitanError(f"cannot write to output directory {path}: {exc.strerror or exc}; "
+                            "choose another --out") from None
+    return path
+
+
+def versions() -> dict[str, str]:
+    import flwr
+    import numpy
+    import torch
+
+    import fedtitan
+
+    out = {"fedtitan": fedtitan.__version__, "python": platform.python_version(), "torch": torch.__version__,
+           "numpy": numpy.__version__, "pandas": pd.__version__, "flwr": getattr(flwr, "__version__", "?")}
+    try:
+        import ray
+
+        out["ray"] = ray.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return res.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class RunWriter:
+    """Keeps ``rounds.csv`` and ``clients.csv`` of one run up to date, atomically, per round."""
+
+    def __init__(self, out: str | Path) -> None:
+        self.dir = prepare_dir(out)
+        self.rounds: list[dict[str, Any]] = []
+        self.clients: list[dict[str, Any]] = []
+
+    def write_config(self, config_json: str, seed: int) -> None:
+        atomic_write_text(self.dir / "config.json", json.dumps(json.loads(config_json), indent=2) + "\n")
+        meta = {"seed": seed, "versions": versions(), "git_commit": git_commit(), "host": platform.node()}
+        atomic_write_text(self.dir / "meta.json", json.dumps(meta, indent=2) + "\n")
+
+    def add_round(self, row: dict[str, Any], client_rows: list[dict[str, Any]]) -> None:
+        self.rounds.append(row)
+        self.clients.extend(client_rows)
+        atomic_write_text(self.dir / "clients.csv", pd.DataFrame(self.clients).to_csv(index=False))
+        atomic_write_text(self.dir / "rounds.csv", pd.DataFrame(self.rounds).to_csv(index=False))
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")

@@ -1,0 +1,84 @@
+"""Run one simulation: Flower's simulation engine on Ray, with a progress bar."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from fedtitan.config import Config
+from fedtitan.errors import FedtitanError
+from fedtitan.results import prepare_dir
+
+
+def _progress(cfg: Config, quiet: bool) -> tuple[Any, Any]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("acc {task.fields[acc]}  virtual {task.fields[vt]}"), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), disable=quiet)
+    task = prog.add_task(cfg.run.name, total=cfg.run.rounds, acc="-", vt="0 s")
+
+    def update(row: dict[str, Any]) -> None:
+        acc = row["accuracy"]
+        prog.update(task, advance=1, acc="-" if math.isnan(acc) else f"{acc:.3f}", vt=f"{row['virtual_time_s']:.0f} s")
+
+    return prog, update
+
+
+def run(cfg: Config, out: str | Path, ray_address: str | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Simulate ``cfg`` with ``data.num_clients`` virtual SuperNodes; results go to ``out``."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    out_dir = prepare_dir(out)
+    from clients.client_app import app as client_app
+
+    # Fail fast on data problems in this process, before Ray starts.
+    from fedtitan.training.client import setup_for
+    from strategies.server_app import make_server_app
+
+    setup_for(cfg)
+    import ray
+    from flwr.simulation import run_simulation
+
+    prog, update = _progress(cfg, quiet)
+    summary: dict[str, Any] = {}
+
+    def on_round(row: dict[str, Any]) -> None:
+        update(row)
+
+    server_app = make_server_app(cfg, out_dir, on_round)
+    address = ray_address or cfg.simulation.ray_address
+    init_args: dict[str, Any] = {"include_dashboard": False, "log_to_driver": not quiet}
+    if address:
+        init_args["address"] = address
+    backend = {"client_resources": {"num_cpus": cfg.simulation.num_cpus, "num_gpus": cfg.simulation.num_gpus},
+               "init_args": init_args}
+    for name in ("flwr", "ray"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    t0 = time.perf_counter()
+    try:
+        with prog:
+            run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.data.num_clients,
+                           backend_name="ray", backend_config=backend)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    summary_path = out_dir / "summary.json"
+    if not summary_path.exists():
+        raise FedtitanError(f"the simulation ended without finishing (see the log above); partial results in {out_dir}")
+    import json
+
+    summary = json.loads(summary_path.read_text())
+    summary["wall_s_total"] = time.perf_counter() - t0
+    return summary

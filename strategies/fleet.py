@@ -1,0 +1,99 @@
+"""The server's policy, kept free of training logic: seeded sampling, deadline policies, the
+virtual clock, and FedAvg over the included finite updates."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class ClientResult:
+    """One client's reply in a round (or its failure)."""
+
+    node_id: int
+    status: str  # ok, reduced, declined, unavailable, failed, nonfinite, straggler
+    metrics: dict[str, float] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] | None = None
+    error: str = ""
+
+    @property
+    def time_s(self) -> float:
+        """Seconds on the virtual clock: measured wall time for measured devices, else simulated."""
+        if self.metrics.get("measured", 0.0) >= 0.5:
+            return float(self.metrics.get("wall_s", 0.0))
+        return float(self.metrics.get("sim_time_s", 0.0))
+
+    @property
+    def trained(self) -> bool:
+        return self.status in ("ok", "reduced")
+
+
+@dataclass(frozen=True)
+class FleetPolicy:
+    fraction: float
+    min_clients: int
+    policy: str = "wait-all"  # wait-all | deadline | first-k
+    deadline_s: float | None = None
+    over_commit: float = 0.0
+    seed: int = 0
+
+    def target(self, available: int) -> int:
+        return min(available, max(self.min_clients, int(round(self.fraction * available))))
+
+    def sample(self, node_ids: list[int], server_round: int) -> list[int]:
+        """Seeded by (seed, round) over the sorted node ids; first-k over-commits."""
+        nodes = sorted(node_ids)
+        k = self.target(len(nodes))
+        if self.policy == "first-k":
+            k = min(len(nodes), math.ceil(k * (1.0 + self.over_commit)))
+        rng = np.random.default_rng([self.seed, server_round, 0x5A3B1E])
+        picks = rng.choice(len(nodes), size=k, replace=False)  # indices: node ids can exceed int64
+        return sorted(nodes[int(i)] for i in picks)
+
+    def include(self, results: list[ClientResult], sampled: int) -> tuple[list[ClientResult], float]:
+        """Mark stragglers, return (included results, round duration on the virtual clock)."""
+        trained = [r for r in results if r.trained]
+        others = [r for r in results if not r.trained and r.status != "failed"]
+        waited = max([r.time_s for r in trained + others], default=0.0)
+        if self.policy == "deadline" and self.deadline_s is not None:
+            late = [r for r in trained if r.time_s > self.deadline_s]
+            for r in late:
+                r.status = "straggler"
+            included = [r for r in trained if r.status != "straggler"]
+            return included, (self.deadline_s if late else waited)
+        if self.policy == "first-k":
+            k = self.target(round(sampled / (1.0 + self.over_commit)))
+            ordered = sorted(trained, key=lambda r: (r.time_s, r.node_id))
+            for r in ordered[k:]:
+                r.status = "straggler"
+            included = ordered[:k]
+            return included, (included[-1].time_s if included else waited)
+        return trained, waited
+
+
+def fedavg(results: list[ClientResult]) -> dict[str, np.ndarray]:
+    """Weighted mean by ``num-examples`` (equal weights if all are zero)."""
+    weights = np.array([max(r.metrics.get("num-examples", 0.0), 0.0) for r in results], dtype=np.float64)
+    if weights.sum() <= 0:
+        weights = np.ones(len(results))
+    weights = weights / weights.sum()
+    out: dict[str, np.ndarray] = {}
+    first = results[0].arrays
+    assert first is not None
+    for key, ref in first.items():
+        if not np.issubdtype(ref.dtype, np.floating):
+            out[key] = ref.copy()  # e.g. BatchNorm's num_batches_tracked
+            continue
+        acc = np.zeros(ref.shape, dtype=np.float64)
+        for w, r in zip(weights, results, strict=True):
+            assert r.arrays is not None
+            acc += w * r.arrays[key]
+        out[key] = acc.astype(ref.dtype)
+    return out
+
+
+def finite(arrays: dict[str, np.ndarray]) -> bool:
+    return all(np.isfinite(a).all() for a in arrays.values() if np.issubdtype(a.dtype, np.floating))
