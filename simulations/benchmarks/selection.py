@@ -1,0 +1,86 @@
+"""Selection cost on one thread; prints one JSON object.
+
+    python -m simulations.benchmarks.selection [--repeats 20]
+
+Per model (small CNN and MobileNetV1, 32x32 inputs): the first-block forward alone per sample
+(the floor of the coarse filter), the coarse filter per sample (forward + estimators + greedy
+buffer), the fine stage per round (C-IS over a 30-sample buffer, its forward included), and
+the C-IS arithmetic alone. Targets (issue 3): coarse <= 2x its forward floor and
+<= 0.2 ms/sample on MobileNetV1; cis_math_ms <= 1 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from fedtitan.data.stream import Chunk
+from fedtitan.models import build_model
+from fedtitan.selection.cis import cis_draw
+from fedtitan.selection.coarse import CoarseFilter
+from fedtitan.selection.lastlayer import head_stats
+
+
+def _best_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def bench(model_name: str, repeats: int, v: int = 100, buffer: int = 30, batch: int = 10) -> dict[str, float | str]:
+    torch.manual_seed(0)
+    model = build_model(model_name, (3, 32, 32), 10).eval()
+    rng = np.random.default_rng(0)
+    chunks = [Chunk(torch.randn(v, 3, 32, 32), torch.as_tensor(rng.integers(0, 10, v)), np.arange(i * v, (i + 1) * v))
+              for i in range(repeats + 2)]
+    it = iter(range(10**9))
+
+    def forward_floor() -> None:
+        with torch.no_grad():
+            model.features(chunks[0].x, 1)
+
+    flt = CoarseFilter(buffer, 1, 4)
+
+    def coarse() -> None:
+        flt.observe(chunks[next(it) % len(chunks)], model)
+
+    floor_ms = _best_ms(forward_floor, repeats)
+    coarse_ms = _best_ms(coarse, repeats)
+    buf = flt.as_chunk()
+
+    def fine() -> None:
+        s = head_stats(model, buf.x, buf.y)
+        cis_draw(buf.y.numpy(), s.grad_norms, s.gram(), batch, rng)
+
+    stats = head_stats(model, buf.x, buf.y)
+    norms, gram, labels = stats.grad_norms, stats.gram(), buf.y.numpy()
+    return {
+        "model": model_name,
+        "first_block_forward_ms_per_sample": floor_ms / v,
+        "coarse_ms_per_sample": coarse_ms / v,
+        "coarse_over_floor": coarse_ms / floor_ms,
+        "fine_ms_per_round": _best_ms(fine, repeats),
+        "cis_math_ms": _best_ms(lambda: cis_draw(labels, norms, gram, batch, rng), repeats),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=20)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    out = {"threads": torch.get_num_threads(), "v": 100, "buffer": 30, "batch": 10,
+           "results": [bench(m, args.repeats) for m in ("cnn", "mobilenet_v1")]}
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
