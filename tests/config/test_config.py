@@ -1,0 +1,54 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedtitan.config import _known_keys, load_config, preset_names
+from fedtitan.errors import ConfigError
+
+
+def test_presets_validate():
+    assert {"quickstart", "titan-fl-cifar10", "pruning-cifar10", "har"} <= set(preset_names())
+    for name in preset_names():
+        load_config(name)
+    cfg = load_config("titan-fl-cifar10")
+    assert (cfg.data.num_clients, cfg.data.classes_per_client, cfg.server.fraction) == (50, 5, 0.2)
+    assert (cfg.selection.local_steps, cfg.selection.batch_size, cfg.selection.velocity) == (3, 10, 100)
+    assert cfg.selection.buffer_size == 30 and cfg.selection.n_blocks == 1
+
+
+def test_required_override_keys_exist():
+    need = ["run.seed", "run.rounds", "data.dataset", "data.path", "data.partition", "data.alpha",
+            "data.num_clients", "model.name", "selection.method", "pruning.method", "pruning.ratio",
+            "server.fraction", "fleet.mix"]
+    assert set(need) <= set(_known_keys())
+    cfg = load_config("quickstart", ["run.seed=4", "pruning.method=random", "pruning.ratio=0.3",
+                                     "fleet.mix=rpi4:1", "data.partition=iid"])
+    assert cfg.run.seed == 4 and cfg.regime == "static" and cfg.fleet.mix == {"rpi4": 1.0}
+
+
+@pytest.mark.parametrize("override,message", [
+    ("run.roundz=3", "did you mean 'run.rounds'"),
+    ("pruning.ratio=0", r"pruning.ratio: must be in \(0, 1\]"),
+    ("data.alpha=-1", "data.alpha"),
+    ("selection.velocity=5", "velocity"),
+    ("fleet.mix=nano:1", "fleet.mix"),
+    ("model.name=vgg", "model.name"),
+    ("server.policy=deadline", "deadline_s"),
+    ("norunkey", "key=value"),
+    ("data.dataset=npz", "data.path"),
+])
+def test_bad_overrides_give_one_line(override, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config("quickstart", [override])
+    assert "\n" not in str(info.value)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(_known_keys()), st.one_of(st.integers(-5, 10**6), st.floats(allow_nan=True),
+                                                 st.text(max_size=12), st.booleans()))
+def test_validation_never_crashes(key, value):
+    raw = str(value).lower() if isinstance(value, bool) else str(value)
+    try:
+        load_config("quickstart", [f"{key}={raw}"])
+    except ConfigError:
+        pass
