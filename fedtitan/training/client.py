@@ -130,7 +130,8 @@ def _base_metrics(partition_id: int, profile: DeviceProfile, n_examples: int) ->
     return {
         "num-examples": float(n_examples), "partition_id": float(partition_id),
         "device_id": float(DEVICE_IDS.get(profile.name, -1)), "train_loss": 0.0, "sim_time_s": 0.0,
-        "sim_energy_j": 0.0, "sim_train_s": 0.0, "sim_select_s": 0.0, "sim_comm_s": 0.0, "train_wall_ms": 0.0,
+        "sim_energy_j": 0.0, "sim_train_s": 0.0, "sim_select_s": 0.0, "sim_comm_s": 0.0, "sim_train_j": 0.0,
+        "sim_select_j": 0.0, "sim_comm_j": 0.0, "sim_idle_j": 0.0, "train_wall_ms": 0.0,
         "select_wall_ms": 0.0, "sync_wall_ms": 0.0, "streamed": 0.0, "selected": 0.0, "steps": 0.0, "rho": 1.0,
         "status": float(STATUS["ok"]), "measured": 0.0, "wall_s": 0.0, "energy_j": 0.0,
         "energy_available": 1.0, "battery_j": -1.0,
@@ -240,7 +241,9 @@ def _streaming(cfg: Config, setup: Setup, pid: int, profile: DeviceProfile, stat
         "train_loss": float(np.mean([r.loss for r in records])),
         "sim_time_s": cost.time_s, "sim_energy_j": cost.energy_j,
         "sim_train_s": cost.phases["train"].time_s, "sim_select_s": cost.phases["select"].time_s,
-        "sim_comm_s": cost.phases["comm"].time_s,
+        "sim_comm_s": cost.phases["comm"].time_s, "sim_train_j": cost.phases["train"].energy_j,
+        "sim_select_j": cost.phases["select"].energy_j, "sim_comm_j": cost.phases["comm"].energy_j,
+        "sim_idle_j": cost.phases["idle"].energy_j,
         "train_wall_ms": float(sum(r.train_ms for r in records)),
         "select_wall_ms": float(sum(r.select_ms for r in records) + records[0].info.get("pipeline_fill_ms", 0.0)),
         "sync_wall_ms": float(sum(r.sync_ms for r in records)),
@@ -292,6 +295,8 @@ def _static(cfg: Config, setup: Setup, pid: int, profile: DeviceProfile, state: 
         "num-examples": float(len(use)), "train_loss": res.mean_loss, "sim_time_s": cost.time_s,
         "sim_energy_j": cost.energy_j, "sim_train_s": cost.phases["train"].time_s + cost.phases["warmup"].time_s,
         "sim_comm_s": cost.phases["comm"].time_s, "train_wall_ms": res.wall_s * 1e3, "steps": float(res.steps),
+        "sim_train_j": cost.phases["train"].energy_j + cost.phases["warmup"].energy_j,
+        "sim_comm_j": cost.phases["comm"].energy_j, "sim_idle_j": cost.phases["idle"].energy_j,
         "selected": float(res.samples), "streamed": float(warmup_samples),
     })
 

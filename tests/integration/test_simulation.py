@@ -44,6 +44,8 @@ def test_streaming_titan_run_and_reproducible(tmp_path):
     pd.testing.assert_frame_equal(ca.sort_values(key)[key + ["sim_time_s", "train_loss"]].reset_index(drop=True),
                                   cb.sort_values(key)[key + ["sim_time_s", "train_loss"]].reset_index(drop=True))
     assert (ca.status == "ok").all() and (ca.selected > 0).all()
+    phases = ca.sim_train_j + ca.sim_select_j + ca.sim_comm_j + ca.sim_idle_j
+    assert phases.values == pytest.approx(ca.sim_energy_j.values)
 
 
 def test_pruning_run(tmp_path):
