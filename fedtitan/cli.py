@@ -39,6 +39,57 @@ def _print_summary(out: str, summary: dict[str, object]) -> None:
     print(f"results: {Path(out) / 'rounds.csv'}, {Path(out) / 'clients.csv'}")
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from simulations.sweep import sweep
+
+    out = args.out or f"sweeps/{Path(args.preset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    root, specs = sweep(args.preset, args.grid, args.seeds, args.set, out, ray_address=args.ray_address,
+                        quiet=args.quiet)
+    print(f"sweep: {len(specs)} runs in {root} (index.csv)")
+    if not args.no_report:
+        return _report(root, args.target)
+    return 0
+
+
+def _report(root: Path, target: float | None) -> int:
+    from fedtitan.results.report import build_report
+
+    path, table = build_report(root, target)
+    import pandas as pd
+
+    with pd.option_context("display.max_columns", 30, "display.width", 200, "display.float_format", "{:.4g}".format):
+        print(table.to_string(index=False))
+    print(f"report: {path}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    return _report(Path(args.dir), args.target)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from fedtitan.results import analysis, plots
+
+    rounds, clients, params = analysis.load_sweep(args.dir)
+    varying = [p for p in params if rounds[p].nunique() > 1]
+    if args.kind == "accuracy-time":
+        hue = None
+        if varying:
+            rounds = rounds.assign(group=rounds[varying].astype(str).agg(" ".join, axis=1))
+            hue = "group"
+        fig = plots.accuracy_vs_time(rounds, hue, target=args.target)
+    elif args.kind == "tiers":
+        fig = plots.tier_costs(analysis.tier_costs(clients, []))
+    else:
+        if "pruning.ratio" not in varying:
+            raise FedtitanError("plot accuracy-ratio needs a sweep over pruning.ratio")
+        by = ["pruning.method", "pruning.ratio"] if "pruning.method" in rounds.columns else ["pruning.ratio"]
+        fig = plots.accuracy_vs_ratio(analysis.final_accuracy(rounds, by))
+    fig.savefig(args.output, dpi=150)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def _cmd_devices(args: argparse.Namespace) -> int:
     from fedtitan.devices import CATALOG, get_profile, profile_toml
 
@@ -104,6 +155,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ray-address", help="attach to an existing Ray cluster (e.g. auto or HOST:6379)")
     r.add_argument("--quiet", action="store_true", help="no progress bar or client logs")
     r.set_defaults(func=_cmd_run)
+
+    sw = sub.add_parser("sweep", help="grid x seeds of simulations, resumable, then a report")
+    sw.add_argument("preset", help="preset name or TOML file")
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="a swept config key")
+    sw.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per grid point")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a fixed override")
+    sw.add_argument("--out", help="sweep folder (default: sweeps/PRESET-TIMESTAMP); reuse it to resume")
+    sw.add_argument("--ray-address", help="attach every run to an existing Ray cluster")
+    sw.add_argument("--target", type=float, help="target accuracy (default: random selection's final accuracy)")
+    sw.add_argument("--no-report", action="store_true")
+    sw.add_argument("--quiet", action="store_true")
+    sw.set_defaults(func=_cmd_sweep)
+
+    rp = sub.add_parser("report", help="write report.html for a sweep or run folder")
+    rp.add_argument("dir")
+    rp.add_argument("--target", type=float)
+    rp.set_defaults(func=_cmd_report)
+
+    pl = sub.add_parser("plot", help="one figure (PNG/PDF) from a sweep or run folder")
+    pl.add_argument("kind", choices=["accuracy-time", "accuracy-ratio", "tiers"])
+    pl.add_argument("dir")
+    pl.add_argument("-o", "--output", required=True)
+    pl.add_argument("--target", type=float)
+    pl.set_defaults(func=_cmd_plot)
 
     d = sub.add_parser("devices", help="device catalog and calibration")
     dsub = d.add_subparsers(dest="devices_cmd")

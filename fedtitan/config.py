@@ -56,6 +56,9 @@ class SelectionSection(_Section):
     n_blocks: int = Field(1, ge=1)
     pool: int = Field(4, ge=0)
     weighting: bool = True
+    coarse: Literal["repdiv", "random"] = "repdiv"
+    metric: Literal["euclidean", "sqeuclidean"] = "euclidean"
+    carry_over: bool = True
     lr: float = Field(0.1, gt=0)
     lr_decay: float = Field(0.95, gt=0, le=1)
     lr_decay_every: int = Field(100, ge=1)

@@ -40,6 +40,7 @@ def run(cfg: Config, out: str | Path, ray_address: str | None = None, quiet: boo
     """Simulate ``cfg`` with ``data.num_clients`` virtual SuperNodes; results go to ``out``."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     out_dir = prepare_dir(out)
     from clients.client_app import app as client_app
 
@@ -64,8 +65,10 @@ def run(cfg: Config, out: str | Path, ray_address: str | None = None, quiet: boo
         init_args["address"] = address
     backend = {"client_resources": {"num_cpus": cfg.simulation.num_cpus, "num_gpus": cfg.simulation.num_gpus},
                "init_args": init_args}
-    for name in ("flwr", "ray"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # Flower warns that run_simulation is deprecated in favour of `flwr run` (which fedtitan
+    # also supports); keep the console for errors and our own progress.
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    logging.getLogger("ray").setLevel(logging.WARNING)
     t0 = time.perf_counter()
     try:
         with prog:

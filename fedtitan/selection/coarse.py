@@ -47,7 +47,8 @@ def coarse_features(model: BlockModel, x: torch.Tensor, n_blocks: int, pool: int
 class CoarseFilter:
     """Candidate buffer of at most ``budget`` samples with per-class running estimators."""
 
-    def __init__(self, budget: int = 30, n_blocks: int = 1, pool: int = 4) -> None:
+    def __init__(self, budget: int = 30, n_blocks: int = 1, pool: int = 4, carry_over: bool = True,
+                 refresh: bool = True, metric: str = "euclidean", rule: str = "repdiv", seed: int = 0) -> None:
         if budget < 1:
             raise ConfigError(f"buffer budget must be >= 1, got {budget}")
         if n_blocks < 1:
@@ -55,6 +56,15 @@ class CoarseFilter:
         self.budget = budget
         self.n_blocks = n_blocks
         self.pool = pool
+        self.carry_over = carry_over  # keep unselected candidates for the next chunk
+        self.refresh = refresh  # recompute kept candidates' features with the current model
+        if metric not in ("euclidean", "sqeuclidean"):
+            raise ConfigError(f"coarse metric must be 'euclidean' or 'sqeuclidean', got {metric!r}")
+        self.metric = metric
+        if rule not in ("repdiv", "random"):
+            raise ConfigError(f"coarse rule must be 'repdiv' or 'random', got {rule!r}")
+        self.rule = rule  # 'random': a uniform pre-filter, the ablation that isolates the scoring
+        self._rng = np.random.default_rng([seed, 0xC0A25E])
         self.count: dict[int, int] = {}
         self.sum_f: dict[int, np.ndarray] = {}
         self.sum_sq: dict[int, float] = {}
@@ -80,16 +90,21 @@ class CoarseFilter:
             self.sum_sq[c] = self.sum_sq.get(c, 0.0) + float((f[rows] ** 2).sum())
 
     def observe(self, chunk: Chunk, model: BlockModel) -> None:
-        f_new = coarse_features(model, chunk.x, self.n_blocks, self.pool)
         y_new = chunk.y.numpy().astype(np.int64)
-        self._update_estimators(f_new, y_new)
-        if self.x is None or len(self.ids) == 0:
+        if not self.carry_over or self.x is None or len(self.ids) == 0:
+            f_new = coarse_features(model, chunk.x, self.n_blocks, self.pool)
             pool_x, pool_y, pool_ids, pool_f = chunk.x, y_new, chunk.ids, f_new
         else:
             pool_x = torch.cat([self.x, chunk.x])
             pool_y = np.concatenate([self.y, y_new])
             pool_ids = np.concatenate([self.ids, chunk.ids])
-            pool_f = np.concatenate([self.f, f_new])
+            if self.refresh:  # one forward pass over kept + new: features from the same model
+                pool_f = coarse_features(model, pool_x, self.n_blocks, self.pool)
+                f_new = pool_f[len(self.ids):]
+            else:
+                f_new = coarse_features(model, chunk.x, self.n_blocks, self.pool)
+                pool_f = np.concatenate([self.f, f_new])
+        self._update_estimators(f_new, y_new)
         keep, scores = self._greedy(pool_f, pool_y)
         self.x = pool_x[torch.as_tensor(keep)]
         self.y, self.ids, self.f = pool_y[keep], pool_ids[keep], pool_f[keep]
@@ -99,10 +114,14 @@ class CoarseFilter:
         """Indices of the kept candidates (in pick order) and each candidate's final score."""
         n = len(y)
         k = min(self.budget, n)
+        if self.rule == "random":
+            return self._rng.choice(n, size=k, replace=False), np.zeros(n)
         mu = np.stack([self.centroid(int(c)) for c in y])
         rep = -((f - mu) ** 2).sum(axis=1)
         sq = (f**2).sum(axis=1)
         dist = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (f @ f.T), 0.0)
+        if self.metric == "euclidean":
+            rep, dist = -np.sqrt(-rep), np.sqrt(dist)
         same = y[:, None] == y[None, :]
         chosen = np.zeros(n, dtype=bool)
         kept_in_class = np.zeros(n)  # for each candidate: #kept of its class

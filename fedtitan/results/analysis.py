@@ -1,0 +1,159 @@
+"""Tidy tables across a sweep: final accuracy with CIs, time-to-accuracy on the virtual clock,
+speedups, energy to target, per-device-tier cost, and linear fits against the pruning ratio.
+
+Inputs are the tidy frames of :func:`load_sweep`: one row per (run, round) and one row per
+(run, round, client), with one column per swept parameter and ``seed``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedtitan.errors import FedtitanError
+
+
+def load_sweep(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(rounds, clients, parameter columns) of every finished run under ``path``.
+
+    ``path`` is a sweep folder (with ``index.csv``) or a single run folder.
+    """
+    root = Path(path)
+    if (root / "rounds.csv").exists() and not (root / "index.csv").exists():
+        runs = [(root, {"run_id": root.name, "seed": json.loads((root / "config.json").read_text())["run"]["seed"]})]
+        params: list[str] = []
+    else:
+        index = root / "index.csv"
+        if not index.exists():
+            raise FedtitanError(f"{root} is neither a sweep folder (index.csv) nor a run folder (rounds.csv)")
+        idx = pd.read_csv(index)
+        idx = idx[idx.status == "done"]
+        params = [c for c in idx.columns if c not in ("run_id", "status", "path", "seed", "wall_s")]
+        runs = [(root / r["path"], r.to_dict()) for _, r in idx.iterrows()]
+    rounds, clients = [], []
+    for run_dir, info in runs:
+        keys = {k: info[k] for k in ["run_id", "seed", *params]}
+        r = pd.read_csv(run_dir / "rounds.csv").assign(**keys)
+        rounds.append(r)
+        if (run_dir / "clients.csv").exists():
+            clients.append(pd.read_csv(run_dir / "clients.csv").assign(**keys))
+    if not rounds:
+        raise FedtitanError(f"no finished runs under {root}")
+    return pd.concat(rounds, ignore_index=True), pd.concat(clients, ignore_index=True) if clients else pd.DataFrame(), params
+
+
+def ci95(values: pd.Series) -> float:
+    """Half-width of the 95% t-interval of the mean (NaN for fewer than 2 values)."""
+    v = values.dropna()
+    n = len(v)
+    if n < 2:
+        return math.nan
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n))
+
+
+def final_accuracy(rounds: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Final evaluated accuracy per run, then mean / sd / 95% CI over seeds per group."""
+    evald = rounds.dropna(subset=["accuracy"])
+    last = evald.sort_values("server_round").groupby("run_id").tail(1)
+    g = last.groupby(by, dropna=False)["accuracy"]
+    out = g.agg(final_acc_mean="mean", final_acc_sd="std", runs="count").reset_index()
+    out["final_acc_ci95"] = [ci95(s) for _, s in g]
+    return out
+
+
+def time_to_accuracy(curve: pd.DataFrame, target: float, x: str = "virtual_time_s",
+                     also: str | None = "energy_cum_j") -> tuple[float, float]:
+    """First ``x`` at which accuracy reaches ``target``, linearly interpolated between the
+    evaluation before and the one at/after the crossing (and ``also`` at that point). NaN if
+    never reached. The curve starts from (0, 0) only if it has such a row."""
+    c = curve.dropna(subset=["accuracy"]).sort_values(x)
+    acc, xs = c["accuracy"].to_numpy(), c[x].to_numpy()
+    ys = c[also].to_numpy() if also else None
+    hit = np.flatnonzero(acc >= target)
+    if len(hit) == 0:
+        return math.nan, math.nan
+    i = int(hit[0])
+    if i == 0:
+        return float(xs[0]), float(ys[0]) if ys is not None else math.nan
+    a0, a1 = acc[i - 1], acc[i]
+    f = (target - a0) / (a1 - a0) if a1 != a0 else 1.0
+    xv = xs[i - 1] + f * (xs[i] - xs[i - 1])
+    yv = ys[i - 1] + f * (ys[i] - ys[i - 1]) if ys is not None else math.nan
+    return float(xv), float(yv)
+
+
+def tta_table(rounds: pd.DataFrame, by: list[str], target: float | None = None,
+              baseline: tuple[str, str] = ("selection.method", "rs")) -> tuple[pd.DataFrame, float]:
+    """Time- and energy-to-accuracy per group (mean over seeds), speedup vs the baseline.
+
+    Default target: the baseline's mean final accuracy (the Titan paper's choice). Groups that
+    never reach it get NaN (and are counted in ``reached``)."""
+    fa = final_accuracy(rounds, by)
+    key, value = baseline
+    if target is None:
+        if key not in fa.columns or not (fa[key].astype(str) == value).any():
+            raise FedtitanError(f"no {key}={value} runs to take the target from; pass a target accuracy")
+        target = float(fa.loc[fa[key].astype(str) == value, "final_acc_mean"].mean())
+    per_run = []
+    for run_id, curve in rounds.groupby("run_id"):
+        t, e = time_to_accuracy(curve, target)
+        row = curve.iloc[0][by].to_dict() if by else {}
+        per_run.append({**row, "run_id": run_id, "tta_s": t, "energy_to_target_j": e})
+    pr = pd.DataFrame(per_run)
+    g = pr.groupby(by, dropna=False) if by else pr.groupby(lambda _: 0)
+    out = g.agg(tta_s=("tta_s", "mean"), energy_to_target_j=("energy_to_target_j", "mean"),
+                reached=("tta_s", lambda s: int(s.notna().sum()))).reset_index()
+    out = out.merge(fa, on=by, how="left") if by else out
+    if key in out.columns:
+        base = out.loc[out[key].astype(str) == value, "tta_s"]
+        base_t = float(base.mean()) if len(base) else math.nan
+        out["speedup_vs_" + value] = base_t / out["tta_s"]
+    return out, target
+
+
+def tier_costs(clients: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Mean simulated time and energy per client round, per device tier (and group)."""
+    if clients.empty:
+        return pd.DataFrame()
+    cols = [*by, "device"]
+    return (clients.groupby(cols, dropna=False)
+            .agg(client_rounds=("sim_time_s", "size"), time_s_mean=("sim_time_s", "mean"),
+                 energy_j_mean=("sim_energy_j", "mean"), energy_j_total=("sim_energy_j", "sum"))
+            .reset_index())
+
+
+def linear_fit(x: np.ndarray | pd.Series, y: np.ndarray | pd.Series) -> dict[str, float]:
+    """Least-squares ``y = slope * x + intercept`` with R^2."""
+    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(xa) & np.isfinite(ya)
+    xa, ya = xa[ok], ya[ok]
+    if len(xa) < 2 or np.ptp(xa) == 0:
+        return {"slope": math.nan, "intercept": math.nan, "r2": math.nan, "n": float(len(xa))}
+    slope, intercept = np.polyfit(xa, ya, 1)
+    pred = slope * xa + intercept
+    ss_res = float(((ya - pred) ** 2).sum())
+    ss_tot = float(((ya - ya.mean()) ** 2).sum())
+    return {"slope": float(slope), "intercept": float(intercept),
+            "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0, "n": float(len(xa))}
+
+
+def cost_vs_ratio(clients: pd.DataFrame, method_col: str = "pruning.method",
+                  ratio_col: str = "pruning.ratio") -> pd.DataFrame:
+    """Per pruning method: training time and energy (summed over clients and rounds, mean over
+    seeds) against rho, with a linear fit and R^2 each."""
+    if clients.empty or ratio_col not in clients.columns:
+        return pd.DataFrame()
+    per_run = clients.groupby(["run_id", method_col, ratio_col]).agg(
+        train_time_s=("sim_train_s", "sum"), energy_j=("sim_energy_j", "sum")).reset_index()
+    rows = []
+    for m, g in per_run.groupby(method_col):
+        for metric in ("train_time_s", "energy_j"):
+            fit = linear_fit(g[ratio_col], g[metric])
+            rows.append({method_col: m, "metric": metric, **fit})
+    return pd.DataFrame(rows)

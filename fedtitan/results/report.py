@@ -1,0 +1,97 @@
+"""A self-contained HTML report of a sweep (or one run): tables, figures, configs, versions."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+
+from fedtitan.results import analysis, plots
+from fedtitan.results.store import atomic_write_text
+
+
+def _img(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
+
+
+def _table(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="–", border=0, classes="t")
+
+
+def pruning_gap(final: pd.DataFrame, method: str = "pruning.method", ratio: str = "pruning.ratio",
+                better: str = "warmup-loss", worse: str = "random") -> pd.DataFrame:
+    a = final[final[method] == better].set_index(ratio)["final_acc_mean"]
+    b = final[final[method] == worse].set_index(ratio)["final_acc_mean"]
+    gap = (a - b).dropna()
+    return pd.DataFrame({ratio: gap.index, "gap": gap.values})
+
+
+def build_report(path: str | Path, target: float | None = None, out: str | Path | None = None) -> tuple[Path, pd.DataFrame]:
+    """Write ``report.html`` into the sweep/run folder; returns its path and the TTA table."""
+    root = Path(path)
+    rounds, clients, params = analysis.load_sweep(root)
+    varying = [p for p in params if rounds[p].nunique(dropna=False) > 1]
+    hue = None
+    if varying:
+        rounds = rounds.assign(group=rounds[varying].astype(str).agg(" ".join, axis=1))
+        hue = "group"
+    by = varying
+    sections: list[str] = []
+    final = analysis.final_accuracy(rounds, by) if by else analysis.final_accuracy(rounds.assign(_all="all"), ["_all"])
+    sections.append("<h2>Final accuracy (mean, sd and 95% CI over seeds)</h2>" + _table(final))
+    tta = pd.DataFrame()
+    used_target = target
+    if "selection.method" in by or target is not None:
+        try:
+            tta, used_target = analysis.tta_table(rounds, by, target)
+            sections.append(f"<h2>Time to accuracy (target {used_target:.4f}"
+                            f"{' = random selection final accuracy' if target is None else ''}) on the virtual clock</h2>"
+                            + _table(tta))
+        except Exception as exc:  # no baseline in this sweep: say so in the report
+            sections.append(f"<p>Time to accuracy not computed: {html.escape(str(exc))}</p>")
+    sections.append("<h2>Accuracy vs virtual time</h2>" + _img(plots.accuracy_vs_time(rounds, hue, target=used_target)))
+    if "pruning.ratio" in by and "pruning.method" in rounds.columns:
+        by_m = [c for c in by if c != "pruning.ratio"] + ["pruning.ratio"]
+        if "pruning.method" not in by_m:
+            by_m = ["pruning.method", *by_m]
+        fr = analysis.final_accuracy(rounds, by_m)
+        sections.append("<h2>Accuracy vs pruning ratio</h2>" + _img(plots.accuracy_vs_ratio(fr)))
+        gap = pruning_gap(fr)
+        if len(gap):
+            sections.append("<h2>Accuracy gap: warm-up-loss minus random pruning</h2>" + _table(gap)
+                            + _img(plots.gap_vs_ratio(gap)))
+        fits = analysis.cost_vs_ratio(clients)
+        if len(fits):
+            per_run = clients.groupby(["run_id", "pruning.method", "pruning.ratio"]).agg(
+                train_time_s=("sim_train_s", "sum"), energy_j=("sim_energy_j", "sum")).reset_index()
+            sections.append("<h2>Training time and energy vs rho (linear fit)</h2>" + _table(fits)
+                            + _img(plots.cost_vs_ratio(per_run, fits)))
+    tiers = analysis.tier_costs(clients, [])
+    if len(tiers):
+        sections.append("<h2>Per device tier</h2>" + _table(tiers) + _img(plots.tier_costs(tiers)))
+    configs = []
+    for cfg_path in sorted(root.rglob("config.json"))[:50]:
+        meta = cfg_path.parent / "meta.json"
+        configs.append(f"<details><summary>{html.escape(str(cfg_path.parent.relative_to(root)) or '.')}</summary>"
+                       f"<pre>{html.escape(cfg_path.read_text())}</pre>"
+                       f"<pre>{html.escape(meta.read_text()) if meta.exists() else ''}</pre></details>")
+    body = "\n".join(sections) + "<h2>Configs and versions</h2>" + "\n".join(configs)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>fedtitan report: {html.escape(root.name)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;}} table.t{{border-collapse:collapse;font-size:13px}}
+table.t td,table.t th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}} img{{max-width:100%}}</style>
+</head><body><h1>fedtitan report: {html.escape(root.name)}</h1>
+<p>{len(rounds.run_id.unique())} runs; swept: {html.escape(', '.join(varying) or 'nothing')}.</p>{body}</body></html>"""
+    target_path = Path(out) if out else root / "report.html"
+    atomic_write_text(target_path, page)
+    (root / "report-tables.json").write_text(json.dumps({"final": final.to_dict("records"),
+                                                         "tta": tta.to_dict("records")}, default=str, indent=1))
+    return target_path, tta if len(tta) else final

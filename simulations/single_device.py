@@ -1,0 +1,123 @@
+"""Titan's single-device setting on CIFAR-10, at a scale this machine runs.
+
+    python -m simulations.single_device --steps 1500 --seeds 3 --out docs/results/single-device
+
+One device streams the CIFAR-10 training set (v = 100 new samples per step), selects a batch
+of B = 10 (Titan's buffer: 30) and takes one weighted SGD step (lr 0.1, x0.95 every 100 steps,
+the paper's schedule). Methods: titan, rs, is, cis. Test accuracy on a fixed 2,000-image test
+subset every ``--eval-every`` steps. Writes ``curves.csv`` (tidy: method, seed, step,
+accuracy, loss, select_ms, train_ms), ``summary.csv`` and ``accuracy.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fedtitan.data import DataStream, load_dataset
+from fedtitan.models import build_model
+from fedtitan.selection import build_selector
+from fedtitan.training import StreamingConfig, evaluate, lr_at, train_streaming
+
+
+def run_one(ds, method: str, seed: int, args: argparse.Namespace, eval_x, eval_y) -> list[dict]:  # type: ignore[no-untyped-def]
+    torch.manual_seed(seed)
+    model = build_model(args.model, ds.input_shape, ds.num_classes)
+    stream = DataStream(ds, np.arange(len(ds.y_train)), v=args.velocity, seed=seed, client=0)
+    # "titan:coarse=random,metric=sqeuclidean" passes options to the selector
+    name, _, opt_text = method.partition(":")
+    opts: dict[str, object] = {"buffer_size": args.buffer} if name == "titan" else {}
+    for item in filter(None, opt_text.split(",")):
+        k, _, v = item.partition("=")
+        opts[k] = {"true": True, "false": False}.get(v, v)
+    selector = build_selector(name, **opts)
+    rng = np.random.default_rng([seed, 1])
+    rows = []
+    step = 0
+    sel_ms = train_ms = 0.0
+    while step < args.steps:
+        chunk_steps = min(args.eval_every, args.steps - step)
+        # the learning rate is constant within a chunk of eval_every <= 100 steps
+        lr = lr_at(args.lr, "step", step, args.steps, decay=0.95, every=100)
+        cfg = StreamingConfig(steps=chunk_steps, batch_size=args.batch, velocity=args.velocity, lr=lr,
+                              pipeline=False)
+        recs = train_streaming(model, stream, selector, cfg, rng)
+        step += chunk_steps
+        sel_ms += sum(r.select_ms for r in recs)
+        train_ms += sum(r.train_ms for r in recs)
+        loss, acc = evaluate(model, eval_x, eval_y)
+        rows.append({"method": method, "seed": seed, "step": step, "accuracy": acc, "loss": loss,
+                     "select_ms_per_step": sel_ms / step, "train_ms_per_step": train_ms / step})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--model", default="cnn")
+    ap.add_argument("--methods", default="titan,rs,is,cis",
+                    help="comma-free list separated by ';' when options are given, e.g. 'titan;titan:coarse=random'")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--velocity", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=10)
+    ap.add_argument("--buffer", type=int, default=30)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--out", default="docs/results/single-device")
+    args = ap.parse_args()
+    if args.eval_every > 100:
+        ap.error("--eval-every must be <= 100 (the learning-rate decay period)")
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset("cifar10", data_dir=args.data_dir)
+    ids = np.sort(np.random.default_rng(0).permutation(len(ds.y_test))[:2000])
+    eval_x, eval_y = ds.tensor("test", ids), ds.labels("test", ids)
+    rows: list[dict] = []
+    methods = args.methods.split(";") if ";" in args.methods else args.methods.split(",")
+    t0 = time.perf_counter()
+    for seed in range(args.seeds):
+        for m in methods:
+            rows += run_one(ds, m, seed, args, eval_x, eval_y)
+            done = len({(r["method"], r["seed"]) for r in rows})
+            print(f"[{done}/{len(methods) * args.seeds}] {m} seed {seed}: acc {rows[-1]['accuracy']:.3f} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            pd.DataFrame(rows).to_csv(out / "curves.csv", index=False)
+    df = pd.DataFrame(rows)
+    final = df[df.step == df.step.max()]
+    summary = final.groupby("method").agg(final_acc_mean=("accuracy", "mean"), final_acc_sd=("accuracy", "std"),
+                                          select_ms_per_step=("select_ms_per_step", "mean"),
+                                          train_ms_per_step=("train_ms_per_step", "mean")).reset_index()
+    # steps to reach rs's mean final accuracy (the paper's target), per method (mean curve)
+    target = float(summary.loc[summary.method == "rs", "final_acc_mean"].iloc[0]) if "rs" in methods else np.nan
+    mean_curve = df.groupby(["method", "step"]).accuracy.mean().reset_index()
+    reach = {}
+    for m, g in mean_curve.groupby("method"):
+        hit = g[g.accuracy >= target]
+        reach[m] = int(hit.step.min()) if len(hit) else np.nan
+    summary["steps_to_rs_final"] = summary.method.map(reach)
+    summary.to_csv(out / "summary.csv", index=False)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sns.lineplot(df, x="step", y="accuracy", hue="method", errorbar="sd", ax=ax)
+    ax.set_title(f"CIFAR-10, single device, {args.model}, v={args.velocity}, B={args.batch}")
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=120)
+    (out / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+    print(summary.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Sweeps: the cartesian product of ``--grid`` values x seeds, one run folder each, resumable.
+
+A run writes into ``.partial-RUN_ID`` and is renamed to ``RUN_ID`` only when it has finished,
+so a finished run appears atomically and a killed one leaves no half result; re-running the
+same command skips finished runs and redoes unfinished ones. ``index.csv`` lists every run
+with its parameters and status and is rewritten atomically after each run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fedtitan.config import Config, _known_keys, load_config
+from fedtitan.errors import ConfigError
+from fedtitan.results import atomic_write_text, prepare_dir
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    run_id: str
+    params: dict[str, str]
+    seed: int
+    overrides: tuple[str, ...]
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    """``key=v1,v2,...`` items -> ordered {key: [values]}; keys validated."""
+    grid: dict[str, list[str]] = {}
+    known = _known_keys()
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or not values.strip():
+            raise ConfigError(f"--grid {item!r} is not key=v1,v2,... (e.g. selection.method=titan,rs)")
+        if key not in known:
+            import difflib
+
+            close = difflib.get_close_matches(key, known, n=1)
+            raise ConfigError(f"--grid: unknown config key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+        if key == "run.seed":
+            raise ConfigError("--grid run.seed: use --seeds N instead")
+        vals = [v.strip() for v in values.split(",") if v.strip()] if not key.endswith(".mix") else [values]
+        if len(set(vals)) != len(vals):
+            raise ConfigError(f"--grid {key}: repeated values in {vals}")
+        grid[key] = vals
+    return grid
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", text)
+
+
+def expand(grid: dict[str, list[str]], seeds: int, base_overrides: list[str], first_seed: int = 0) -> list[RunSpec]:
+    """Cartesian product x seeds, in a stable order; each with its override list and id."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    keys = list(grid)
+    specs = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        params = dict(zip(keys, combo, strict=True))
+        for s in range(first_seed, first_seed + seeds):
+            rid = "__".join([*(_slug(f"{k}={v}") for k, v in params.items()), f"seed={s}"])
+            specs.append(RunSpec(rid, params, s, (*base_overrides, *(f"{k}={v}" for k, v in params.items()),
+                                                  f"run.seed={s}")))
+    return specs
+
+
+def _write_index(root: Path, specs: list[RunSpec], status: dict[str, str], walls: dict[str, float]) -> None:
+    rows = [{"run_id": s.run_id, **s.params, "seed": s.seed, "status": status.get(s.run_id, "pending"),
+             "path": s.run_id, "wall_s": walls.get(s.run_id)} for s in specs]
+    atomic_write_text(root / "index.csv", pd.DataFrame(rows).to_csv(index=False))
+
+
+def sweep(preset: str, grid_items: list[str], seeds: int, overrides: list[str], out: str | Path,
+          ray_address: str | None = None, quiet: bool = False) -> tuple[Path, list[RunSpec]]:
+    """Run (or resume) a sweep; returns its folder and run list."""
+    grid = parse_grid(grid_items)
+    specs = expand(grid, seeds, overrides)
+    configs: dict[str, Config] = {s.run_id: load_config(preset, list(s.overrides)) for s in specs}  # validate all first
+    root = prepare_dir(out)
+    sweep_file = root / "sweep.json"
+    spec_doc = {"preset": preset, "grid": grid, "seeds": seeds, "overrides": overrides}
+    if sweep_file.exists():
+        old = json.loads(sweep_file.read_text())
+        # a resumed sweep may add runs; record the union of what was asked
+        spec_doc["history"] = [*old.get("history", []), {k: old[k] for k in ("preset", "grid", "seeds", "overrides")}]
+    atomic_write_text(sweep_file, json.dumps(spec_doc, indent=2) + "\n")
+    for stale in root.glob(".partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # unfinished runs of a killed sweep are redone
+    status = {s.run_id: "done" if (root / s.run_id / "summary.json").exists() else "pending" for s in specs}
+    # runs of earlier invocations that are not in this grid stay listed in the index
+    old_index = root / "index.csv"
+    extra: list[RunSpec] = []
+    if old_index.exists():
+        prev = pd.read_csv(old_index)
+        mine = {s.run_id for s in specs}
+        for _, r in prev.iterrows():
+            if r["run_id"] not in mine and (root / str(r["run_id"]) / "summary.json").exists():
+                params = {k: str(r[k]) for k in prev.columns if k not in ("run_id", "seed", "status", "path", "wall_s")
+                          and pd.notna(r[k])}
+                extra.append(RunSpec(str(r["run_id"]), params, int(r["seed"]), ()))
+                status[str(r["run_id"])] = "done"
+    walls: dict[str, float] = {}
+    all_specs = specs + extra
+    _write_index(root, all_specs, status, walls)
+    todo = [s for s in specs if status[s.run_id] != "done"]
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from simulations.run import run
+
+    prog = Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[now]}"),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=quiet)
+    with prog:
+        task = prog.add_task("sweep", total=len(specs), completed=len(specs) - len(todo), now="")
+        for spec in todo:
+            prog.update(task, now=spec.run_id)
+            partial = root / f".partial-{spec.run_id}"
+            shutil.rmtree(partial, ignore_errors=True)
+            t0 = time.perf_counter()
+            run(configs[spec.run_id], partial, ray_address=ray_address, quiet=True)
+            target = root / spec.run_id
+            if target.exists():
+                shutil.rmtree(target)
+            partial.rename(target)
+            status[spec.run_id] = "done"
+            walls[spec.run_id] = time.perf_counter() - t0
+            _write_index(root, all_specs, status, walls)
+            prog.update(task, advance=1)
+    return root, all_specs
+
+
+def summary_rows(root: Path) -> list[dict[str, Any]]:
+    return pd.read_csv(root / "index.csv").to_dict("records")

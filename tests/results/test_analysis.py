@@ -1,0 +1,76 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedtitan.errors import ConfigError
+from fedtitan.results import analysis
+from simulations.sweep import expand, parse_grid
+
+
+def test_grid_expansion_and_ids():
+    grid = parse_grid(["selection.method=titan,rs,is", "pruning.ratio=0.1,0.5"])
+    specs = expand(grid, 2, ["run.rounds=3"])
+    assert len(specs) == 3 * 2 * 2
+    assert len({s.run_id for s in specs}) == 12
+    s0 = specs[0]
+    assert s0.run_id == "selection.method=titan__pruning.ratio=0.1__seed=0"
+    assert s0.overrides == ("run.rounds=3", "selection.method=titan", "pruning.ratio=0.1", "run.seed=0")
+    with pytest.raises(ConfigError, match="did you mean 'selection.method'"):
+        parse_grid(["selection.metod=a,b"])
+    with pytest.raises(ConfigError, match="key=v1,v2"):
+        parse_grid(["selection.method"])
+    with pytest.raises(ConfigError, match="--seeds"):
+        parse_grid(["run.seed=1,2"])
+    assert parse_grid(["fleet.mix=rpi4:0.5,rpi5:0.5"]) == {"fleet.mix": ["rpi4:0.5,rpi5:0.5"]}
+
+
+def test_time_to_accuracy_interpolates():
+    curve = pd.DataFrame({"virtual_time_s": [10.0, 20.0, 30.0], "accuracy": [0.2, 0.4, 0.8],
+                          "energy_cum_j": [100.0, 200.0, 300.0]})
+    t, e = analysis.time_to_accuracy(curve, 0.6)  # halfway between 20 s and 30 s
+    assert t == pytest.approx(25.0) and e == pytest.approx(250.0)
+    assert analysis.time_to_accuracy(curve, 0.1) == (10.0, 100.0)
+    assert all(math.isnan(v) for v in analysis.time_to_accuracy(curve, 0.9))
+    with_gaps = curve.assign(accuracy=[0.2, np.nan, 0.8])  # rounds without evaluation are skipped
+    assert analysis.time_to_accuracy(with_gaps, 0.5)[0] == pytest.approx(20.0)
+
+
+def test_ci95_by_hand():
+    # t(0.975, 3) = 3.182446; sd of [1,2,3,4] = 1.290994; /sqrt(4)
+    assert analysis.ci95(pd.Series([1.0, 2, 3, 4])) == pytest.approx(3.182446 * 1.290994 / 2, rel=1e-5)
+    assert math.isnan(analysis.ci95(pd.Series([1.0])))
+
+
+def test_linear_fit_and_r2():
+    x = np.array([0.1, 0.2, 0.5, 1.0])
+    fit = analysis.linear_fit(x, 3 * x + 1)
+    assert fit["slope"] == pytest.approx(3) and fit["intercept"] == pytest.approx(1) and fit["r2"] == pytest.approx(1)
+    noisy = analysis.linear_fit(np.array([0.0, 1, 2, 3]), np.array([0.0, 1, 1, 3]))
+    # slope 0.9, intercept 0.1 -> residuals -0.1, 0, -0.9+... computed: ss_res 0.7, ss_tot 4.75
+    assert noisy["slope"] == pytest.approx(0.9) and noisy["r2"] == pytest.approx(1 - 0.7 / 4.75)
+
+
+def _rounds():
+    rows = []
+    for method, accs in (("rs", [0.3, 0.5, 0.6]), ("titan", [0.4, 0.6, 0.7])):
+        for seed in (0, 1):
+            for r, a in enumerate(accs, start=1):
+                rows.append({"run_id": f"{method}-{seed}", "selection.method": method, "seed": seed,
+                             "server_round": r, "accuracy": a + 0.02 * seed, "virtual_time_s": 10.0 * r,
+                             "energy_cum_j": 5.0 * r})
+    return pd.DataFrame(rows)
+
+
+def test_final_accuracy_and_tta_table():
+    rounds = _rounds()
+    fa = analysis.final_accuracy(rounds, ["selection.method"])
+    assert fa.set_index("selection.method").loc["titan", "final_acc_mean"] == pytest.approx(0.71)
+    table, target = analysis.tta_table(rounds, ["selection.method"])
+    assert target == pytest.approx(0.61)  # rs's mean final accuracy
+    t = table.set_index("selection.method")
+    # titan seed 0 hits 0.61 between 0.6 @20 s and 0.7 @30 s -> 21 s; seed 1: 0.62 @20 s -> 20 s... (0.61-0.42)/(0.62-0.42)
+    assert t.loc["titan", "tta_s"] == pytest.approx((21.0 + (10 + 10 * (0.61 - 0.42) / 0.2)) / 2)
+    assert t.loc["titan", "speedup_vs_rs"] > 1.0
+    assert t.loc["rs", "speedup_vs_rs"] == pytest.approx(1.0)
