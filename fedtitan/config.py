@@ -130,6 +130,7 @@ class FaultSection(_Section):
     """Injected faults for testing robustness (fractions of client calls, seeded)."""
 
     exception: float = Field(0.0, ge=0, le=1)
+    drop: float = Field(0.0, ge=0, le=1)
     nan: float = Field(0.0, ge=0, le=1)
     slow: float = Field(0.0, ge=0, le=1)
     slow_factor: float = Field(5.0, ge=1)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,56 @@ def _progress(cfg: Config, quiet: bool) -> tuple[Any, Any]:
     return prog, update
 
 
+def _install_stop_handlers(stop: threading.Event, quiet: bool) -> dict[int, Any]:
+    """First Ctrl-C / SIGTERM: finish the current round, write results, shut Ray down.
+    A second one aborts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nfedtitan: stopping after the current round (press Ctrl-C again to abort)", file=sys.stderr)
+
+    previous: dict[int, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.getsignal(sig)
+        signal.signal(sig, handler)
+    return previous
+
+
+def check_resources(cfg: Config, attach: bool) -> None:
+    """Say what to change, before Ray starts, when the requested client resources cannot fit."""
+    import psutil
+
+    cpus = os.cpu_count() or 1
+    sim = cfg.simulation
+    if not attach and sim.num_cpus > cpus:
+        raise FedtitanError(f"simulation.num_cpus={sim.num_cpus:g} per client but this machine has {cpus} CPUs, so "
+                            f"no client could ever be scheduled; set simulation.num_cpus <= {cpus} (1 is a good default)")
+    if not attach and sim.num_gpus > 0:
+        try:
+            import torch
+
+            gpus = torch.cuda.device_count()
+        except Exception:
+            gpus = 0
+        if gpus == 0:
+            raise FedtitanError(f"simulation.num_gpus={sim.num_gpus:g} but no GPU is visible; set simulation.num_gpus=0")
+    from fedtitan.training.client import setup_for
+
+    setup = setup_for(cfg)
+    ds = setup.dataset
+    per_actor = ds.x_train.nbytes + ds.x_test.nbytes + 4 * setup.model_bytes + 400 * 2**20  # + interpreter/torch
+    actors = max(1, int(cpus // sim.num_cpus)) if not attach else 1
+    avail = psutil.virtual_memory().available
+    if per_actor * actors > avail:
+        raise FedtitanError(
+            f"{actors} client processes need about {per_actor * actors / 2**30:.1f} GiB but only {avail / 2**30:.1f} GiB "
+            f"is free; raise simulation.num_cpus (fewer parallel clients) or use a smaller dataset/model")
+
+
 def run(cfg: Config, out: str | Path, ray_address: str | None = None, quiet: bool = False) -> dict[str, Any]:
     """Simulate ``cfg`` with ``data.num_clients`` virtual SuperNodes; results go to ``out``."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -43,12 +96,10 @@ def run(cfg: Config, out: str | Path, ray_address: str | None = None, quiet: boo
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     out_dir = prepare_dir(out)
     from clients.client_app import app as client_app
-
-    # Fail fast on data problems in this process, before Ray starts.
-    from fedtitan.training.client import setup_for
     from strategies.server_app import make_server_app
 
-    setup_for(cfg)
+    # Fail fast on data and resource problems in this process, before Ray starts.
+    check_resources(cfg, attach=bool(ray_address or cfg.simulation.ray_address))
     import ray
     from flwr.simulation import run_simulation
 
@@ -70,11 +121,17 @@ def run(cfg: Config, out: str | Path, ray_address: str | None = None, quiet: boo
     logging.getLogger("flwr").setLevel(logging.ERROR)
     logging.getLogger("ray").setLevel(logging.WARNING)
     t0 = time.perf_counter()
+    from strategies.server_app import STOP
+
+    STOP.clear()
+    previous = _install_stop_handlers(STOP, quiet)
     try:
         with prog:
             run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.data.num_clients,
                            backend_name="ray", backend_config=backend)
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if ray.is_initialized():
             ray.shutdown()
     summary_path = out_dir / "summary.json"

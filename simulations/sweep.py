@@ -133,7 +133,11 @@ def sweep(preset: str, grid_items: list[str], seeds: int, overrides: list[str], 
             partial = root / f".partial-{spec.run_id}"
             shutil.rmtree(partial, ignore_errors=True)
             t0 = time.perf_counter()
-            run(configs[spec.run_id], partial, ray_address=ray_address, quiet=True)
+            result = run(configs[spec.run_id], partial, ray_address=ray_address, quiet=True)
+            if result.get("interrupted"):
+                prog.stop()
+                print(f"sweep interrupted during {spec.run_id}; run the same command again to resume")
+                break
             target = root / spec.run_id
             if target.exists():
                 shutil.rmtree(target)

@@ -14,7 +14,7 @@ class ClientResult:
     """One client's reply in a round (or its failure)."""
 
     node_id: int
-    status: str  # ok, reduced, declined, unavailable, failed, nonfinite, straggler
+    status: str  # ok, reduced, declined, unavailable, failed, dropped, nonfinite, straggler
     metrics: dict[str, float] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] | None = None
     error: str = ""
@@ -56,7 +56,7 @@ class FleetPolicy:
     def include(self, results: list[ClientResult], sampled: int) -> tuple[list[ClientResult], float]:
         """Mark stragglers, return (included results, round duration on the virtual clock)."""
         trained = [r for r in results if r.trained]
-        others = [r for r in results if not r.trained and r.status != "failed"]
+        others = [r for r in results if not r.trained and r.status not in ("failed", "dropped")]
         waited = max([r.time_s for r in trained + others], default=0.0)
         if self.policy == "deadline" and self.deadline_s is not None:
             late = [r for r in trained if r.time_s > self.deadline_s]

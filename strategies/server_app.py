@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ log = logging.getLogger("fedtitan")
 STATUS_NAMES = {v: k for k, v in STATUS.items()}
 DEVICE_NAMES = list(CATALOG)
 ProgressFn = Callable[[dict[str, Any]], None]
+STOP = threading.Event()  # set (e.g. by Ctrl-C) to end the run cleanly after the current round
 
 
 def _wait_for_nodes(grid: Grid, n: int, timeout_s: float) -> list[int]:
@@ -43,7 +45,9 @@ def _wait_for_nodes(grid: Grid, n: int, timeout_s: float) -> list[int]:
 
 def _parse_reply(reply: Message, node_id: int) -> ClientResult:
     if reply.has_error():
-        return ClientResult(node_id, "failed", error=str(reply.error.reason)[:500])
+        reason = str(reply.error.reason)
+        status = "dropped" if "InjectedDrop" in reason or "dropped mid-round" in reason else "failed"
+        return ClientResult(node_id, status, error=reason[:500])
     metrics_rec = reply.content["metrics"]
     assert isinstance(metrics_rec, MetricRecord)
     metrics = {k: float(v) for k, v in metrics_rec.items() if isinstance(v, int | float)}
@@ -75,7 +79,12 @@ def run_server(grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressF
     acc, loss = math.nan, math.nan
     t_start = time.perf_counter()
     reached = None
+    interrupted = False
     for rnd in range(1, cfg.run.rounds + 1):
+        if STOP.is_set():
+            interrupted = True
+            log.warning("stopping before round %d as asked; finished rounds are on disk", rnd)
+            break
         t_round = time.perf_counter()
         sampled = policy.sample(nodes, rnd)
         arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in global_state.items()})
@@ -112,7 +121,7 @@ def run_server(grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressF
                                                            "device_id", "status")},
             "error": r.error,
         } for r in results]
-        n_failed = sum(r.status in ("failed", "nonfinite") for r in results)
+        n_failed = sum(r.status in ("failed", "nonfinite", "dropped") for r in results)
         row = {
             "server_round": rnd, "accuracy": acc, "loss": loss, "virtual_time_s": virtual_s, "round_time_s": round_s,
             "energy_j": round_energy, "energy_cum_j": energy_cum, "clients_sampled": len(sampled),
@@ -127,7 +136,8 @@ def run_server(grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressF
             reached = rnd
             break
     summary = {"rounds": len(writer.rounds), "final_accuracy": acc, "final_loss": loss, "virtual_time_s": virtual_s,
-               "energy_j": energy_cum, "wall_s": time.perf_counter() - t_start, "target_reached_round": reached}
+               "energy_j": energy_cum, "wall_s": time.perf_counter() - t_start, "target_reached_round": reached,
+               "interrupted": interrupted}
     writer.finish(summary)
     return summary
 

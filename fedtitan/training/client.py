@@ -47,6 +47,10 @@ class InjectedFault(RuntimeError):
     """Raised by a client when config ``faults.exception`` asks for it (for testing)."""
 
 
+class InjectedDrop(RuntimeError):
+    """A client that drops out mid-round (``faults.drop``): it trains, then never replies."""
+
+
 @dataclass
 class Setup:
     dataset: Dataset
@@ -155,7 +159,7 @@ def client_round(
     torch.manual_seed(int(np.random.SeedSequence(seed_seq).generate_state(1)[0]))
     fault_rng = np.random.default_rng([*seed_seq, 0xFA17])
     faults = cfg.faults
-    draws = fault_rng.random(3)
+    draws = fault_rng.random(4)
     if draws[0] < faults.exception:
         raise InjectedFault(f"injected client failure (partition {partition_id}, round {server_round})")
 
@@ -192,6 +196,8 @@ def client_round(
     if battery.level_j is not None:
         state["battery_j"] = battery.level_j
         metrics["battery_j"] = battery.level_j
+    if draws[3] < faults.drop:
+        raise InjectedDrop(f"client dropped mid-round (partition {partition_id}, round {server_round})")
     new_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if draws[1] < faults.nan:
         for v in new_state.values():

@@ -1,0 +1,99 @@
+"""Bad input and faults: one-line errors before any work, nothing lost, nothing leaked."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+
+from fedtitan.cli import main
+
+BASE = ["--set", "data.num_clients=3", "--set", "run.rounds=2", "--set", "server.fraction=1.0",
+        "--set", "selection.local_steps=2"]
+
+
+def _one_line_error(capsys, code=2):
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.startswith("fedtitan: error:") and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_unwritable_output_dir(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["run", "--quiet", "--out", str(blocker / "sub"), *BASE]) == 2
+    assert "cannot write to output directory" in _one_line_error(capsys)
+
+
+def test_too_many_cpus_per_client(tmp_path, capsys):
+    assert main(["run", "--quiet", "--out", str(tmp_path), *BASE, "--set", "simulation.num_cpus=512"]) == 2
+    assert "simulation.num_cpus" in _one_line_error(capsys)
+
+
+def test_bad_dataset_file_fails_before_training(tmp_path, capsys):
+    np.savez(tmp_path / "d.npz", x=np.zeros((30, 4)), y=np.arange(30) % 3)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.full((30, 4), np.nan), y=np.arange(30) % 3)
+    assert main(["run", "--quiet", "--out", str(tmp_path / "o"), *BASE, "--set", "data.dataset=npz",
+                 "--set", f"data.path={bad}", "--set", "model.name=mlp"]) == 2
+    assert "NaN" in _one_line_error(capsys)
+    assert not (tmp_path / "o" / "rounds.csv").exists()
+
+
+@pytest.mark.slow
+def test_all_clients_failing_and_dropping_is_recorded(tmp_path):
+    assert main(["run", "--quiet", "--out", str(tmp_path / "a"), *BASE, "--set", "faults.exception=1.0"]) == 0
+    rounds = pd.read_csv(tmp_path / "a" / "rounds.csv")
+    assert len(rounds) == 2 and not rounds.updated.any() and (rounds.clients_failed == 3).all()
+    assert main(["run", "--quiet", "--out", str(tmp_path / "b"), *BASE, "--set", "faults.drop=0.5",
+                 "--set", "run.seed=1"]) == 0
+    clients = pd.read_csv(tmp_path / "b" / "clients.csv")
+    assert (clients.status == "dropped").any() and not clients[clients.status == "dropped"].included.any()
+
+
+def _ray_procs():
+    names = ("raylet", "gcs_server", "ray::")
+    out = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if any(n in (p.info["name"] or "") or n in cmd for n in names):
+            out.append(p)
+    return out
+
+
+@pytest.mark.slow
+def test_interrupt_keeps_finished_rounds_and_leaks_no_ray(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fedtitan.cli", "run", "--quiet", "--out", str(out),
+           "--set", "data.num_clients=3", "--set", "run.rounds=200", "--set", "server.fraction=1.0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if (out / "rounds.csv").exists() and len(pd.read_csv(out / "rounds.csv")) >= 2:
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail("no rounds written in time")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    rounds = pd.read_csv(out / "rounds.csv")  # a complete, parseable file
+    assert len(rounds) >= 2 and rounds.server_round.tolist() == list(range(1, len(rounds) + 1))
+    time.sleep(3)
+    assert not _ray_procs(), [p.info["cmdline"] for p in _ray_procs()]
+
+
+@pytest.mark.slow
+def test_run_leaves_no_ray_processes(tmp_path):
+    assert main(["run", "--quiet", "--out", str(tmp_path), *BASE]) == 0
+    time.sleep(2)
+    assert not _ray_procs()
+
+
