@@ -93,6 +93,31 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_certs(args: argparse.Namespace) -> int:
+    from fedtitan.certs import make_certs
+
+    paths = make_certs(args.out, args.host, args.nodes, args.days)
+    print(f"wrote {len(paths)} files to {args.out}: CA, SuperLink certificate (hosts: "
+          f"{', '.join(['localhost', '127.0.0.1', *args.host])}), {args.nodes} SuperNode key pairs")
+    print(f"register each SuperNode with: flwr supernode register {Path(args.out) / 'supernode-0.pub'} <superlink>")
+    return 0
+
+
+def _cmd_superlink(args: argparse.Namespace) -> int:
+    from clients.deploy import exec_or_print, superlink_command
+
+    cmd = superlink_command(args.certs, args.insecure, args.host, args.port, args.database, not args.no_auth)
+    return exec_or_print(cmd, args.dry_run)
+
+
+def _cmd_supernode(args: argparse.Namespace) -> int:
+    from clients.deploy import exec_or_print, supernode_command
+
+    cmd = supernode_command(args.superlink, args.certs, args.insecure, args.key, args.partition_id,
+                            args.num_partitions, args.device, args.meter, args.port)
+    return exec_or_print(cmd, args.dry_run)
+
+
 def _cmd_devices(args: argparse.Namespace) -> int:
     from fedtitan.devices import CATALOG, get_profile, profile_toml
 
@@ -182,6 +207,36 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("-o", "--output", required=True)
     pl.add_argument("--target", type=float)
     pl.set_defaults(func=_cmd_plot)
+
+    ce = sub.add_parser("certs", help="create a lab CA, the SuperLink certificate and SuperNode keys")
+    ce.add_argument("out", help="folder for the files")
+    ce.add_argument("--host", action="append", default=[], help="SuperLink host name or IP (repeatable)")
+    ce.add_argument("--nodes", type=int, default=2, help="SuperNode key pairs to create")
+    ce.add_argument("--days", type=int, default=365)
+    ce.set_defaults(func=_cmd_certs)
+
+    sl = sub.add_parser("superlink", help="start a SuperLink with TLS and SuperNode authentication")
+    sl.add_argument("--certs", help="folder from `fedtitan certs`")
+    sl.add_argument("--insecure", action="store_true", help="no TLS, no authentication (trusted networks only)")
+    sl.add_argument("--host", default="0.0.0.0")
+    sl.add_argument("--port", type=int, default=8000)
+    sl.add_argument("--database", help="state file, so the SuperLink survives restarts")
+    sl.add_argument("--no-auth", action="store_true", help="TLS without SuperNode authentication")
+    sl.add_argument("--dry-run", action="store_true", help="print the command only")
+    sl.set_defaults(func=_cmd_superlink)
+
+    sn = sub.add_parser("supernode", help="start a SuperNode (e.g. on a Jetson) with the right node config")
+    sn.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
+    sn.add_argument("--certs", help="folder with ca.crt (and the node keys)")
+    sn.add_argument("--key", help="private key file name in --certs (e.g. supernode-0) or a path")
+    sn.add_argument("--insecure", action="store_true")
+    sn.add_argument("--partition-id", type=int, required=True)
+    sn.add_argument("--num-partitions", type=int, required=True)
+    sn.add_argument("--device", help="catalog profile or profile TOML (e.g. orin-nano)")
+    sn.add_argument("--meter", default="measured", help="measured (real hardware) or simulated (emulated device)")
+    sn.add_argument("--port", type=int, default=9094, help="local port of this SuperNode's API")
+    sn.add_argument("--dry-run", action="store_true")
+    sn.set_defaults(func=_cmd_supernode)
 
     d = sub.add_parser("devices", help="device catalog and calibration")
     dsub = d.add_subparsers(dest="devices_cmd")

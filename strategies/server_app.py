@@ -128,6 +128,8 @@ def run_server(grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressF
             "clients_ok": len(included), "clients_failed": n_failed,
             "clients_dropped": sum(r.status in ("straggler", "declined", "unavailable") for r in results),
             "updated": updated, "wall_s": time.perf_counter() - t_round,
+            "measured_energy_missing": sum(r.metrics.get("measured", 0) >= 0.5 and r.metrics.get("energy_available", 1) < 0.5
+                                           for r in results),
         }
         writer.add_round(row, client_rows)
         if progress is not None:
