@@ -32,6 +32,7 @@ class DataSection(_Section):
     dataset: str = "digits"
     path: str | None = None
     data_dir: str | None = None
+    max_train: int | None = Field(None, ge=10)
     partition: Literal["iid", "dirichlet", "shards", "natural"] = "dirichlet"
     alpha: float = Field(0.5, gt=0)
     classes_per_client: int = Field(2, ge=1)

@@ -74,8 +74,26 @@ def _dataset(name: str, data_dir: str | None, path: str | None, seed: int) -> Da
     return load_dataset(name, data_dir=data_dir, path=path, seed=seed)
 
 
+@functools.lru_cache(maxsize=4)
+def _subsampled(name: str, data_dir: str | None, path: str | None, seed: int, max_train: int) -> Dataset:
+    import dataclasses
+
+    from fedtitan.data import stratified_holdout
+
+    ds = _dataset(name, data_dir, path, seed)
+    if max_train >= len(ds.y_train):
+        return ds
+    _, keep = stratified_holdout(ds.y_train, max_train / len(ds.y_train), seed)
+    g = ds.groups_train[keep] if ds.groups_train is not None else None
+    return dataclasses.replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep], groups_train=g)
+
+
 def dataset_for(cfg: Config) -> Dataset:
-    return _dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.path, cfg.run.seed)
+    """The run's dataset (cached per process); ``data.max_train`` keeps a seeded stratified subset."""
+    d = cfg.data
+    if d.max_train is not None:
+        return _subsampled(d.dataset, d.data_dir, d.path, cfg.run.seed, d.max_train)
+    return _dataset(d.dataset, d.data_dir, d.path, cfg.run.seed)
 
 
 def build_global_model(cfg: Config, ds: Dataset) -> BlockModel:
