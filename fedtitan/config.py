@@ -103,6 +103,7 @@ class ServerSection(_Section):
     over_commit: float = Field(0.0, ge=0, le=2)
     eval_every: int = Field(1, ge=1)
     eval_samples: int = Field(2000, ge=1)
+    client_eval: bool = False
     target_accuracy: float | None = Field(None, gt=0, le=1)
     timeout_s: float = Field(600.0, gt=0)
 

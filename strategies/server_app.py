@@ -61,6 +61,22 @@ def _parse_reply(reply: Message, node_id: int) -> ClientResult:
     return ClientResult(node_id, status, metrics, arrays)
 
 
+def _client_evaluate(grid: Grid, nodes: list[int], state: dict[str, np.ndarray], cfg_json: str, rnd: int,
+                     timeout_s: float) -> dict[int, float]:
+    """Federated evaluation of the global model on each node's own test share."""
+    arrays = ArrayRecord({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+    config = ConfigRecord({"server-round": rnd, "config": cfg_json})
+    msgs = [Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=n, message_type="evaluate")
+            for n in nodes]
+    out = {}
+    for reply in grid.send_and_receive(msgs, timeout=timeout_s):
+        if not reply.has_error():
+            rec = reply.content["metrics"]
+            assert isinstance(rec, MetricRecord)
+            out[reply.metadata.src_node_id] = float(rec["accuracy"])  # type: ignore[arg-type]
+    return out
+
+
 def run_server(grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressFn | None = None) -> dict[str, Any]:
     writer = RunWriter(out_dir)
     cfg_json = cfg.to_json()
@@ -106,9 +122,12 @@ def run_server(grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressF
         round_energy = float(sum(r.metrics.get("sim_energy_j", 0.0) if r.metrics.get("measured", 0) < 0.5
                                  else np.nan_to_num(r.metrics.get("energy_j", 0.0)) for r in results))
         energy_cum += round_energy
+        client_acc: dict[int, float] = {}
         if rnd % s.eval_every == 0 or rnd == cfg.run.rounds:
             model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in global_state.items()})
             loss, acc = evaluate(model, x_eval, y_eval)
+            if s.client_eval:
+                client_acc = _client_evaluate(grid, sampled, global_state, cfg_json, rnd, s.timeout_s)
         else:
             acc, loss = math.nan, math.nan
         client_rows = [{
@@ -119,6 +138,7 @@ def run_server(grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressF
             "sim_energy_j": r.metrics.get("sim_energy_j", math.nan), "num_examples": r.metrics.get("num-examples", 0.0),
             **{k: v for k, v in r.metrics.items() if k not in ("sim_time_s", "sim_energy_j", "num-examples", "partition_id",
                                                            "device_id", "status")},
+            "client_accuracy": client_acc.get(r.node_id, math.nan),
             "error": r.error,
         } for r in results]
         n_failed = sum(r.status in ("failed", "nonfinite", "dropped") for r in results)
@@ -126,6 +146,7 @@ def run_server(grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressF
             "server_round": rnd, "accuracy": acc, "loss": loss, "virtual_time_s": virtual_s, "round_time_s": round_s,
             "energy_j": round_energy, "energy_cum_j": energy_cum, "clients_sampled": len(sampled),
             "clients_ok": len(included), "clients_failed": n_failed,
+            "client_accuracy_mean": float(np.mean(list(client_acc.values()))) if client_acc else math.nan,
             "clients_dropped": sum(r.status in ("straggler", "declined", "unavailable") for r in results),
             "updated": updated, "wall_s": time.perf_counter() - t_round,
             "measured_energy_missing": sum(r.metrics.get("measured", 0) >= 0.5 and r.metrics.get("energy_available", 1) < 0.5

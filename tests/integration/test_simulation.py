@@ -49,13 +49,15 @@ def test_streaming_titan_run_and_reproducible(tmp_path):
 
 
 def test_pruning_run(tmp_path):
-    cfg = load_config("quickstart", [*BASE, "pruning.method=warmup-loss", "pruning.ratio=0.5", "model.name=mlp"])
+    cfg = load_config("quickstart", [*BASE, "pruning.method=warmup-loss", "pruning.ratio=0.5", "model.name=mlp",
+                                     "server.client_eval=true"])
     run(cfg, tmp_path, quiet=True)
     _, clients = _check_outputs(tmp_path)
     # round 1 includes the warm-up; round 2 trains only the kept half
     r2 = clients[clients.server_round == 2]
     assert (r2.rho == 0.5).all()
     assert (clients[clients.server_round == 1].streamed > 0).all()  # warm-up samples recorded
+    assert clients.client_accuracy.between(0, 1).all()  # federated evaluation on each client's test share
 
 
 def test_failing_client_is_recorded_and_round_completes(tmp_path):
