@@ -60,6 +60,7 @@ class SelectionSection(_Section):
     coarse: Literal["repdiv", "random"] = "repdiv"
     metric: Literal["euclidean", "sqeuclidean"] = "euclidean"
     carry_over: bool = True
+    stratify: bool = True
     lr: float = Field(0.1, gt=0)
     lr_decay: float = Field(0.95, gt=0, le=1)
     lr_decay_every: int = Field(100, ge=1)

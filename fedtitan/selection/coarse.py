@@ -48,7 +48,8 @@ class CoarseFilter:
     """Candidate buffer of at most ``budget`` samples with per-class running estimators."""
 
     def __init__(self, budget: int = 30, n_blocks: int = 1, pool: int = 4, carry_over: bool = True,
-                 refresh: bool = True, metric: str = "euclidean", rule: str = "repdiv", seed: int = 0) -> None:
+                 refresh: bool = True, metric: str = "euclidean", rule: str = "repdiv", seed: int = 0,
+                 stratify: bool = True) -> None:
         if budget < 1:
             raise ConfigError(f"buffer budget must be >= 1, got {budget}")
         if n_blocks < 1:
@@ -64,6 +65,7 @@ class CoarseFilter:
         if rule not in ("repdiv", "random"):
             raise ConfigError(f"coarse rule must be 'repdiv' or 'random', got {rule!r}")
         self.rule = rule  # 'random': a uniform pre-filter, the ablation that isolates the scoring
+        self.stratify = stratify  # class quotas follow the stream's class frequencies
         self._rng = np.random.default_rng([seed, 0xC0A25E])
         self.count: dict[int, int] = {}
         self.sum_f: dict[int, np.ndarray] = {}
@@ -140,12 +142,41 @@ class CoarseFilter:
         for ci in np.lexsort((first, -counts))[:k]:
             rows = np.flatnonzero(y == classes[ci])
             pick(int(rows[np.argmax(rep[rows])]))
+        room = np.full(n, np.inf)
+        if self.stratify:
+            quota = self._quotas(classes, counts, k)
+            room = np.array([quota[int(c)] for c in y], dtype=np.float64)
         while len(order) < k:
             score = rep + dist_sum / np.maximum(kept_in_class, 1)
-            score[chosen] = -np.inf
+            score[chosen | (kept_in_class >= room)] = -np.inf
             pick(int(np.argmax(score)))
         final = rep + dist_sum / np.maximum(kept_in_class, 1)
         return np.asarray(order, dtype=np.int64), final
+
+    def _quotas(self, classes: np.ndarray, available: np.ndarray, k: int) -> dict[int, int]:
+        """Slots per class proportional to the stream's class frequencies (running counts),
+        at least one each, at most what the pool holds; integers by largest remainder. C-IS's
+        weights are unbiased relative to the buffer, so the buffer's class mix should follow
+        the stream's."""
+        from fedtitan.selection.cis import allocate
+
+        freq = np.array([self.count.get(int(c), 1) for c in classes], dtype=np.float64)
+        cap = available.astype(np.int64)
+        quota = np.zeros(len(classes), dtype=np.int64)
+        open_ = cap > 0
+        left = k
+        while left > 0 and open_.any():
+            share = np.zeros(len(classes), dtype=np.int64)
+            share[open_] = allocate(freq[open_], freq[open_], left) if left >= open_.sum() else 0
+            if left < open_.sum():
+                share[np.flatnonzero(open_)[np.argsort(-freq[open_], kind="stable")[:left]]] = 1
+            new = np.minimum(quota + share, cap)
+            left -= int((new - quota).sum())
+            quota = new
+            open_ = quota < cap
+            if (share == 0).all():
+                break
+        return {int(c): int(q) for c, q in zip(classes, quota, strict=True)}
 
     def remove(self, ids: np.ndarray) -> None:
         """Drop consumed samples (by id) from the buffer."""

@@ -176,8 +176,8 @@ class TitanSelector:
 
     def __init__(self, buffer_size: int = 30, n_blocks: int = 1, pool: int = 4, weighting: bool = True,
                  consume: bool = True, carry_over: bool = True, refresh: bool = True,
-                 metric: str = "euclidean", coarse: str = "repdiv", seed: int = 0) -> None:
-        self.filter = CoarseFilter(buffer_size, n_blocks, pool, carry_over, refresh, metric, coarse, seed)
+                 metric: str = "euclidean", coarse: str = "repdiv", seed: int = 0, stratify: bool = True) -> None:
+        self.filter = CoarseFilter(buffer_size, n_blocks, pool, carry_over, refresh, metric, coarse, seed, stratify)
         self.weighting = weighting
         self.consume = consume
 

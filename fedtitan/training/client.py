@@ -235,7 +235,7 @@ def _streaming(cfg: Config, setup: Setup, pid: int, profile: DeviceProfile, stat
     opts: dict[str, Any] = {}
     if s.method == "titan":
         opts = {"buffer_size": s.buffer_size, "n_blocks": s.n_blocks, "pool": s.pool, "weighting": s.weighting,
-                "coarse": s.coarse, "metric": s.metric, "carry_over": s.carry_over, "seed": cfg.run.seed * 1_000_003 + pid}
+                "coarse": s.coarse, "metric": s.metric, "carry_over": s.carry_over, "stratify": s.stratify, "seed": cfg.run.seed * 1_000_003 + pid}
     elif s.method in ("cis", "is"):
         opts = {"weighting": s.weighting}
     selector = build_selector(s.method, **opts)

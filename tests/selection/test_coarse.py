@@ -82,3 +82,26 @@ def test_running_estimators_equal_batch_statistics():
     for c in range(3):
         np.testing.assert_allclose(flt.centroid(c), f[all_y == c].mean(axis=0), rtol=1e-10)
         assert flt.count[c] == (all_y == c).sum()
+
+
+def test_buffer_class_mix_follows_the_stream():
+    """C-IS weights are unbiased relative to the buffer, so the buffer's class proportions
+    must track the stream's (here 70/20/10 over a 20-slot buffer)."""
+    rng = np.random.default_rng(6)
+    model = build_model("mlp", (8,), 3, hidden=(16,))
+    flt = CoarseFilter(budget=20, stratify=True)
+    for step in range(8):
+        y = rng.choice(3, size=100, p=[0.7, 0.2, 0.1])
+        x = torch.as_tensor(rng.normal(size=(100, 8)) * (1 + y[:, None]), dtype=torch.float32)
+        flt.observe(Chunk(x=x, y=torch.as_tensor(y), ids=np.arange(100 * step, 100 * step + 100)), model)
+    counts = np.bincount(flt.y, minlength=3)
+    assert counts.sum() == 20
+    assert abs(counts[0] - 14) <= 1 and abs(counts[1] - 4) <= 1 and abs(counts[2] - 2) <= 1
+    # without stratification the greedy rule follows spread, not frequency (class 2 is widest)
+    flt2 = CoarseFilter(budget=20, stratify=False)
+    rng = np.random.default_rng(6)
+    for step in range(8):
+        y = rng.choice(3, size=100, p=[0.7, 0.2, 0.1])
+        x = torch.as_tensor(rng.normal(size=(100, 8)) * (1 + y[:, None]), dtype=torch.float32)
+        flt2.observe(Chunk(x=x, y=torch.as_tensor(y), ids=np.arange(100 * step, 100 * step + 100)), model)
+    assert np.bincount(flt2.y, minlength=3)[0] < counts[0]
