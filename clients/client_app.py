@@ -47,6 +47,12 @@ def _save_state(context: Context, state: dict[str, Any]) -> None:
     context.state.config_records[STATE_KEY] = ConfigRecord({"blob": pickle.dumps(state)})
 
 
+def _global_weights(msg: Message) -> dict[str, Any]:
+    arrays = msg.content["arrays"]
+    assert isinstance(arrays, ArrayRecord)
+    return arrays.to_torch_state_dict()
+
+
 def _node(context: Context) -> tuple[int, str | None, str | None]:
     nc = context.node_config
     device = nc.get("device")
@@ -58,9 +64,7 @@ def _node(context: Context) -> tuple[int, str | None, str | None]:
 def train(msg: Message, context: Context) -> Message:
     cfg, rec = _config(msg)
     pid, device, meter = _node(context)
-    arrays = msg.content["arrays"]
-    assert isinstance(arrays, ArrayRecord)
-    out = client_round(cfg, pid, arrays.to_torch_state_dict(), _load_state(context), int(cast(int, rec["server-round"])),
+    out = client_round(cfg, pid, _global_weights(msg), _load_state(context), int(cast(int, rec["server-round"])),
                        device=device, meter=meter)
     _save_state(context, out.state)
     content = RecordDict({"arrays": ArrayRecord(out.state_dict), "metrics": MetricRecord(cast(dict[str, Any], out.metrics))})
@@ -71,7 +75,5 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     cfg, _ = _config(msg)
     pid, _, _ = _node(context)
-    arrays = msg.content["arrays"]
-    assert isinstance(arrays, ArrayRecord)
-    metrics = client_evaluate(cfg, pid, arrays.to_torch_state_dict())
+    metrics = client_evaluate(cfg, pid, _global_weights(msg))
     return Message(content=RecordDict({"metrics": MetricRecord(cast(dict[str, Any], metrics))}), reply_to=msg)

@@ -17,7 +17,8 @@ from fedtitan.errors import FedtitanError
 from fedtitan.results import prepare_dir
 
 
-def _progress(cfg: Config, quiet: bool) -> tuple[Any, Any]:
+def progress_bar(fields: str, quiet: bool) -> Any:
+    """A rich progress bar: description, bar, n/total, ``fields`` (a format of task fields), ETA."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -27,9 +28,12 @@ def _progress(cfg: Config, quiet: bool) -> tuple[Any, Any]:
         TimeRemainingColumn,
     )
 
-    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("acc {task.fields[acc]}  virtual {task.fields[vt]}"), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), disable=quiet)
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(fields),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=quiet)
+
+
+def _progress(cfg: Config, quiet: bool) -> tuple[Any, Any]:
+    prog = progress_bar("acc {task.fields[acc]}  virtual {task.fields[vt]}", quiet)
     task = prog.add_task(cfg.run.name, total=cfg.run.rounds, acc="-", vt="0 s")
 
     def update(row: dict[str, Any]) -> None:

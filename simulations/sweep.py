@@ -113,19 +113,9 @@ def sweep(preset: str, grid_items: list[str], seeds: int, overrides: list[str], 
     all_specs = specs + extra
     _write_index(root, all_specs, status, walls)
     todo = [s for s in specs if status[s.run_id] != "done"]
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from simulations.run import progress_bar, run
 
-    from simulations.run import run
-
-    prog = Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[now]}"),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=quiet)
+    prog = progress_bar("{task.fields[now]}", quiet)
     with prog:
         task = prog.add_task("sweep", total=len(specs), completed=len(specs) - len(todo), now="")
         for spec in todo:
