@@ -1,0 +1,55 @@
+import json
+
+import pandas as pd
+
+from fedtitan.cli import main
+from fedtitan.results.report import build_report
+
+
+def _fake_sweep(root):
+    rows = []
+    for method in ("warmup-loss", "random"):
+        for ratio in (0.1, 0.5, 1.0):
+            for seed in (0, 1):
+                rid = f"pruning.method={method}__pruning.ratio={ratio}__seed={seed}"
+                d = root / rid
+                d.mkdir(parents=True)
+                bonus = 0.1 if method == "warmup-loss" and ratio < 1 else 0.0
+                acc = [0.2 + 0.3 * ratio + bonus, 0.3 + 0.4 * ratio + bonus + 0.01 * seed]
+                pd.DataFrame({"server_round": [1, 2], "accuracy": acc, "loss": [1.0, 0.8],
+                              "virtual_time_s": [10 * ratio, 20 * ratio], "energy_cum_j": [5 * ratio, 10 * ratio]}
+                             ).to_csv(d / "rounds.csv", index=False)
+                pd.DataFrame({"server_round": [1, 1, 2, 2], "device": ["rpi4", "orin-nano"] * 2,
+                              "sim_time_s": [ratio, ratio / 2] * 2, "sim_energy_j": [3 * ratio, 2 * ratio] * 2,
+                              "sim_train_s": [ratio, ratio / 2] * 2}).to_csv(d / "clients.csv", index=False)
+                (d / "config.json").write_text(json.dumps({"run": {"seed": seed}}))
+                (d / "summary.json").write_text("{}")
+                rows.append({"run_id": rid, "pruning.method": method, "pruning.ratio": ratio, "seed": seed,
+                             "status": "done", "path": rid, "wall_s": 1.0})
+    pd.DataFrame(rows).to_csv(root / "index.csv", index=False)
+
+
+def test_report_for_a_pruning_sweep(tmp_path):
+    _fake_sweep(tmp_path)
+    path, table = build_report(tmp_path)
+    html = path.read_text()
+    for section in ("Final accuracy", "Accuracy vs pruning ratio", "Accuracy gap", "linear fit", "Per device tier"):
+        assert section in html, section
+    assert html.count("data:image/png;base64") >= 4
+    # training time is exactly linear in rho here: R^2 = 1
+    tables = json.loads((tmp_path / "report-tables.json").read_text())
+    assert len(tables["final"]) == 6
+    assert main(["plot", "accuracy-ratio", str(tmp_path), "-o", str(tmp_path / "f.pdf")]) == 0
+    assert (tmp_path / "f.pdf").stat().st_size > 1000
+    assert main(["plot", "tiers", str(tmp_path), "-o", str(tmp_path / "t.png")]) == 0
+
+
+def test_fits_are_exact_on_linear_costs(tmp_path):
+    from fedtitan.results import analysis
+
+    _fake_sweep(tmp_path)
+    _, clients, _ = analysis.load_sweep(tmp_path)
+    fits = analysis.cost_vs_ratio(clients)
+    assert len(fits) == 4 and (fits.r2 > 0.999999).all()
+    t = fits[(fits["pruning.method"] == "random") & (fits.metric == "train_time_s")].iloc[0]
+    assert abs(t.slope - 3.0) < 1e-9  # per run: 2 rounds x (1 + 0.5) x rho
