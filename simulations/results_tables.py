@@ -50,6 +50,18 @@ def single_device(root: Path) -> None:
     g["steps_to_rs_final"] = g.method.map(
         {m: (int(c[c.accuracy >= rs].step.min()) if (c.accuracy >= rs).any() else float("nan"))
          for m, c in curve.groupby("method")})
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    sns.lineplot(df, x="step", y="accuracy", hue="method", errorbar="sd", ax=ax)
+    ax.set_title("CIFAR-10, one device, small CNN, v=100, B=10, buffer 30 (3 seeds, sd bands)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(root / "single-device-all.png", dpi=120)
     print("### Single device\n")
     print(_md(g.sort_values("final_acc_mean", ascending=False)))
     print()

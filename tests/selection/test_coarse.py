@@ -105,3 +105,22 @@ def test_buffer_class_mix_follows_the_stream():
         x = torch.as_tensor(rng.normal(size=(100, 8)) * (1 + y[:, None]), dtype=torch.float32)
         flt2.observe(Chunk(x=x, y=torch.as_tensor(y), ids=np.arange(100 * step, 100 * step + 100)), model)
     assert np.bincount(flt2.y, minlength=3)[0] < counts[0]
+
+
+def test_folded_batchnorm_features_equal_model_features():
+    from fedtitan.selection.coarse import coarse_features
+
+    torch.manual_seed(0)
+    for name, shape in (("mobilenet_v1", (3, 32, 32)), ("resnet18", (3, 32, 32)), ("har_cnn", (9, 128))):
+        model = build_model(name, shape, 10)
+        model.train()
+        x = torch.randn(6, *shape)
+        model(torch.randn(16, *shape))  # move BN running statistics away from their init
+        for n_blocks in (1, 2):
+            model.eval()
+            with torch.no_grad():
+                ref = model.features(x, n_blocks)
+            model.train()
+            got = coarse_features(model, x, n_blocks, pool=0)
+            np.testing.assert_allclose(got, ref.flatten(1).double().numpy(), rtol=1e-4, atol=1e-5)
+            assert model.training  # the caller's mode is restored
