@@ -10,6 +10,10 @@ OUT="${2:-docs/results}"
 fedtitan sweep titan-fl-cifar10 --grid "selection.method=titan,rs,is,cis" --seeds 1 --quiet \
   --set model.name=cnn --set data.max_train=20000 --set run.rounds=30 --set server.eval_every=3 \
   --set server.eval_samples=2000 --set "data.data_dir=$DATA" --out "$OUT/fl-titan-cifar10"
+# 1b. The same, 150 rounds (titan, rs, cis).
+fedtitan sweep titan-fl-cifar10 --grid "selection.method=titan,rs,cis" --seeds 1 --quiet \
+  --set model.name=cnn --set data.max_train=20000 --set run.rounds=150 --set server.eval_every=10 \
+  --set server.eval_samples=2000 --set "data.data_dir=$DATA" --out "$OUT/fl-titan-cifar10-150"
 # 2. Dataset pruning (15 devices, Dirichlet 0.5, scaled: small CNN, 6k training images,
 #    8 rounds, 1 seed): warm-up-loss vs random pruning at rho in {0.1, 0.2, 0.5, 1.0}.
 fedtitan sweep pruning-cifar10 --grid "pruning.method=warmup-loss,random" --grid "pruning.ratio=0.1,0.2,0.5,1.0" \
