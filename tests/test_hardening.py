@@ -55,18 +55,27 @@ def test_all_clients_failing_and_dropping_is_recorded(tmp_path):
     assert (clients.status == "dropped").any() and not clients[clients.status == "dropped"].included.any()
 
 
-def _ray_procs():
-    names = ("raylet", "gcs_server", "ray::")
+def _ray_procs(temp_dir):
+    """Ray's core processes (raylet, gcs_server, ...) of the instance using ``temp_dir``; workers
+    die with them. Other Ray instances on the machine are not ours to judge."""
     out = []
-    for p in psutil.process_iter(["name", "cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if any(n in (p.info["name"] or "") or n in cmd for n in names):
+    for p in psutil.process_iter(["cmdline"]):
+        if str(temp_dir) in " ".join(p.info["cmdline"] or []):
             out.append(p)
     return out
 
 
+@pytest.fixture
+def ray_tmp(monkeypatch):
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
+    monkeypatch.setenv("RAY_TMPDIR", d)
+    return d
+
+
 @pytest.mark.slow
-def test_interrupt_keeps_finished_rounds_and_leaks_no_ray(tmp_path):
+def test_interrupt_keeps_finished_rounds_and_leaks_no_ray(tmp_path, ray_tmp):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "fedtitan.cli", "run", "--quiet", "--out", str(out),
            "--set", "data.num_clients=3", "--set", "run.rounds=200", "--set", "server.fraction=1.0"]
@@ -87,13 +96,13 @@ def test_interrupt_keeps_finished_rounds_and_leaks_no_ray(tmp_path):
     rounds = pd.read_csv(out / "rounds.csv")  # a complete, parseable file
     assert len(rounds) >= 2 and rounds.server_round.tolist() == list(range(1, len(rounds) + 1))
     time.sleep(3)
-    assert not _ray_procs(), [p.info["cmdline"] for p in _ray_procs()]
+    assert not _ray_procs(ray_tmp), [p.info["cmdline"] for p in _ray_procs(ray_tmp)]
 
 
 @pytest.mark.slow
-def test_run_leaves_no_ray_processes(tmp_path):
+def test_run_leaves_no_ray_processes(tmp_path, ray_tmp):
     assert main(["run", "--quiet", "--out", str(tmp_path), *BASE]) == 0
     time.sleep(2)
-    assert not _ray_procs()
+    assert not _ray_procs(ray_tmp)
 
 

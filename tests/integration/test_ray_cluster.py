@@ -2,9 +2,11 @@
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 
 from fedtitan.config import load_config
@@ -18,10 +20,28 @@ def _ray(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120)
 
 
+def _stop_cluster(temp_dir: str) -> None:
+    """Stop only the cluster this test started (``ray stop`` would stop every Ray on the machine)."""
+    victims = []
+    for p in psutil.process_iter(["cmdline"]):
+        if temp_dir in " ".join(p.info["cmdline"] or []):
+            try:
+                victims += [*p.children(recursive=True), p]
+            except psutil.Error:
+                pass
+    for v in victims:
+        try:
+            v.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(victims, timeout=15)
+
+
 def test_run_attaches_to_existing_cluster(tmp_path):
     port = "6391"
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
     started = _ray("start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                   "--disable-usage-stats")
+                   "--disable-usage-stats", f"--temp-dir={temp_dir}")
     assert started.returncode == 0, started.stderr[-2000:]
     try:
         cfg = load_config("quickstart", ["data.num_clients=3", "run.rounds=2", "server.fraction=1.0",
@@ -33,4 +53,4 @@ def test_run_attaches_to_existing_cluster(tmp_path):
         status = _ray("status", f"--address=127.0.0.1:{port}")
         assert status.returncode == 0  # the cluster outlives the run
     finally:
-        _ray("stop", "--force")
+        _stop_cluster(temp_dir)
