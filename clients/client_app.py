@@ -71,6 +71,14 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """The node's partition id, so the server can sample partitions reproducibly (Flower's
+    node ids differ from run to run)."""
+    pid, _, _ = _node(context)
+    return Message(content=RecordDict({"metrics": MetricRecord({"partition_id": pid})}), reply_to=msg)
+
+
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     cfg, _ = _config(msg)

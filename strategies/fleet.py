@@ -44,14 +44,15 @@ class FleetPolicy:
         return min(available, max(self.min_clients, int(round(self.fraction * available))))
 
     def sample(self, node_ids: list[int], server_round: int) -> list[int]:
-        """Seeded by (seed, round) over the sorted node ids; first-k over-commits."""
-        nodes = sorted(node_ids)
+        """Seeded by (seed, round) over ``node_ids`` in the given order (the server orders them
+        by partition id, so a seed picks the same partitions in every run); first-k over-commits."""
+        nodes = list(node_ids)
         k = self.target(len(nodes))
         if self.policy == "first-k":
             k = min(len(nodes), math.ceil(k * (1.0 + self.over_commit)))
         rng = np.random.default_rng([self.seed, server_round, 0x5A3B1E])
-        picks = rng.choice(len(nodes), size=k, replace=False)  # indices: node ids can exceed int64
-        return sorted(nodes[int(i)] for i in picks)
+        picks = np.sort(rng.choice(len(nodes), size=k, replace=False))  # indices: node ids can exceed int64
+        return [nodes[int(i)] for i in picks]
 
     def include(self, results: list[ClientResult], sampled: int) -> tuple[list[ClientResult], float]:
         """Mark stragglers, return (included results, round duration on the virtual clock)."""

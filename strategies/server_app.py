@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -41,6 +41,19 @@ def _wait_for_nodes(grid: Grid, n: int, timeout_s: float) -> list[int]:
         if len(nodes) >= n or time.monotonic() - t0 > timeout_s:
             return nodes
         time.sleep(0.5)
+
+
+def _partition_ids(grid: Grid, nodes: list[int], timeout_s: float) -> dict[int, int]:
+    """Ask every node for its partition id (node id -> partition id)."""
+    msgs = [Message(RecordDict({"config": ConfigRecord({"what": "partition-id"})}), dst_node_id=n, message_type="query")
+            for n in nodes]
+    out = {}
+    for reply in grid.send_and_receive(msgs, timeout=timeout_s):
+        if not reply.has_error():
+            rec = reply.content["metrics"]
+            assert isinstance(rec, MetricRecord)
+            out[reply.metadata.src_node_id] = int(cast(int, rec["partition_id"]))
+    return out
 
 
 def _parse_reply(reply: Message, node_id: int) -> ClientResult:
@@ -91,6 +104,10 @@ def run_server(grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressF
     nodes = _wait_for_nodes(grid, cfg.data.num_clients, timeout_s=min(s.timeout_s, 120.0))
     if not nodes:
         raise RuntimeError("no client nodes connected to the server")
+    # Sample partitions, not Flower node ids (those are random per run): order the nodes by
+    # partition id so the seeded sample is the same whatever ids the nodes got.
+    pids = _partition_ids(grid, nodes, min(s.timeout_s, 120.0))
+    nodes = sorted(nodes, key=lambda n: (pids.get(n, 1 << 62), n))
     virtual_s, energy_cum = 0.0, 0.0
     acc, loss = math.nan, math.nan
     t_start = time.perf_counter()

@@ -38,6 +38,17 @@ def test_streaming_titan_run_and_reproducible(tmp_path):
     run(cfg, tmp_path / "b", quiet=True)
     ra, ca = _check_outputs(tmp_path / "a")
     rb, cb = _check_outputs(tmp_path / "b")
+    # partial participation: Flower's node ids differ per run, the sampled partitions must not
+    part = load_config("quickstart", [*BASE, "data.num_clients=6", "server.fraction=0.5"])
+    run(part, tmp_path / "c", quiet=True)
+    run(part, tmp_path / "d", quiet=True)
+    pc = pd.read_csv(tmp_path / "c" / "clients.csv")
+    pd_ = pd.read_csv(tmp_path / "d" / "clients.csv")
+    picks_c = pc.groupby("server_round").partition_id.apply(sorted).tolist()
+    assert picks_c == pd_.groupby("server_round").partition_id.apply(sorted).tolist()
+    assert all(len(p) == 3 for p in picks_c)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "c" / "rounds.csv")[["accuracy", "virtual_time_s"]],
+                                  pd.read_csv(tmp_path / "d" / "rounds.csv")[["accuracy", "virtual_time_s"]])
     cols = ["accuracy", "loss", "virtual_time_s", "energy_j"]
     pd.testing.assert_frame_equal(ra[cols], rb[cols])
     key = ["server_round", "partition_id"]
