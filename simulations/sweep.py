@@ -15,7 +15,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -138,6 +137,3 @@ def sweep(preset: str, grid_items: list[str], seeds: int, overrides: list[str], 
             prog.update(task, advance=1)
     return root, all_specs
 
-
-def summary_rows(root: Path) -> list[dict[str, Any]]:
-    return pd.read_csv(root / "index.csv").to_dict("records")

@@ -43,17 +43,32 @@ def _wait_for_nodes(grid: Grid, n: int, timeout_s: float) -> list[int]:
         time.sleep(0.5)
 
 
-def _partition_ids(grid: Grid, nodes: list[int], timeout_s: float) -> dict[int, int]:
-    """Ask every node for its partition id (node id -> partition id)."""
-    msgs = [Message(RecordDict({"config": ConfigRecord({"what": "partition-id"})}), dst_node_id=n, message_type="query")
-            for n in nodes]
+def _arrays(state: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+
+
+def eval_indices(cfg: Config, n_test: int) -> np.ndarray:
+    """The seeded test subset of ``server.eval_samples`` used for central evaluation."""
+    return np.sort(np.random.default_rng([cfg.run.seed, 0xE7A1]).permutation(n_test)[: cfg.server.eval_samples])
+
+
+def _ask(grid: Grid, nodes: list[int], content: RecordDict, message_type: str, key: str,
+         timeout_s: float) -> dict[int, float]:
+    """Send ``content`` to every node; node id -> metric ``key`` of each successful reply."""
+    msgs = [Message(content, dst_node_id=n, message_type=message_type) for n in nodes]
     out = {}
     for reply in grid.send_and_receive(msgs, timeout=timeout_s):
         if not reply.has_error():
             rec = reply.content["metrics"]
             assert isinstance(rec, MetricRecord)
-            out[reply.metadata.src_node_id] = int(cast(int, rec["partition_id"]))
+            out[reply.metadata.src_node_id] = float(cast(float, rec[key]))
     return out
+
+
+def _partition_ids(grid: Grid, nodes: list[int], timeout_s: float) -> dict[int, int]:
+    """Ask every node for its partition id (node id -> partition id)."""
+    content = RecordDict({"config": ConfigRecord({"what": "partition-id"})})
+    return {n: int(v) for n, v in _ask(grid, nodes, content, "query", "partition_id", timeout_s).items()}
 
 
 def _parse_reply(reply: Message, node_id: int) -> ClientResult:
@@ -77,17 +92,8 @@ def _parse_reply(reply: Message, node_id: int) -> ClientResult:
 def _client_evaluate(grid: Grid, nodes: list[int], state: dict[str, np.ndarray], cfg_json: str, rnd: int,
                      timeout_s: float) -> dict[int, float]:
     """Federated evaluation of the global model on each node's own test share."""
-    arrays = ArrayRecord({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
-    config = ConfigRecord({"server-round": rnd, "config": cfg_json})
-    msgs = [Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=n, message_type="evaluate")
-            for n in nodes]
-    out = {}
-    for reply in grid.send_and_receive(msgs, timeout=timeout_s):
-        if not reply.has_error():
-            rec = reply.content["metrics"]
-            assert isinstance(rec, MetricRecord)
-            out[reply.metadata.src_node_id] = float(rec["accuracy"])  # type: ignore[arg-type]
-    return out
+    content = RecordDict({"arrays": _arrays(state), "config": ConfigRecord({"server-round": rnd, "config": cfg_json})})
+    return _ask(grid, nodes, content, "evaluate", "accuracy", timeout_s)
 
 
 def run_server(grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressFn | None = None) -> dict[str, Any]:
@@ -97,7 +103,7 @@ def run_server(grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressF
     ds = dataset_for(cfg)
     model = build_global_model(cfg, ds)
     global_state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    eval_ids = np.sort(np.random.default_rng([cfg.run.seed, 0xE7A1]).permutation(len(ds.y_test))[: cfg.server.eval_samples])
+    eval_ids = eval_indices(cfg, len(ds.y_test))
     x_eval, y_eval = ds.tensor("test", eval_ids), ds.labels("test", eval_ids)
     s = cfg.server
     policy = FleetPolicy(s.fraction, s.min_clients, s.policy, s.deadline_s, s.over_commit, cfg.run.seed)
@@ -120,7 +126,7 @@ def run_server(grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressF
             break
         t_round = time.perf_counter()
         sampled = policy.sample(nodes, rnd)
-        arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in global_state.items()})
+        arrays = _arrays(global_state)
         config = ConfigRecord({"server-round": rnd, "config": cfg_json})
         messages = [Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=n, message_type="train")
                     for n in sampled]

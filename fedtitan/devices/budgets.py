@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fedtitan.devices.catalog import DeviceProfile
-from fedtitan.devices.cost import TRAIN_FACTOR, comm_cost, train_cost
+from fedtitan.devices.cost import comm_cost, train_cost
 from fedtitan.errors import ConfigError
 
 
@@ -109,5 +109,5 @@ def check_memory(p: DeviceProfile, needed_bytes: int, batch_size: int) -> None:
         )
 
 
-__all__ = ["TRAIN_FACTOR", "Battery", "BudgetDecision", "adaptive_ratio", "affordable_units", "check_memory",
+__all__ = ["Battery", "BudgetDecision", "adaptive_ratio", "affordable_units", "check_memory",
            "training_memory_bytes"]

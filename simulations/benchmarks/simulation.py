@@ -17,7 +17,6 @@ import tempfile
 import threading
 import time
 
-import numpy as np
 import psutil
 import torch
 
@@ -25,6 +24,7 @@ from fedtitan.config import load_config
 from fedtitan.training.client import build_global_model, client_round, dataset_for, setup_for
 from fedtitan.training.common import evaluate
 from strategies.fleet import ClientResult, fedavg
+from strategies.server_app import eval_indices
 
 
 class PeakRSS:
@@ -60,7 +60,7 @@ def plain_loop(cfg) -> float:  # type: ignore[no-untyped-def]
     model = build_global_model(cfg, ds)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     states: dict[int, dict] = {}
-    eval_ids = np.sort(np.random.default_rng([cfg.run.seed, 0xE7A1]).permutation(len(ds.y_test))[: cfg.server.eval_samples])
+    eval_ids = eval_indices(cfg, len(ds.y_test))
     for rnd in range(1, cfg.run.rounds + 1):
         results = []
         for pid in range(cfg.data.num_clients):
