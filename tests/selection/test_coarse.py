@@ -114,7 +114,7 @@ def test_folded_batchnorm_features_equal_model_features():
     for name, shape in (("mobilenet_v1", (3, 32, 32)), ("resnet18", (3, 32, 32)), ("har_cnn", (9, 128))):
         model = build_model(name, shape, 10)
         model.train()
-        x = torch.randn(6, *shape)
+        x = torch.randn(70, *shape)  # more than one COARSE_CHUNK
         model(torch.randn(16, *shape))  # move BN running statistics away from their init
         for n_blocks in (1, 2):
             model.eval()
@@ -123,4 +123,8 @@ def test_folded_batchnorm_features_equal_model_features():
             model.train()
             got = coarse_features(model, x, n_blocks, pool=0)
             np.testing.assert_allclose(got, ref.flatten(1).double().numpy(), rtol=1e-4, atol=1e-5)
+            if len(shape) == 3:
+                pooled = coarse_features(model, x, n_blocks, pool=4)
+                ref4 = torch.nn.functional.adaptive_avg_pool2d(ref, 4).flatten(1).double().numpy()
+                np.testing.assert_allclose(pooled, ref4, rtol=1e-4, atol=1e-5)
             assert model.training  # the caller's mode is restored
