@@ -54,6 +54,35 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     return grid
 
 
+def _flat(d: dict[str, object], prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and not k.endswith("mix"):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# Settings that do not change what a run computes: a sweep may be resumed with them changed.
+_RESUME_MAY_CHANGE = frozenset({"data.data_dir"})
+
+
+def _check_same_settings(run_dir: Path, cfg: Config) -> None:
+    """A finished run is only reused when it was made with the settings asked for now."""
+    try:
+        stored = _flat(json.loads((run_dir / "config.json").read_text()))
+    except (OSError, ValueError):
+        return  # no readable config: nothing to compare (older runs)
+    now = _flat(json.loads(cfg.to_json()))
+    diff = [f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(stored) | set(now))
+            if k not in _RESUME_MAY_CHANGE and stored.get(k) != now.get(k)]
+    if diff:
+        shown = "; ".join(diff[:3]) + (f" (+{len(diff) - 3} more)" if len(diff) > 3 else "")
+        raise ConfigError(f"{run_dir} was made with other settings ({shown}); resume with the same --set "
+                          "values, or give a new --out")
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "-", text)
 
@@ -96,6 +125,9 @@ def sweep(preset: str, grid_items: list[str], seeds: int, overrides: list[str], 
     for stale in root.glob(".partial-*"):
         shutil.rmtree(stale, ignore_errors=True)  # unfinished runs of a killed sweep are redone
     status = {s.run_id: "done" if (root / s.run_id / "summary.json").exists() else "pending" for s in specs}
+    for s in specs:
+        if status[s.run_id] == "done":
+            _check_same_settings(root / s.run_id, configs[s.run_id])
     # runs of earlier invocations that are not in this grid stay listed in the index
     old_index = root / "index.csv"
     extra: list[RunSpec] = []

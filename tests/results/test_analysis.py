@@ -74,3 +74,18 @@ def test_final_accuracy_and_tta_table():
     assert t.loc["titan", "tta_s"] == pytest.approx((21.0 + (10 + 10 * (0.61 - 0.42) / 0.2)) / 2)
     assert t.loc["titan", "speedup_vs_rs"] > 1.0
     assert t.loc["rs", "speedup_vs_rs"] == pytest.approx(1.0)
+
+
+def test_resume_refuses_runs_made_with_other_settings(tmp_path):
+    from fedtitan.config import load_config
+    from simulations.sweep import sweep
+
+    def fake_done(run_id: str, overrides: list[str]) -> None:
+        d = tmp_path / run_id
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(load_config("quickstart", overrides).to_json())
+        (d / "summary.json").write_text("{}")
+
+    fake_done("selection.method=rs__seed=0", ["run.rounds=2", "selection.method=rs", "run.seed=0"])
+    with pytest.raises(ConfigError, match=r"other settings \(run.rounds: 2 -> 3\)"):
+        sweep("quickstart", ["selection.method=rs"], 1, ["run.rounds=3"], tmp_path, quiet=True)
