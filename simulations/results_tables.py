@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedtitan.errors import FedtitanError
 from fedtitan.results import analysis
 
 
@@ -67,23 +68,63 @@ def single_device(root: Path) -> None:
     print()
 
 
+def _pm(mean: float, ci: float) -> str:
+    return f"{mean:.3f}" if pd.isna(ci) else f"{mean:.3f} ± {ci:.3f}"
+
+
 def sweep(root: Path, name: str) -> None:
+    """Tables (printed) and figures (``NAME-*.png`` next to the folder) of one sweep."""
+    from fedtitan.results import plots
+    from fedtitan.results.report import pruning_gap
+
     d = root / name
     if not (d / "index.csv").exists():
         return
-    rounds, clients, params = analysis.load_sweep(d)
+    try:
+        rounds, clients, params = analysis.load_sweep(d)
+    except FedtitanError as exc:
+        print(f"### {name}\n\n({exc})\n")
+        return
     by = [p for p in params if rounds[p].nunique() > 1]
     print(f"### {name}\n")
     if "selection.method" in by:
         table, target = analysis.tta_table(rounds, by)
         print(f"target accuracy = {target:.4f} (random selection's final accuracy)\n")
-        print(_md(table[[*by, "final_acc_mean", "tta_s", "energy_to_target_j", "reached", "speedup_vs_rs"]]))
+        table = table.sort_values("final_acc_mean", ascending=False)
+        table["final_acc"] = [_pm(m, c) for m, c in zip(table.final_acc_mean, table.final_acc_ci95, strict=True)]
+        print(_md(table[[*by, "final_acc", "final_acc_sd", "runs", "tta_s", "energy_to_target_j", "reached",
+                         "speedup_vs_rs"]]))
+        if "titan" in set(table["selection.method"]):
+            others = table[table["selection.method"] != "titan"]
+            best = others.sort_values("tta_s").iloc[0]
+            t = table[table["selection.method"] == "titan"].iloc[0]
+            print(f"\ntitan: {100 * (t.final_acc_mean - others.final_acc_mean.max()):+.2f} points vs the best other "
+                  f"final accuracy; time to target {best.tta_s / t.tta_s:.2f}x the fastest other method "
+                  f"({best['selection.method']})")
+        hue = rounds[by].astype(str).agg(" ".join, axis=1)
+        fig = plots.accuracy_vs_time(rounds.assign(method=hue), "method", target=target)
+        fig.savefig(root / f"{name}-accuracy-vs-time.png", dpi=120)
     else:
-        print(_md(analysis.final_accuracy(rounds, by)))
+        final = analysis.final_accuracy(rounds, by)
+        if "pruning.ratio" in by:
+            wide = final.assign(acc=[_pm(m, c) for m, c in zip(final.final_acc_mean, final.final_acc_ci95, strict=True)])
+            wide = wide.pivot(index="pruning.ratio", columns="pruning.method", values="acc").reset_index()
+            gap = pruning_gap(final)
+            wide = wide.merge(gap.assign(gap_points=(gap.gap * 100).round(1)).drop(columns="gap"),
+                              on="pruning.ratio", how="left")
+            runs = int(final.runs.max())
+            print(f"final accuracy, mean ± 95% CI over {runs} seed(s); gap = warm-up-loss minus random, points\n")
+            print(_md(wide.astype(object).fillna("")))
+            plots.accuracy_vs_ratio(final).savefig(root / f"{name}-accuracy-vs-rho.png", dpi=120)
+        else:
+            print(_md(final))
         fits = analysis.cost_vs_ratio(clients)
         if len(fits):
             print()
             print(_md(fits))
+            per_run = clients.groupby(["run_id", "pruning.method", "pruning.ratio"]).agg(
+                train_time_s=("sim_train_s", "sum"), energy_j=("sim_energy_j", "sum")).reset_index()
+            plots.cost_vs_ratio(per_run, fits).savefig(root / f"{name}-cost-vs-rho.png", dpi=120)
     print()
 
 

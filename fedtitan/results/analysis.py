@@ -153,6 +153,8 @@ def cost_vs_ratio(clients: pd.DataFrame, method_col: str = "pruning.method",
         train_time_s=("sim_train_s", "sum"), energy_j=("sim_energy_j", "sum")).reset_index()
     rows = []
     for m, g in per_run.groupby(method_col):
+        if g[ratio_col].nunique() < 2:
+            continue  # e.g. full data (rho = 1 only): nothing to fit
         for metric in ("train_time_s", "energy_j"):
             fit = linear_fit(g[ratio_col], g[metric])
             rows.append({method_col: m, "metric": metric, **fit})

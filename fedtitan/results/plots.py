@@ -30,7 +30,13 @@ def accuracy_vs_time(rounds: pd.DataFrame, hue: str | None, x: str = "virtual_ti
 def accuracy_vs_ratio(final: pd.DataFrame, ratio: str = "pruning.ratio", hue: str = "pruning.method") -> Figure:
     """Final accuracy (mean ± 95% CI over seeds) against the pruning ratio."""
     fig, ax = plt.subplots(figsize=(6, 4))
+    lo, hi = final[ratio].min(), final[ratio].max()
     for name, g in final.sort_values(ratio).groupby(hue):
+        if g[ratio].nunique() == 1 and lo < hi:  # one ratio only (full data): a reference line
+            m, ci = float(g["final_acc_mean"].mean()), float(g["final_acc_ci95"].fillna(0).mean())
+            line = ax.axhline(m, ls="--", lw=1.2, color="grey", label=f"{name} (rho={g[ratio].iloc[0]:g})")
+            ax.axhspan(m - ci, m + ci, color=line.get_color(), alpha=0.15, lw=0)
+            continue
         ax.errorbar(g[ratio], g["final_acc_mean"], yerr=g["final_acc_ci95"].fillna(0), marker="o", capsize=3,
                     label=str(name))
     ax.set_xlabel("rho (fraction kept)")

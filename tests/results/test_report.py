@@ -8,8 +8,8 @@ from fedtitan.results.report import build_report
 
 def _fake_sweep(root):
     rows = []
-    for method in ("warmup-loss", "random"):
-        for ratio in (0.1, 0.5, 1.0):
+    for method, ratios in (("warmup-loss", (0.1, 0.5, 1.0)), ("random", (0.1, 0.5, 1.0)), ("full", (1.0,))):
+        for ratio in ratios:
             for seed in (0, 1):
                 rid = f"pruning.method={method}__pruning.ratio={ratio}__seed={seed}"
                 d = root / rid
@@ -38,7 +38,7 @@ def test_report_for_a_pruning_sweep(tmp_path):
     assert html.count("data:image/png;base64") >= 4
     # training time is exactly linear in rho here: R^2 = 1
     tables = json.loads((tmp_path / "report-tables.json").read_text())
-    assert len(tables["final"]) == 6
+    assert len(tables["final"]) == 7
     assert main(["plot", "accuracy-ratio", str(tmp_path), "-o", str(tmp_path / "f.pdf")]) == 0
     assert (tmp_path / "f.pdf").stat().st_size > 1000
     assert main(["plot", "tiers", str(tmp_path), "-o", str(tmp_path / "t.png")]) == 0
@@ -50,6 +50,6 @@ def test_fits_are_exact_on_linear_costs(tmp_path):
     _fake_sweep(tmp_path)
     _, clients, _ = analysis.load_sweep(tmp_path)
     fits = analysis.cost_vs_ratio(clients)
-    assert len(fits) == 4 and (fits.r2 > 0.999999).all()
+    assert len(fits) == 4 and (fits.r2 > 0.999999).all()  # full data (rho = 1 only) has no fit
     t = fits[(fits["pruning.method"] == "random") & (fits.metric == "train_time_s")].iloc[0]
     assert abs(t.slope - 3.0) < 1e-9  # per run: 2 rounds x (1 + 0.5) x rho
