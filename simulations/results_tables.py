@@ -91,9 +91,20 @@ def sweep(root: Path, name: str) -> None:
         table, target = analysis.tta_table(rounds, by)
         print(f"target accuracy = {target:.4f} (random selection's final accuracy)\n")
         table = table.sort_values("final_acc_mean", ascending=False)
+        # selection quality apart from its cost: rounds to the target, and where a client round's
+        # simulated time goes (train / select / communicate), per method
+        rtt = {rid: analysis.time_to_accuracy(c.assign(virtual_time_s=c.server_round), target)[0]
+               for rid, c in rounds.groupby("run_id")}
+        per_run = rounds.groupby("run_id")[by].first().assign(rounds_to_target=pd.Series(rtt))
+        table = table.merge(per_run.groupby(by).rounds_to_target.mean().reset_index(), on=by, how="left")
+        ok = clients[clients.status == "ok"]
+        phases = ok.groupby(by)[["sim_train_s", "sim_select_s", "sim_comm_s"]].mean().reset_index()
+        table = table.merge(phases, on=by, how="left")
         table["final_acc"] = [_pm(m, c) for m, c in zip(table.final_acc_mean, table.final_acc_ci95, strict=True)]
         print(_md(table[[*by, "final_acc", "final_acc_sd", "runs", "tta_s", "energy_to_target_j", "reached",
                          "speedup_vs_rs"]]))
+        print("\nper client round (simulated seconds, mean): where the time goes; rounds_to_target ignores cost\n")
+        print(_md(table[[*by, "rounds_to_target", "sim_train_s", "sim_select_s", "sim_comm_s"]]))
         if "titan" in set(table["selection.method"]):
             others = table[table["selection.method"] != "titan"]
             best = others.sort_values("tta_s").iloc[0]
@@ -105,8 +116,9 @@ def sweep(root: Path, name: str) -> None:
         fig = plots.accuracy_vs_time(rounds.assign(method=hue), "method", target=target)
         fig.savefig(root / f"{name}-accuracy-vs-time.png", dpi=120)
     else:
-        final = analysis.final_accuracy(rounds, by)
-        if "pruning.ratio" in by:
+        pruning = {"pruning.method", "pruning.ratio"} <= set(rounds.columns)
+        final = analysis.final_accuracy(rounds, ["pruning.method", "pruning.ratio"] if pruning else by)
+        if pruning:
             wide = final.assign(acc=[_pm(m, c) for m, c in zip(final.final_acc_mean, final.final_acc_ci95, strict=True)])
             wide = wide.pivot(index="pruning.ratio", columns="pruning.method", values="acc").reset_index()
             gap = pruning_gap(final)
