@@ -15,10 +15,23 @@ from matplotlib.figure import Figure  # noqa: E402
 
 def accuracy_vs_time(rounds: pd.DataFrame, hue: str | None, x: str = "virtual_time_s",
                      target: float | None = None) -> Figure:
-    """Accuracy against the virtual clock, one line per ``hue`` value, seed band = sd."""
+    """Accuracy against the virtual clock, one line per ``hue`` value, seed band = sd.
+
+    Seeds of one group reach a round at different virtual times, so points are averaged per
+    evaluated round: x = mean time of that round over seeds, y = mean accuracy, band = sd."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     data = rounds.dropna(subset=["accuracy"])
-    sns.lineplot(data, x=x, y="accuracy", hue=hue, errorbar="sd", ax=ax, marker="o", markersize=3)
+    if "server_round" in data.columns:
+        keys = [hue, "server_round"] if hue else ["server_round"]
+        agg = data.groupby(keys)[[x, "accuracy"]].agg(["mean", "std"]).reset_index()
+        groups = agg.groupby(hue) if hue else [("", agg)]
+        for name, g in groups:
+            t, m, sd = g[(x, "mean")], g[("accuracy", "mean")], g[("accuracy", "std")].fillna(0)
+            (line,) = ax.plot(t, m, marker="o", markersize=3, label=str(name) if hue else None)
+            ax.fill_between(t, m - sd, m + sd, color=line.get_color(), alpha=0.15, lw=0)
+    else:
+        sns.lineplot(data, x=x, y="accuracy", hue=hue, errorbar="sd", ax=ax, marker="o", markersize=3)
+    ax.set_ylabel("accuracy")
     if target is not None:
         ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target:.3f}")
     ax.set_xlabel("virtual time (s)" if x == "virtual_time_s" else x)
