@@ -20,12 +20,6 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _kill_tree(procs, t0):
     victims = []
     for p in procs:
@@ -56,10 +50,10 @@ def test_insecure_start_is_refused_without_flag(capsys):
                      "--dry-run"]) == 2
 
 
-def test_tls_superlink_with_auth_measured_and_simulated_nodes(tmp_path):
+def test_tls_superlink_with_auth_measured_and_simulated_nodes(tmp_path, free_port):
     certs = tmp_path / "certs"
     make_certs(certs, ["127.0.0.1"], nodes=3)
-    port = _free_port()
+    port = free_port()
     home = tmp_path / "flwr-home"
     home.mkdir()
     (home / "config.toml").write_text(
@@ -92,13 +86,13 @@ def test_tls_superlink_with_auth_measured_and_simulated_nodes(tmp_path):
             assert reg.returncode == 0 and "registered" in reg.stdout, reg.stdout + reg.stderr
         start("node0", [*fed, "supernode", "--superlink", f"127.0.0.1:{port}", "--certs", str(certs), "--key",
                         "supernode-0", "--partition-id", "0", "--num-partitions", "2", "--device", "jetson-nano-10w",
-                        "--meter", "measured", "--port", str(_free_port())])
+                        "--meter", "measured", "--port", str(free_port())])
         start("node1", [*fed, "supernode", "--superlink", f"127.0.0.1:{port}", "--certs", str(certs), "--key",
                         "supernode-1", "--partition-id", "1", "--num-partitions", "2", "--device", "rpi4",
-                        "--meter", "simulated", "--port", str(_free_port())])
+                        "--meter", "simulated", "--port", str(free_port())])
         intruder = start("intruder", [*fed, "supernode", "--superlink", f"127.0.0.1:{port}", "--certs", str(certs),
                                       "--key", "supernode-2", "--partition-id", "0", "--num-partitions", "2",
-                                      "--port", str(_free_port())])
+                                      "--port", str(free_port())])
         assert intruder.wait(timeout=120) != 0  # an unregistered key is refused
         assert "Failed to activate SuperNode" in (logs / "intruder.log").read_text()
         out = tmp_path / "out"

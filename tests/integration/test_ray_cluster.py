@@ -37,8 +37,8 @@ def _stop_cluster(temp_dir: str) -> None:
     psutil.wait_procs(victims, timeout=15)
 
 
-def test_run_attaches_to_existing_cluster(tmp_path):
-    port = "6391"
+def test_run_attaches_to_existing_cluster(tmp_path, free_port):
+    port = str(free_port())
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
     started = _ray("start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
                    "--disable-usage-stats", f"--temp-dir={temp_dir}")
