@@ -36,7 +36,6 @@ def single_device(root: Path) -> None:
                                                    "titan:coarse=random": "titan (random coarse)",
                                                    "titan:metric=sqeuclidean": "titan (sqeuclidean, unstratified)"})
             else:
-                d = d[d.method != "titan:stratify=false"]
                 d["method"] = d["method"].replace({"titan": "titan (default: euclidean, stratified)"})
             frames.append(d)
     if not frames:
