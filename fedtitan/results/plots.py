@@ -76,8 +76,8 @@ def cost_vs_ratio(per_run: pd.DataFrame, fits: pd.DataFrame, ratio: str = "pruni
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, metric, label in ((axes[0], "train_time_s", "training time (s)"), (axes[1], "energy_j", "energy (J)")):
         for name, g in per_run.groupby(hue):
-            pts = ax.scatter(g[ratio], g[metric], s=14)
             fit = fits[(fits[hue] == name) & (fits.metric == metric)]
+            pts = ax.scatter(g[ratio], g[metric], s=14, label=None if len(fit) else str(name))
             if len(fit):
                 f = fit.iloc[0]
                 xs = sorted(g[ratio].unique())
