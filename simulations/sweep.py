@@ -131,8 +131,11 @@ def sweep(preset: str, grid_items: list[str], seeds: int, overrides: list[str], 
     # runs of earlier invocations that are not in this grid stay listed in the index
     old_index = root / "index.csv"
     extra: list[RunSpec] = []
+    walls: dict[str, float] = {}
     if old_index.exists():
         prev = pd.read_csv(old_index)
+        walls = {str(r["run_id"]): float(r["wall_s"]) for _, r in prev.iterrows()
+                 if pd.notna(r.get("wall_s")) and status.get(str(r["run_id"]), "done") == "done"}
         mine = {s.run_id for s in specs}
         for _, r in prev.iterrows():
             if r["run_id"] not in mine and (root / str(r["run_id"]) / "summary.json").exists():
@@ -140,7 +143,6 @@ def sweep(preset: str, grid_items: list[str], seeds: int, overrides: list[str], 
                           and pd.notna(r[k])}
                 extra.append(RunSpec(str(r["run_id"]), params, int(r["seed"]), ()))
                 status[str(r["run_id"])] = "done"
-    walls: dict[str, float] = {}
     all_specs = specs + extra
     _write_index(root, all_specs, status, walls)
     todo = [s for s in specs if status[s.run_id] != "done"]

@@ -39,6 +39,7 @@ def test_sweep_resume_after_kill_and_report(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     idx = pd.read_csv(out / "index.csv")
     assert len(idx) == 2 and idx.run_id.is_unique and (idx.status == "done").all()
+    assert idx.wall_s.notna().all()  # the run finished before the kill keeps its wall time
     dirs = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert dirs == sorted(idx.run_id)  # no .partial leftovers, nothing duplicated
     for rid in idx.run_id:
