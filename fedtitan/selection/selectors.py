@@ -113,6 +113,14 @@ class OCSSelector(_ChunkSelector):
         return take(c, rows, uniform_weights(len(rows)), {"candidates": float(n)})
 
 
+def camel_flops(batch_size: int, candidates: int, dim: int) -> float:
+    """Arithmetic of one Camel selection (charged by the cost model; it runs no model forward):
+    the mean (n*D), then k+1 distance passes over the candidates (3*n*D each: subtract,
+    square, sum)."""
+    k = min(batch_size, candidates)
+    return float(candidates * dim + 3 * candidates * dim * (k + 1))
+
+
 class CamelSelector(_ChunkSelector):
     """``camel``: greedy coreset in input space (Camel, Li et al., 2022 style).
 

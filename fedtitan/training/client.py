@@ -35,6 +35,7 @@ from fedtitan.devices.cost import static_round, streaming_round, train_cost
 from fedtitan.models import build_model, count_forward_flops, param_bytes
 from fedtitan.models.base import BlockModel
 from fedtitan.selection import build_selector, prune
+from fedtitan.selection.selectors import camel_flops
 from fedtitan.training.common import evaluate, lr_at
 from fedtitan.training.static import StaticConfig, train_static, warmup_scores
 from fedtitan.training.streaming import StreamingConfig, train_streaming
@@ -244,8 +245,9 @@ def _streaming(cfg: Config, setup: Setup, pid: int, profile: DeviceProfile, stat
     candidates = s.buffer_size if s.method == "titan" else s.velocity
     kw: dict[str, Any] = dict(forward_flops=setup.forward_flops, block_flops=setup.block_flops, batch_size=s.batch_size,
               velocity=s.velocity, candidates=candidates, model_bytes=setup.model_bytes,
-              pipelined=cfg.run.pipeline, coarse=s.method == "titan", gradient_selection=s.method != "rs"
-              and s.method != "camel")
+              pipelined=cfg.run.pipeline, coarse=s.method == "titan", gradient_selection=s.method not in ("rs", "camel"),
+              select_flops=camel_flops(s.batch_size, s.velocity, math.prod(setup.dataset.input_shape))
+              if s.method == "camel" else 0.0)
     fixed = streaming_round(profile, steps=0, **kw)  # exchange + idle during it
     one = streaming_round(profile, steps=1, **kw)
     decision = affordable_units(profile.energy_budget_j, fixed.energy_j, one.energy_j - fixed.energy_j, s.local_steps)

@@ -71,6 +71,19 @@ def test_streaming_round_pipelined_vs_sequential():
     assert pipe.energy_j == pytest.approx(1.0 * 0.12 + 3 * (0.12 + 0.12))
 
 
+def test_camel_arithmetic_is_charged():
+    from fedtitan.selection.selectors import camel_flops
+
+    assert camel_flops(10, 100, 3072) == 100 * 3072 + 3 * 100 * 3072 * 11  # mean + 11 distance passes
+    assert camel_flops(10, 4, 2) == 4 * 2 + 3 * 4 * 2 * 5  # k capped at the candidates
+    p = replace(CATALOG["rpi4"], select_flops=1e9)
+    kw = dict(forward_flops=1e6, block_flops=1e5, steps=3, batch_size=10, velocity=100, candidates=100,
+              model_bytes=0.0, pipelined=False, coarse=False, gradient_selection=False)
+    free, charged = streaming_round(p, **kw), streaming_round(p, select_flops=2e7, **kw)
+    assert charged.phases["select"].time_s == pytest.approx(3 * 0.02)
+    assert charged.time_s - free.time_s == pytest.approx(3 * 0.02)
+
+
 def test_static_round_linear_in_samples():
     p = CATALOG["orin-nano"]
     costs = [static_round(p, forward_flops=2e7, train_samples=n, model_bytes=0).energy_j for n in (100, 200, 300)]
