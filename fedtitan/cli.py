@@ -73,6 +73,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from fedtitan.results import analysis, plots
 
+    if args.kind == "partition":
+        from fedtitan.data.partition import heatmap
+        from fedtitan.results.report import first_partition
+
+        part = first_partition(Path(args.dir))
+        if part is None:
+            raise FedtitanError(f"no partition.csv under {args.dir} (runs of older fedtitan versions lack it; "
+                                "`fedtitan data summary ... --heatmap` draws one from the data settings)")
+        heatmap(part[1]).savefig(args.output, dpi=150)
+        print(f"wrote {args.output} (partition of {part[0]})")
+        return 0
     rounds, clients, params = analysis.load_sweep(args.dir)
     varying = [p for p in params if rounds[p].nunique() > 1]
     if args.kind == "accuracy-time":
@@ -202,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=_cmd_report)
 
     pl = sub.add_parser("plot", help="one figure (PNG/PDF) from a sweep or run folder")
-    pl.add_argument("kind", choices=["accuracy-time", "accuracy-ratio", "tiers"])
+    pl.add_argument("kind", choices=["accuracy-time", "accuracy-ratio", "tiers", "partition"])
     pl.add_argument("dir")
     pl.add_argument("-o", "--output", required=True)
     pl.add_argument("--target", type=float)

@@ -21,9 +21,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp import Grid, ServerApp
 
 from fedtitan.config import Config, load_config
+from fedtitan.data import summary as partition_summary
 from fedtitan.devices.catalog import CATALOG
 from fedtitan.results import RunWriter
-from fedtitan.training.client import STATUS, build_global_model, dataset_for
+from fedtitan.training.client import STATUS, build_global_model, dataset_for, partition_for
 from fedtitan.training.common import evaluate
 from strategies.fleet import ClientResult, FleetPolicy, fedavg, finite
 
@@ -101,6 +102,7 @@ def run_server(grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressF
     cfg_json = cfg.to_json()
     writer.write_config(cfg_json, cfg.run.seed)
     ds = dataset_for(cfg)
+    writer.write_partition(partition_summary(partition_for(cfg, ds), ds.y_train, ds.num_classes))
     model = build_global_model(cfg, ds)
     global_state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     eval_ids = eval_indices(cfg, len(ds.y_test))

@@ -35,6 +35,14 @@ def pruning_gap(final: pd.DataFrame, method: str = "pruning.method", ratio: str 
     return pd.DataFrame({ratio: gap.index, "gap": gap.values})
 
 
+def first_partition(root: Path) -> tuple[str, pd.DataFrame] | None:
+    """The label histogram per client of the first run under ``root`` that recorded one."""
+    found = sorted(root.rglob("partition.csv"))
+    if not found:
+        return None
+    return str(found[0].parent.relative_to(root)) or ".", pd.read_csv(found[0], index_col=0)
+
+
 def build_report(path: str | Path, target: float | None = None, out: str | Path | None = None) -> tuple[Path, pd.DataFrame]:
     """Write ``report.html`` into the sweep/run folder; returns its path and the TTA table."""
     root = Path(path)
@@ -78,6 +86,11 @@ def build_report(path: str | Path, target: float | None = None, out: str | Path 
     tiers = analysis.tier_costs(clients, [])
     if len(tiers):
         sections.append("<h2>Per device tier</h2>" + _table(tiers) + _img(plots.tier_costs(tiers)))
+    part = first_partition(root)
+    if part is not None:
+        from fedtitan.data.partition import heatmap
+
+        sections.append(f"<h2>Partition: labels per client ({html.escape(part[0])})</h2>" + _img(heatmap(part[1])))
     configs = []
     for cfg_path in sorted(root.rglob("config.json"))[:50]:
         meta = cfg_path.parent / "meta.json"

@@ -81,6 +81,10 @@ class RunWriter:
         meta = {"seed": seed, "versions": versions(), "git_commit": git_commit(), "host": platform.node()}
         atomic_write_text(self.dir / "meta.json", json.dumps(meta, indent=2) + "\n")
 
+    def write_partition(self, table: pd.DataFrame) -> None:
+        """Per-client sample counts and label histogram (``fedtitan.data.summary``)."""
+        atomic_write_text(self.dir / "partition.csv", table.to_csv())
+
     def add_round(self, row: dict[str, Any], client_rows: list[dict[str, Any]]) -> None:
         self.rounds.append(row)
         self.clients.extend(client_rows)

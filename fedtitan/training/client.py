@@ -102,13 +102,19 @@ def build_global_model(cfg: Config, ds: Dataset) -> BlockModel:
     return build_model(cfg.model.name, ds.input_shape, ds.num_classes, **model_options(cfg))
 
 
+def partition_for(cfg: Config, ds: Dataset) -> list[np.ndarray]:
+    """The run's client partitions of ``ds``'s training set (deterministic per seed)."""
+    d = cfg.data
+    return partition(ds.y_train, d.partition, d.num_clients, seed=cfg.run.seed, alpha=d.alpha,
+                     classes_per_client=d.classes_per_client, min_samples=d.min_samples, groups=ds.groups_train)
+
+
 @functools.lru_cache(maxsize=4)
 def _setup(cfg_json: str) -> Setup:
     cfg = Config.from_json(cfg_json)
     ds = dataset_for(cfg)
     d = cfg.data
-    parts = partition(ds.y_train, d.partition, d.num_clients, seed=cfg.run.seed, alpha=d.alpha,
-                      classes_per_client=d.classes_per_client, min_samples=d.min_samples, groups=ds.groups_train)
+    parts = partition_for(cfg, ds)
     test_perm = np.random.default_rng([cfg.run.seed, 0x7E57]).permutation(len(ds.y_test))
     test_parts = [np.sort(p) for p in np.array_split(test_perm, d.num_clients)]
     model = build_global_model(cfg, ds)

@@ -28,6 +28,8 @@ def _check_outputs(out):
     assert per_round.values == pytest.approx(rounds["energy_j"].values)
     assert sorted(clients[clients.server_round == 1].partition_id) == [0, 1, 2]
     assert json.loads((out / "config.json").read_text())["data"]["num_clients"] == 3
+    part = pd.read_csv(out / "partition.csv", index_col=0)  # the clients' label histogram
+    assert len(part) == 3 and part["n"].sum() == part.filter(like="class_").to_numpy().sum()
     assert "versions" in json.loads((out / "meta.json").read_text())
     return rounds, clients
 

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pandas as pd
 
 from fedtitan.cli import main
@@ -30,12 +31,20 @@ def _fake_sweep(root):
 
 
 def test_report_for_a_pruning_sweep(tmp_path):
+    from fedtitan.data import partition, summary
+
     _fake_sweep(tmp_path)
+    assert main(["plot", "partition", str(tmp_path), "-o", str(tmp_path / "p.png")]) == 2  # none recorded yet
+    labels = np.repeat(np.arange(4), 25)
+    part = summary(partition(labels, "shards", 5, seed=0, classes_per_client=2), labels, 4)
+    part.to_csv(tmp_path / "pruning.method=random__pruning.ratio=0.1__seed=0" / "partition.csv")
     path, table = build_report(tmp_path)
     html = path.read_text()
-    for section in ("Final accuracy", "Accuracy vs pruning ratio", "Accuracy gap", "linear fit", "Per device tier"):
+    for section in ("Final accuracy", "Accuracy vs pruning ratio", "Accuracy gap", "linear fit", "Per device tier",
+                    "Partition: labels per client (pruning.method=random__pruning.ratio=0.1__seed=0)"):
         assert section in html, section
-    assert html.count("data:image/png;base64") >= 4
+    assert html.count("data:image/png;base64") >= 5
+    assert main(["plot", "partition", str(tmp_path), "-o", str(tmp_path / "p.png")]) == 0
     # training time is exactly linear in rho here: R^2 = 1
     tables = json.loads((tmp_path / "report-tables.json").read_text())
     assert len(tables["final"]) == 7
