@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Scaled-down reproductions of both papers' headline experiments (docs/results.md).
 # Usage: bash simulations/reproduce.sh [DATA_DIR] [OUT_DIR] [SECTIONS]
-#   SECTIONS: any of "har pruning fl long" (default: "har pruning fl"); about 1.5 h in all on
+#   SECTIONS: any of "har pruning fl long pruning-long" (default: "har pruning fl"); about 1.5 h on
 #   2 cores. Seeds are added one at a time (--seeds 1, 2, 3 into the same folder: each call
 #   resumes the last), so a stopped script leaves complete seeds behind; re-run to go on.
 set -euo pipefail
@@ -49,12 +49,24 @@ for section in $SECTIONS; do
         --out "$OUT/fl-titan-cifar10"
     done
     ;;
+  pruning-long)
+    # 2b. Pruning further into training: 15k training images, 20 rounds, rho in {0.1, 0.2, 0.5}
+    #     and full data, 3 seeds.
+    for n in 1 2 3; do
+      fedtitan sweep pruning-cifar10 --grid "pruning.method=warmup-loss,random" --grid "pruning.ratio=0.1,0.2,0.5" \
+        --seeds "$n" --quiet --no-report --set data.max_train=15000 --set run.rounds=20 --set server.eval_every=2 \
+        --set server.eval_samples=3000 --set "data.data_dir=$DATA" --out "$OUT/pruning-cifar10-longer"
+      fedtitan sweep pruning-cifar10 --grid "pruning.method=full" --grid "pruning.ratio=1.0" \
+        --seeds "$n" --quiet --set data.max_train=15000 --set run.rounds=20 --set server.eval_every=2 \
+        --set server.eval_samples=3000 --set "data.data_dir=$DATA" --out "$OUT/pruning-cifar10-longer"
+    done
+    ;;
   long)
     # 1b. One longer run: 150 rounds, Titan vs random, 1 seed.
     fedtitan sweep titan-fl-cifar10 --grid "selection.method=titan,rs" --seeds 1 --quiet \
       --set model.name=cnn --set data.max_train=20000 --set run.rounds=150 --set server.eval_every=10 \
       --set server.eval_samples=3000 --set "data.data_dir=$DATA" --out "$OUT/fl-titan-cifar10-150"
     ;;
-  *) echo "unknown section '$section' (choose from: har pruning fl long)" >&2; exit 2 ;;
+  *) echo "unknown section '$section' (choose from: har pruning fl long pruning-long)" >&2; exit 2 ;;
   esac
 done

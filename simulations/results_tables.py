@@ -145,7 +145,7 @@ def sweep(root: Path, name: str) -> None:
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results")
     single_device(root)
-    for name in ("fl-titan-cifar10", "fl-titan-cifar10-150", "pruning-cifar10", "har-selection", "har-pruning"):
+    for name in ("fl-titan-cifar10", "fl-titan-cifar10-150", "pruning-cifar10", "pruning-cifar10-longer", "har-selection", "har-pruning"):
         sweep(root, name)
 
 
