@@ -57,7 +57,7 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
 def _flat(d: dict[str, object], prefix: str = "") -> dict[str, object]:
     out: dict[str, object] = {}
     for k, v in d.items():
-        if isinstance(v, dict) and not k.endswith("mix"):
+        if isinstance(v, dict):
             out.update(_flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
@@ -115,6 +115,10 @@ def sweep(preset: str, grid_items: list[str], seeds: int, overrides: list[str], 
     specs = expand(grid, seeds, overrides)
     configs: dict[str, Config] = {s.run_id: load_config(preset, list(s.overrides)) for s in specs}  # validate all first
     root = prepare_dir(out)
+    status = {s.run_id: "done" if (root / s.run_id / "summary.json").exists() else "pending" for s in specs}
+    for s in specs:  # before anything in the folder changes
+        if status[s.run_id] == "done":
+            _check_same_settings(root / s.run_id, configs[s.run_id])
     sweep_file = root / "sweep.json"
     spec_doc = {"preset": preset, "grid": grid, "seeds": seeds, "overrides": overrides}
     if sweep_file.exists():
@@ -124,10 +128,6 @@ def sweep(preset: str, grid_items: list[str], seeds: int, overrides: list[str], 
     atomic_write_text(sweep_file, json.dumps(spec_doc, indent=2) + "\n")
     for stale in root.glob(".partial-*"):
         shutil.rmtree(stale, ignore_errors=True)  # unfinished runs of a killed sweep are redone
-    status = {s.run_id: "done" if (root / s.run_id / "summary.json").exists() else "pending" for s in specs}
-    for s in specs:
-        if status[s.run_id] == "done":
-            _check_same_settings(root / s.run_id, configs[s.run_id])
     # runs of earlier invocations that are not in this grid stay listed in the index
     old_index = root / "index.csv"
     extra: list[RunSpec] = []

@@ -74,13 +74,13 @@ def step_time(train_s: float, select_s: float, sync_s: float, pipelined: bool) -
 def streaming_round(
     p: DeviceProfile, *, forward_flops: float, block_flops: float, steps: int, batch_size: int,
     velocity: int, candidates: int, model_bytes: float, pipelined: bool, coarse: bool = True,
-    gradient_selection: bool = True, select_flops: float = 0.0,
+    gradient_selection: bool = True, extra_select_flops: float = 0.0,
 ) -> RoundCost:
     """A streaming round: ``steps`` x (stream v -> select -> train B), plus model exchange.
 
     ``coarse`` adds the coarse filter over each chunk (Titan); ``gradient_selection`` adds a
     forward over the ``candidates`` (C-IS/IS/loss-based selectors; random selection has none);
-    ``select_flops`` adds arithmetic per step outside the model (e.g. Camel's input distances).
+    ``extra_select_flops`` adds arithmetic per step outside the model (e.g. Camel's input distances).
     """
     tr = train_cost(p, forward_flops, batch_size)
     sel_s, sel_e = 0.0, 0.0
@@ -90,8 +90,8 @@ def streaming_round(
     if gradient_selection:
         f = fine_cost(p, forward_flops, candidates)
         sel_s, sel_e = sel_s + f.time_s, sel_e + f.energy_j
-    if select_flops:
-        a = fine_cost(p, select_flops, 1)
+    if extra_select_flops:
+        a = fine_cost(p, extra_select_flops, 1)
         sel_s, sel_e = sel_s + a.time_s, sel_e + a.energy_j
     sync_s = sync_cost(model_bytes) if pipelined else 0.0
     per_step = step_time(tr.time_s, sel_s, sync_s, pipelined)

@@ -21,16 +21,12 @@ def accuracy_vs_time(rounds: pd.DataFrame, hue: str | None, x: str = "virtual_ti
     evaluated round: x = mean time of that round over seeds, y = mean accuracy, band = sd."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     data = rounds.dropna(subset=["accuracy"])
-    if "server_round" in data.columns:
-        keys = [hue, "server_round"] if hue else ["server_round"]
-        agg = data.groupby(keys)[[x, "accuracy"]].agg(["mean", "std"]).reset_index()
-        groups = agg.groupby(hue) if hue else [("", agg)]
-        for name, g in groups:
-            t, m, sd = g[(x, "mean")], g[("accuracy", "mean")], g[("accuracy", "std")].fillna(0)
-            (line,) = ax.plot(t, m, marker="o", markersize=3, label=str(name) if hue else None)
-            ax.fill_between(t, m - sd, m + sd, color=line.get_color(), alpha=0.15, lw=0)
-    else:
-        sns.lineplot(data, x=x, y="accuracy", hue=hue, errorbar="sd", ax=ax, marker="o", markersize=3)
+    keys = [hue, "server_round"] if hue else ["server_round"]
+    agg = data.groupby(keys)[[x, "accuracy"]].agg(["mean", "std"]).reset_index()
+    for name, g in (agg.groupby(hue) if hue else [("", agg)]):
+        t, m, sd = g[(x, "mean")], g[("accuracy", "mean")], g[("accuracy", "std")].fillna(0)
+        (line,) = ax.plot(t, m, marker="o", markersize=3, label=str(name) if hue else None)
+        ax.fill_between(t, m - sd, m + sd, color=line.get_color(), alpha=0.15, lw=0)
     ax.set_ylabel("accuracy")
     if target is not None:
         ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target:.3f}")

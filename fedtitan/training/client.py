@@ -252,7 +252,7 @@ def _streaming(cfg: Config, setup: Setup, pid: int, profile: DeviceProfile, stat
     kw: dict[str, Any] = dict(forward_flops=setup.forward_flops, block_flops=setup.block_flops, batch_size=s.batch_size,
               velocity=s.velocity, candidates=candidates, model_bytes=setup.model_bytes,
               pipelined=cfg.run.pipeline, coarse=s.method == "titan", gradient_selection=s.method not in ("rs", "camel"),
-              select_flops=camel_flops(s.batch_size, s.velocity, math.prod(setup.dataset.input_shape))
+              extra_select_flops=camel_flops(s.batch_size, s.velocity, math.prod(setup.dataset.input_shape))
               if s.method == "camel" else 0.0)
     fixed = streaming_round(profile, steps=0, **kw)  # exchange + idle during it
     one = streaming_round(profile, steps=1, **kw)

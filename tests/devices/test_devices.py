@@ -79,7 +79,7 @@ def test_camel_arithmetic_is_charged():
     p = replace(CATALOG["rpi4"], select_flops=1e9)
     kw = dict(forward_flops=1e6, block_flops=1e5, steps=3, batch_size=10, velocity=100, candidates=100,
               model_bytes=0.0, pipelined=False, coarse=False, gradient_selection=False)
-    free, charged = streaming_round(p, **kw), streaming_round(p, select_flops=2e7, **kw)
+    free, charged = streaming_round(p, **kw), streaming_round(p, extra_select_flops=2e7, **kw)
     assert charged.phases["select"].time_s == pytest.approx(3 * 0.02)
     assert charged.time_s - free.time_s == pytest.approx(3 * 0.02)
 

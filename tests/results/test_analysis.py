@@ -89,3 +89,4 @@ def test_resume_refuses_runs_made_with_other_settings(tmp_path):
     fake_done("selection.method=rs__seed=0", ["run.rounds=2", "selection.method=rs", "run.seed=0"])
     with pytest.raises(ConfigError, match=r"other settings \(run.rounds: 2 -> 3\)"):
         sweep("quickstart", ["selection.method=rs"], 1, ["run.rounds=3"], tmp_path, quiet=True)
+    assert not (tmp_path / "sweep.json").exists() and not (tmp_path / "index.csv").exists()  # folder untouched
