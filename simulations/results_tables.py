@@ -136,8 +136,7 @@ def sweep(root: Path, name: str) -> None:
             if "seed" in clients.columns and clients.seed.nunique() > 1:  # seeds differ in partitions
                 r2 = [analysis.cost_vs_ratio(g).r2.min() for _, g in clients.groupby("seed")]
                 print(f"\nfitted per seed (one partition each): lowest R^2 = {min(r2):.4f}")
-            per_run = clients.groupby(["run_id", "pruning.method", "pruning.ratio"]).agg(
-                train_time_s=("sim_train_s", "sum"), energy_j=("sim_energy_j", "sum")).reset_index()
+            per_run = analysis.cost_per_run(clients)
             plots.cost_vs_ratio(per_run, fits).savefig(root / f"{name}-cost-vs-rho.png", dpi=120)
     print()
 

@@ -143,14 +143,20 @@ def linear_fit(x: np.ndarray | pd.Series, y: np.ndarray | pd.Series) -> dict[str
             "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0, "n": float(len(xa))}
 
 
+def cost_per_run(clients: pd.DataFrame, method_col: str = "pruning.method",
+                 ratio_col: str = "pruning.ratio") -> pd.DataFrame:
+    """Simulated training time and energy per run (summed over clients and rounds)."""
+    return clients.groupby(["run_id", method_col, ratio_col]).agg(
+        train_time_s=("sim_train_s", "sum"), energy_j=("sim_energy_j", "sum")).reset_index()
+
+
 def cost_vs_ratio(clients: pd.DataFrame, method_col: str = "pruning.method",
                   ratio_col: str = "pruning.ratio") -> pd.DataFrame:
     """Per pruning method: training time and energy (summed over clients and rounds, mean over
     seeds) against rho, with a linear fit and R^2 each."""
     if clients.empty or ratio_col not in clients.columns:
         return pd.DataFrame()
-    per_run = clients.groupby(["run_id", method_col, ratio_col]).agg(
-        train_time_s=("sim_train_s", "sum"), energy_j=("sim_energy_j", "sum")).reset_index()
+    per_run = cost_per_run(clients, method_col, ratio_col)
     rows = []
     for m, g in per_run.groupby(method_col):
         if g[ratio_col].nunique() < 2:

@@ -79,8 +79,7 @@ def build_report(path: str | Path, target: float | None = None, out: str | Path 
                             + _img(plots.gap_vs_ratio(gap)))
         fits = analysis.cost_vs_ratio(clients)
         if len(fits):
-            per_run = clients.groupby(["run_id", "pruning.method", "pruning.ratio"]).agg(
-                train_time_s=("sim_train_s", "sum"), energy_j=("sim_energy_j", "sum")).reset_index()
+            per_run = analysis.cost_per_run(clients)
             sections.append("<h2>Training time and energy vs rho (linear fit)</h2>" + _table(fits)
                             + _img(plots.cost_vs_ratio(per_run, fits)))
     tiers = analysis.tier_costs(clients, [])
