@@ -206,8 +206,8 @@ def _parse_value(key: str, raw: str) -> Any:
     try:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
-        if "," in raw and key.endswith((".devices",)):
-            return [s.strip() for s in raw.split(",")]
+        if key.endswith(".devices"):  # a,b,c or one bare name
+            return [s.strip() for s in raw.split(",") if s.strip()]
         return raw
 
 

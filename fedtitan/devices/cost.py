@@ -2,7 +2,9 @@
 
 * training a batch of B: ``3 x forward FLOPs x B`` (forward + backward ~ 2x forward) at the
   profile's ``train_flops``;
-* coarse filtering a chunk of v: forward through the first blocks at ``select_flops``;
+* coarse filtering: forward through the first blocks at ``select_flops`` over every sample
+  the filter scores in a step: the ``v`` new ones, plus the kept candidates it re-scores with
+  the current model (Titan's default ``carry_over`` + ``refresh``: up to ``v + buffer``);
 * fine selection over a buffer of K: a full forward of the buffer at ``select_flops``;
 * evaluation: forward only at ``train_flops``;
 * model exchange: bytes / bandwidth, at ``radio_w``.
@@ -45,7 +47,7 @@ def train_cost(p: DeviceProfile, forward_flops: float, samples: int) -> PhaseCos
     return _phase(TRAIN_FACTOR * forward_flops * samples / p.train_flops, p.train_w, p.idle_w)
 
 
-def coarse_cost(p: DeviceProfile, block_flops: float, samples: int) -> PhaseCost:
+def coarse_cost(p: DeviceProfile, block_flops: float, samples: float) -> PhaseCost:
     return _phase(block_flops * samples / p.select_flops, p.select_w, p.idle_w)
 
 
@@ -74,18 +76,19 @@ def step_time(train_s: float, select_s: float, sync_s: float, pipelined: bool) -
 def streaming_round(
     p: DeviceProfile, *, forward_flops: float, block_flops: float, steps: int, batch_size: int,
     velocity: int, candidates: int, model_bytes: float, pipelined: bool, coarse: bool = True,
-    gradient_selection: bool = True, extra_select_flops: float = 0.0,
+    gradient_selection: bool = True, extra_select_flops: float = 0.0, coarse_samples: float | None = None,
 ) -> RoundCost:
     """A streaming round: ``steps`` x (stream v -> select -> train B), plus model exchange.
 
-    ``coarse`` adds the coarse filter over each chunk (Titan); ``gradient_selection`` adds a
+    ``coarse`` adds the coarse filter over ``coarse_samples`` per step (default ``velocity``;
+    Titan re-scoring its kept candidates passes what it ran); ``gradient_selection`` adds a
     forward over the ``candidates`` (C-IS/IS/loss-based selectors; random selection has none);
     ``extra_select_flops`` adds arithmetic per step outside the model (e.g. Camel's input distances).
     """
     tr = train_cost(p, forward_flops, batch_size)
     sel_s, sel_e = 0.0, 0.0
     if coarse:
-        c = coarse_cost(p, block_flops, velocity)
+        c = coarse_cost(p, block_flops, velocity if coarse_samples is None else coarse_samples)
         sel_s, sel_e = sel_s + c.time_s, sel_e + c.energy_j
     if gradient_selection:
         f = fine_cost(p, forward_flops, candidates)

@@ -118,6 +118,7 @@ class CoarseFilter:
         self.f = np.zeros((0, 0))
         self.last_scores = np.zeros(0)  # diagnostics: final scores of the last pool
         self.last_pool_y = np.zeros(0, dtype=np.int64)
+        self.last_forwards = 0  # samples run through the first blocks by the last observe (billed)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -138,6 +139,7 @@ class CoarseFilter:
         if not self.carry_over or self.x is None or len(self.ids) == 0:
             f_new = coarse_features(model, chunk.x, self.n_blocks, self.pool)
             pool_x, pool_y, pool_ids, pool_f = chunk.x, y_new, chunk.ids, f_new
+            self.last_forwards = len(chunk)
         else:
             pool_x = torch.cat([self.x, chunk.x])
             pool_y = np.concatenate([self.y, y_new])
@@ -145,9 +147,11 @@ class CoarseFilter:
             if self.refresh:  # one forward pass over kept + new: features from the same model
                 pool_f = coarse_features(model, pool_x, self.n_blocks, self.pool)
                 f_new = pool_f[len(self.ids):]
+                self.last_forwards = len(pool_ids)
             else:
                 f_new = coarse_features(model, chunk.x, self.n_blocks, self.pool)
                 pool_f = np.concatenate([self.f, f_new])
+                self.last_forwards = len(chunk)
         self._update_estimators(f_new, y_new)
         keep, scores = self._greedy(pool_f, pool_y)
         self.x = pool_x[torch.as_tensor(keep)]

@@ -199,6 +199,7 @@ class TitanSelector:
         if self.consume:
             self.filter.remove(np.unique(sel.ids))
         sel.info["buffer"] = float(len(self.filter))
+        sel.info["coarse_forwards"] = float(self.filter.last_forwards)
         return sel
 
     def state_dict(self) -> dict[str, object]:

@@ -254,6 +254,8 @@ def _streaming(cfg: Config, setup: Setup, pid: int, profile: DeviceProfile, stat
               pipelined=cfg.run.pipeline, coarse=s.method == "titan", gradient_selection=s.method not in ("rs", "camel"),
               extra_select_flops=camel_flops(s.batch_size, s.velocity, math.prod(setup.dataset.input_shape))
               if s.method == "camel" else 0.0)
+    if s.method == "titan":  # predict with the most the filter can score per step: v new + the kept
+        kw["coarse_samples"] = s.velocity + (s.buffer_size if s.carry_over else 0)
     fixed = streaming_round(profile, steps=0, **kw)  # exchange + idle during it
     one = streaming_round(profile, steps=1, **kw)
     decision = affordable_units(profile.energy_budget_j, fixed.energy_j, one.energy_j - fixed.energy_j, s.local_steps)
@@ -266,6 +268,8 @@ def _streaming(cfg: Config, setup: Setup, pid: int, profile: DeviceProfile, stat
     scfg = StreamingConfig(steps=decision.units, batch_size=s.batch_size, velocity=s.velocity, lr=lr,
                            pipeline=cfg.run.pipeline)
     records = train_streaming(setup.model, stream, selector, scfg, rng)
+    if s.method == "titan":  # bill what ran: the samples the coarse filter actually scored
+        kw["coarse_samples"] = float(np.mean([r.info.get("coarse_forwards", s.velocity) for r in records]))
     cost = streaming_round(profile, steps=decision.units, **kw)
     state["stream"] = stream.state()
     state["selector"] = selector.state_dict()

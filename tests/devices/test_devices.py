@@ -212,3 +212,36 @@ def test_no_energy_source_reports_unavailable(tmp_path):
     meter.start()
     m = meter.stop()
     assert m.energy_j is None and m.source == "none" and m.time_s >= 0
+
+
+def test_coarse_filter_is_billed_for_what_it_scores():
+    """Titan's filter re-scores its kept candidates with the current model (carry_over +
+    refresh): a step forwards v new + the kept ones through the first blocks, and is billed so."""
+    p = replace(CATALOG["rpi4"], select_flops=1e9)
+    kw = dict(forward_flops=1e6, block_flops=1e5, steps=1, batch_size=10, velocity=100, candidates=30,
+              model_bytes=0.0, pipelined=False, gradient_selection=False)
+    new_only = streaming_round(p, **kw)
+    with_kept = streaming_round(p, coarse_samples=122, **kw)
+    assert new_only.phases["select"].time_s == pytest.approx(100 * 1e5 / 1e9)
+    assert with_kept.phases["select"].time_s == pytest.approx(122 * 1e5 / 1e9)
+
+
+def test_titan_client_round_bills_the_kept_candidates_it_rescored():
+    import numpy as np
+
+    from fedtitan.config import load_config
+    from fedtitan.training.client import client_round, setup_for
+
+    base = ["data.num_clients=3", "fleet.variation=0", "fleet.devices=rpi4", "selection.local_steps=3"]
+    costs = {}
+    for carry in ("true", "false"):
+        cfg = load_config("quickstart", [*base, f"selection.carry_over={carry}"])
+        setup = setup_for(cfg)
+        state = {k: v.clone() for k, v in setup.model.state_dict().items()}
+        out = client_round(cfg, 0, state, {}, 1)
+        costs[carry] = out.metrics["sim_select_s"]
+    # steps 2 and 3 re-score what step 1 and 2 kept (buffer 20 minus consumed): strictly more
+    assert costs["true"] > costs["false"]
+    v, buf = 40, 20
+    assert costs["true"] / costs["false"] < (3 * v + 2 * buf) / (3 * v) + 1e-9
+    assert np.isfinite(costs["true"])
