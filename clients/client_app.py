@@ -16,6 +16,7 @@ from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import adaptiveclipping_mod
 
 from fedtitan.config import Config
 from fedtitan.training.client import client_evaluate, client_round
@@ -60,15 +61,34 @@ def _node(context: Context) -> tuple[int, str | None, str | None]:
     return int(nc["partition-id"]), (str(device) if device else None), (str(meter) if meter else None)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
+# The key Flower's client-side DP wrappers put in the train config (flwr.supercore's
+# KEY_CLIPPING_NORM; spelled out here since Flower moves its internal modules between releases).
+KEY_CLIPPING_NORM = "clipping_norm"
+# Keys of the train config that are fedtitan's own; everything else came from the strategy.
+_OWN_KEYS = ("config", "server-round")
+
+
+def _train(msg: Message, context: Context) -> Message:
     cfg, rec = _config(msg)
     pid, device, meter = _node(context)
+    strategy_config = {k: v for k, v in rec.items() if k not in _OWN_KEYS}
     out = client_round(cfg, pid, _global_weights(msg), _load_state(context), int(cast(int, rec["server-round"])),
-                       device=device, meter=meter)
+                       device=device, meter=meter, strategy_config=strategy_config)
     _save_state(context, out.state)
     content = RecordDict({"arrays": ArrayRecord(out.state_dict), "metrics": MetricRecord(cast(dict[str, Any], out.metrics))})
     return Message(content=content, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """A round of local training. A client-side DP wrapper on the server sends a clipping
+    norm: the update is then clipped here (Flower's adaptive clipping mod, which also
+    reports whether it clipped, as the adaptive wrapper needs)."""
+    rec = msg.content["config"]
+    assert isinstance(rec, ConfigRecord)
+    if KEY_CLIPPING_NORM in rec:
+        return adaptiveclipping_mod(msg, context, _train)
+    return _train(msg, context)
 
 
 @app.query()

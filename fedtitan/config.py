@@ -26,6 +26,8 @@ class RunSection(_Section):
     rounds: int = Field(10, ge=1)
     pipeline: bool = False
     name: str = "run"
+    deterministic: bool = False
+    save_model: bool = False  # write the final global weights to model.npz
 
 
 class DataSection(_Section):
@@ -64,6 +66,7 @@ class SelectionSection(_Section):
     lr: float = Field(0.1, gt=0)
     lr_decay: float = Field(0.95, gt=0, le=1)
     lr_decay_every: int = Field(100, ge=1)
+    options: dict[str, Any] = Field(default_factory=dict)  # extra keyword options for a plugin selector
 
     @model_validator(mode="after")
     def _sizes(self) -> SelectionSection:
@@ -97,6 +100,8 @@ class PruningSection(_Section):
 
 
 class ServerSection(_Section):
+    strategy: str = "fedavg"  # fedtitan's FedAvg, a Flower strategy's short name, or package.module:Class
+    strategy_options: dict[str, Any] = Field(default_factory=dict)
     fraction: float = Field(0.2, gt=0, le=1)
     min_clients: int = Field(1, ge=1)
     policy: Literal["wait-all", "deadline", "first-k"] = "wait-all"
@@ -129,6 +134,22 @@ class SimulationSection(_Section):
     ray_address: str | None = None
 
 
+class ComputeSection(_Section):
+    """Where tensors live: ``auto`` (CUDA, else MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
+
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        from fedtitan.compute import DEVICE_PATTERN
+
+        v = v.strip().lower()
+        if not DEVICE_PATTERN.match(v):
+            raise ValueError("must be one of auto, cpu, cuda, cuda:N, mps")
+        return v
+
+
 class FaultSection(_Section):
     """Injected faults for testing robustness (fractions of client calls, seeded)."""
 
@@ -137,6 +158,8 @@ class FaultSection(_Section):
     nan: float = Field(0.0, ge=0, le=1)
     slow: float = Field(0.0, ge=0, le=1)
     slow_factor: float = Field(5.0, ge=1)
+    scale: float = Field(0.0, ge=0, le=1)  # a client sends global + scale_factor x its update (a poisoned update)
+    scale_factor: float = Field(100.0)
 
 
 class Config(_Section):
@@ -148,6 +171,7 @@ class Config(_Section):
     server: ServerSection = ServerSection()
     fleet: FleetSection = FleetSection()
     simulation: SimulationSection = SimulationSection()
+    compute: ComputeSection = ComputeSection()
     faults: FaultSection = FaultSection()
 
     @property
@@ -220,6 +244,17 @@ def _known_keys() -> list[str]:
     return keys
 
 
+# Keys holding a table of free-form options: ``--set server.strategy_options.proximal_mu=0.1``.
+TABLE_KEYS = ("server.strategy_options", "selection.options", "fleet.dynamics_options")
+
+
+def is_known_key(key: str) -> bool:
+    """A section.name key, or an entry of one of the option tables (``TABLE_KEYS``)."""
+    if key in _known_keys():
+        return True
+    return any(key.startswith(t + ".") and len(key) > len(t) + 1 for t in TABLE_KEYS if t in _known_keys())
+
+
 def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     known = _known_keys()
     for item in overrides:
@@ -227,12 +262,19 @@ def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ConfigError(f"override {item!r} is not key=value (e.g. run.rounds=5)")
         key, _, raw = item.partition("=")
         key = key.strip()
-        if key not in known:
+        if not is_known_key(key):
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"unknown config key {key!r}{hint}")
         section, name = key.split(".", 1)
-        doc.setdefault(section, {})[name] = _parse_value(key, raw.strip())
+        if name in Config.model_fields[section].annotation.model_fields:  # type: ignore[union-attr]
+            doc.setdefault(section, {})[name] = _parse_value(key, raw.strip())
+        else:  # an entry of an option table
+            table, _, entry = name.partition(".")
+            target = doc.setdefault(section, {}).setdefault(table, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"config {section}.{table} is not a table; cannot set {key}")
+            target[entry] = _parse_value(key, raw.strip())
     return doc
 
 
@@ -262,7 +304,6 @@ def _check_names(cfg: Config) -> None:
     from fedtitan.data.loaders import LOADERS
     from fedtitan.devices.catalog import CATALOG, load_profiles
     from fedtitan.models import MODELS
-    from fedtitan.selection import SELECTORS
 
     def choose(key: str, value: str, allowed: list[str]) -> None:
         if value not in allowed:
@@ -272,7 +313,11 @@ def _check_names(cfg: Config) -> None:
 
     choose("data.dataset", cfg.data.dataset, [*LOADERS, "npz"])
     choose("model.name", cfg.model.name, list(MODELS))
-    choose("selection.method", cfg.selection.method, list(SELECTORS))
+    from fedtitan.plugins import check_options
+    from fedtitan.selection.selectors import selector_factory
+
+    factory = selector_factory(cfg.selection.method)
+    check_options(factory, cfg.selection.options, "selection.options", cfg.selection.method)
     if cfg.data.dataset == "npz" and not cfg.data.path:
         raise ConfigError("config data.path: dataset 'npz' needs data.path pointing at your .npz file")
     extra = load_profiles(cfg.fleet.profiles) if cfg.fleet.profiles else {}

@@ -62,25 +62,45 @@ def _install_stop_handlers(stop: threading.Event, quiet: bool) -> dict[int, Any]
     return previous
 
 
+def client_resources(cfg: Config, attach: bool) -> dict[str, float]:
+    """What Ray reserves per client process. ``simulation.num_gpus`` is the GPU share of one
+    client process (0.25: four per GPU). Left at 0 while ``compute.device`` resolves to CUDA
+    here, every client process gets an equal share of the visible GPUs, so the processes the
+    CPUs allow spread over them instead of all landing on one GPU unaccounted."""
+    sim = cfg.simulation
+    gpus = sim.num_gpus
+    if gpus == 0 and not attach:
+        from fedtitan.compute import resolve_device
+
+        if resolve_device(cfg.compute.device).type == "cuda":
+            import torch
+
+            processes = max(1, int((os.cpu_count() or 1) // sim.num_cpus))
+            gpus = min(1.0, torch.cuda.device_count() / processes)
+    return {"num_cpus": sim.num_cpus, "num_gpus": gpus}
+
+
 def check_resources(cfg: Config, attach: bool) -> None:
-    """Say what to change, before Ray starts, when the requested client resources cannot fit."""
+    """Say what to change, before Ray starts, when the requested client resources cannot fit
+    (or the strategy, a plugin or the compute device is wrong)."""
     import psutil
 
+    from strategies.registry import check_strategy
+
+    check_strategy(cfg)
     cpus = os.cpu_count() or 1
     sim = cfg.simulation
     if not attach and sim.num_cpus > cpus:
         raise FedtitanError(f"simulation.num_cpus={sim.num_cpus:g} per client but this machine has {cpus} CPUs, so "
                             f"no client could ever be scheduled; set simulation.num_cpus <= {cpus} (1 is a good default)")
-    if not attach and sim.num_gpus > 0:
-        try:
-            import torch
+    if not attach:
+        from fedtitan.compute import resolve_device, visible_devices
 
-            gpus = torch.cuda.device_count()
-        except Exception:
-            gpus = 0
-        if gpus == 0:
+        resolve_device(cfg.compute.device)  # a one-line error if that device is not here
+        gpus = sum(d.startswith("cuda") for d in visible_devices())
+        if sim.num_gpus > 0 and gpus == 0:
             raise FedtitanError(f"simulation.num_gpus={sim.num_gpus:g} but no GPU is visible; set simulation.num_gpus=0")
-    from fedtitan.training.client import setup_for
+    from fedtitan.training.setup import setup_for
 
     setup = setup_for(cfg)
     ds = setup.dataset
@@ -118,8 +138,7 @@ def run(cfg: Config, out: str | Path, ray_address: str | None = None, quiet: boo
     init_args: dict[str, Any] = {"include_dashboard": False, "log_to_driver": not quiet}
     if address:
         init_args["address"] = address
-    backend = {"client_resources": {"num_cpus": cfg.simulation.num_cpus, "num_gpus": cfg.simulation.num_gpus},
-               "init_args": init_args}
+    backend = {"client_resources": client_resources(cfg, attach=bool(address)), "init_args": init_args}
     # Flower warns that run_simulation is deprecated in favour of `flwr run` (which fedtitan
     # also supports); keep the console for errors and our own progress.
     logging.getLogger("flwr").setLevel(logging.ERROR)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedtitan.config import Config, _known_keys, load_config
+from fedtitan.config import Config, _known_keys, is_known_key, load_config
 from fedtitan.errors import ConfigError
 from fedtitan.results import atomic_write_text, prepare_dir
 
@@ -40,7 +40,7 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
         key = key.strip()
         if not sep or not values.strip():
             raise ConfigError(f"--grid {item!r} is not key=v1,v2,... (e.g. selection.method=titan,rs)")
-        if key not in known:
+        if not is_known_key(key):
             import difflib
 
             close = difflib.get_close_matches(key, known, n=1)
@@ -114,6 +114,10 @@ def sweep(preset: str, grid_items: list[str], seeds: int, overrides: list[str], 
     grid = parse_grid(grid_items)
     specs = expand(grid, seeds, overrides)
     configs: dict[str, Config] = {s.run_id: load_config(preset, list(s.overrides)) for s in specs}  # validate all first
+    from strategies.registry import check_strategy
+
+    for cfg in configs.values():
+        check_strategy(cfg)
     root = prepare_dir(out)
     status = {s.run_id: "done" if (root / s.run_id / "summary.json").exists() else "pending" for s in specs}
     for s in specs:  # before anything in the folder changes

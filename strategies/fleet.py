@@ -8,16 +8,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedtitan.status import Status
+
 
 @dataclass
 class ClientResult:
     """One client's reply in a round (or its failure)."""
 
     node_id: int
-    status: str  # ok, reduced, declined, unavailable, failed, dropped, nonfinite, straggler
+    status: Status
     metrics: dict[str, float] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] | None = None
     error: str = ""
+    raw: object = None  # the reply message itself, for a Flower strategy's aggregate_train
 
     @property
     def time_s(self) -> float:
@@ -28,7 +31,7 @@ class ClientResult:
 
     @property
     def trained(self) -> bool:
-        return self.status in ("ok", "reduced")
+        return self.status.trained
 
 
 @dataclass(frozen=True)
@@ -57,19 +60,19 @@ class FleetPolicy:
     def include(self, results: list[ClientResult], sampled: int) -> tuple[list[ClientResult], float]:
         """Mark stragglers, return (included results, round duration on the virtual clock)."""
         trained = [r for r in results if r.trained]
-        others = [r for r in results if not r.trained and r.status not in ("failed", "dropped")]
+        others = [r for r in results if not r.trained and r.status not in (Status.FAILED, Status.DROPPED)]
         waited = max([r.time_s for r in trained + others], default=0.0)
         if self.policy == "deadline" and self.deadline_s is not None:
             late = [r for r in trained if r.time_s > self.deadline_s]
             for r in late:
-                r.status = "straggler"
-            included = [r for r in trained if r.status != "straggler"]
+                r.status = Status.STRAGGLER
+            included = [r for r in trained if r.status != Status.STRAGGLER]
             return included, (self.deadline_s if late else waited)
         if self.policy == "first-k":
             k = self.target(round(sampled / (1.0 + self.over_commit)))
             ordered = sorted(trained, key=lambda r: (r.time_s, r.node_id))
             for r in ordered[k:]:
-                r.status = "straggler"
+                r.status = Status.STRAGGLER
             included = ordered[:k]
             return included, (included[-1].time_s if included else waited)
         return trained, waited

@@ -1,8 +1,18 @@
 """fedtitan's Flower ServerApp: sampling, virtual clock, deadlines, energy, per-client records.
 
-The loop is written on Flower's Grid directly so that every reply, including failures and
-stragglers, is recorded; FedAvg runs over the included, finite updates (:mod:`strategies.fleet`).
-Results are written after every round, atomically, so a killed run keeps its finished rounds.
+A round, as :meth:`FleetServer.round` reads::
+
+    sampled  = sample(rnd)                    # seeded, by partition id (strategies.fleet)
+    messages = broadcast(rnd, sampled)        # the aggregator builds the train messages
+    results  = collect(messages, sampled)     # every reply, failure and timeout, parsed
+    included, round_s = include(results)      # deadlines / first-k / exclusions (the policy)
+    updated  = aggregate(rnd, included)       # fedtitan's FedAvg or a Flower strategy
+    acc, loss, client_acc = evaluate(rnd)     # central (and optionally federated) evaluation
+    record(...)                               # rounds.csv + clients.csv, atomically
+
+The policy decides *who* (:mod:`strategies.fleet`), the aggregator *how*
+(:mod:`strategies.aggregate`). Results are written after every round, atomically, so a killed
+run keeps its finished rounds.
 """
 
 from __future__ import annotations
@@ -12,27 +22,36 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from fedtitan.compute import describe, resolve_device, set_deterministic
 from fedtitan.config import Config, load_config
 from fedtitan.data import summary as partition_summary
 from fedtitan.devices.catalog import CATALOG
 from fedtitan.results import RunWriter
-from fedtitan.training.client import STATUS, build_global_model, dataset_for, partition_for
+from fedtitan.status import Status
+from fedtitan.training.client import build_global_model, dataset_for, partition_for
 from fedtitan.training.common import evaluate
-from strategies.fleet import ClientResult, FleetPolicy, fedavg, finite
+from strategies.aggregate import AggregationFailed, Aggregator, make_aggregator, to_arrays
+from strategies.fleet import ClientResult, FleetPolicy, finite
+from strategies.registry import build_strategy
 
 log = logging.getLogger("fedtitan")
-STATUS_NAMES = {v: k for k, v in STATUS.items()}
 DEVICE_NAMES = list(CATALOG)
 ProgressFn = Callable[[dict[str, Any]], None]
-STOP = threading.Event()  # set (e.g. by Ctrl-C) to end the run cleanly after the current round
+STOP = threading.Event()  # set (e.g. by Ctrl-C or SIGTERM) to end the run cleanly after the current round
+
+
+def eval_indices(cfg: Config, n_test: int) -> np.ndarray:
+    """The seeded test subset of ``server.eval_samples`` used for central evaluation."""
+    return np.sort(np.random.default_rng([cfg.run.seed, 0xE7A1]).permutation(n_test)[: cfg.server.eval_samples])
 
 
 def _wait_for_nodes(grid: Grid, n: int, timeout_s: float) -> list[int]:
@@ -42,15 +61,6 @@ def _wait_for_nodes(grid: Grid, n: int, timeout_s: float) -> list[int]:
         if len(nodes) >= n or time.monotonic() - t0 > timeout_s:
             return nodes
         time.sleep(0.5)
-
-
-def _arrays(state: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
-
-
-def eval_indices(cfg: Config, n_test: int) -> np.ndarray:
-    """The seeded test subset of ``server.eval_samples`` used for central evaluation."""
-    return np.sort(np.random.default_rng([cfg.run.seed, 0xE7A1]).permutation(n_test)[: cfg.server.eval_samples])
 
 
 def _ask(grid: Grid, nodes: list[int], content: RecordDict, message_type: str, key: str,
@@ -66,128 +76,203 @@ def _ask(grid: Grid, nodes: list[int], content: RecordDict, message_type: str, k
     return out
 
 
-def _partition_ids(grid: Grid, nodes: list[int], timeout_s: float) -> dict[int, int]:
-    """Ask every node for its partition id (node id -> partition id)."""
-    content = RecordDict({"config": ConfigRecord({"what": "partition-id"})})
-    return {n: int(v) for n, v in _ask(grid, nodes, content, "query", "partition_id", timeout_s).items()}
-
-
-def _parse_reply(reply: Message, node_id: int) -> ClientResult:
+def parse_reply(reply: Message, node_id: int) -> ClientResult:
+    """A reply (or its error) as the policy sees it; non-finite weights are marked."""
     if reply.has_error():
         reason = str(reply.error.reason)
-        status = "dropped" if "InjectedDrop" in reason or "dropped mid-round" in reason else "failed"
-        return ClientResult(node_id, status, error=reason[:500])
+        dropped = "InjectedDrop" in reason or "dropped mid-round" in reason
+        return ClientResult(node_id, Status.DROPPED if dropped else Status.FAILED, error=reason[:500])
     metrics_rec = reply.content["metrics"]
     assert isinstance(metrics_rec, MetricRecord)
     metrics = {k: float(v) for k, v in metrics_rec.items() if isinstance(v, int | float)}
-    status = STATUS_NAMES.get(int(metrics.get("status", 0)), "ok")
+    status = Status.from_code(metrics.get("status", 0.0))
     arrays_rec = reply.content.array_records.get("arrays")
     arrays = None
     if arrays_rec is not None:
         arrays = {k: v.numpy() for k, v in arrays_rec.items()}
-        if status in ("ok", "reduced") and not finite(arrays):
-            status = "nonfinite"
-    return ClientResult(node_id, status, metrics, arrays)
+        if status.trained and not finite(arrays):
+            status = Status.NONFINITE
+    return ClientResult(node_id, status, metrics, arrays, raw=reply)
 
 
-def _client_evaluate(grid: Grid, nodes: list[int], state: dict[str, np.ndarray], cfg_json: str, rnd: int,
-                     timeout_s: float) -> dict[int, float]:
-    """Federated evaluation of the global model on each node's own test share."""
-    content = RecordDict({"arrays": _arrays(state), "config": ConfigRecord({"server-round": rnd, "config": cfg_json})})
-    return _ask(grid, nodes, content, "evaluate", "accuracy", timeout_s)
+@dataclass
+class Evaluation:
+    accuracy: float = math.nan
+    loss: float = math.nan
+    client_accuracy: dict[int, float] | None = None
+
+
+class FleetServer:
+    """One run on a grid: the steps of a round, each small enough to read and test alone."""
+
+    def __init__(self, grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressFn | None = None) -> None:
+        self.grid, self.cfg, self.progress = grid, cfg, progress
+        s = cfg.server
+        self.policy = FleetPolicy(s.fraction, s.min_clients, s.policy, s.deadline_s, s.over_commit, cfg.run.seed)
+        self.writer = RunWriter(out_dir)
+        self.cfg_json = cfg.to_json()
+        mode = set_deterministic(cfg.run.deterministic)
+        self.device = resolve_device(cfg.compute.device)
+        self.writer.write_config(self.cfg_json, cfg.run.seed,
+                                 extra={"compute": {**describe(self.device), "mode": mode}})
+        ds = dataset_for(cfg)
+        self.writer.write_partition(partition_summary(partition_for(cfg, ds), ds.y_train, ds.num_classes))
+        self.model = build_global_model(cfg, ds)
+        self.global_state = {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+        self.model.to(self.device)
+        ids = eval_indices(cfg, len(ds.y_test))
+        self.x_eval, self.y_eval = ds.tensor("test", ids).to(self.device), ds.labels("test", ids).to(self.device)
+        self.nodes: list[int] = []
+        self.aggregator: Aggregator = make_aggregator(None, "fedavg")
+        self.virtual_s = 0.0
+        self.energy_cum = 0.0
+
+    # -------------------------------------------------------------------------- set-up
+    def connect(self) -> list[int]:
+        """Wait for the clients; order them by partition id, so a seed samples the same
+        partitions whatever node ids Flower gave them this run."""
+        s = self.cfg.server
+        nodes = _wait_for_nodes(self.grid, self.cfg.data.num_clients, timeout_s=min(s.timeout_s, 120.0))
+        if not nodes:
+            raise RuntimeError("no client nodes connected to the server")
+        content = RecordDict({"config": ConfigRecord({"what": "partition-id"})})
+        pids = {n: int(v) for n, v in
+                _ask(self.grid, nodes, content, "query", "partition_id", min(s.timeout_s, 120.0)).items()}
+        self.nodes = sorted(nodes, key=lambda n: (pids.get(n, 1 << 62), n))
+        num_sampled = self.policy.target(len(self.nodes))
+        self.aggregator = make_aggregator(build_strategy(self.cfg, num_sampled), self.cfg.server.strategy)
+        return self.nodes
+
+    # -------------------------------------------------------------------------- a round
+    def sample(self, rnd: int) -> list[int]:
+        return self.policy.sample(self.nodes, rnd)
+
+    def broadcast(self, rnd: int, sampled: list[int]) -> list[Message]:
+        config = ConfigRecord({"config": self.cfg_json})
+        return self.aggregator.configure(rnd, to_arrays(self.global_state), config, self.grid, sampled)
+
+    def collect(self, messages: list[Message], sampled: list[int]) -> list[ClientResult]:
+        replies = {m.metadata.src_node_id: m for m in self.grid.send_and_receive(messages, timeout=self.cfg.server.timeout_s)}
+        sent = {m.metadata.dst_node_id for m in messages}
+        return [parse_reply(replies[n], n) if n in replies
+                else ClientResult(n, Status.FAILED, error="no reply (timeout)" if n in sent else "not sent by the strategy")
+                for n in sampled]
+
+    def include(self, results: list[ClientResult], sampled: list[int]) -> tuple[list[ClientResult], float]:
+        return self.policy.include(results, len(sampled))
+
+    def aggregate(self, rnd: int, included: list[ClientResult]) -> tuple[bool, str]:
+        """Update the global model from the included replies; (updated, why not)."""
+        need = self.cfg.server.min_clients
+        if len(included) < need or not included:
+            log.warning("round %d: only %d sampled clients succeeded (need %d); model not updated", rnd, len(included), need)
+            return False, f"{len(included)} included < server.min_clients={need}"
+        try:
+            new = self.aggregator.aggregate(rnd, included, self.global_state)
+        except AggregationFailed as exc:
+            log.warning("round %d: %s; model not updated", rnd, exc)
+            return False, str(exc)[:300]
+        if new is None:
+            return False, f"{self.aggregator.name} returned no arrays"
+        if not finite(new):
+            log.warning("round %d: %s produced non-finite weights; model not updated", rnd, self.aggregator.name)
+            return False, "non-finite aggregate"
+        self.global_state = new
+        return True, ""
+
+    def evaluate(self, rnd: int, sampled: list[int]) -> Evaluation:
+        s = self.cfg.server
+        if not (rnd % s.eval_every == 0 or rnd == self.cfg.run.rounds):
+            return Evaluation()
+        self.model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in self.global_state.items()})
+        loss, acc = evaluate(self.model, self.x_eval, self.y_eval)
+        client_acc = None
+        if s.client_eval:
+            content = RecordDict({"arrays": to_arrays(self.global_state),
+                                  "config": ConfigRecord({"server-round": rnd, "config": self.cfg_json})})
+            client_acc = _ask(self.grid, sampled, content, "evaluate", "accuracy", s.timeout_s)
+        return Evaluation(acc, loss, client_acc)
+
+    def record(self, rnd: int, sampled: list[int], results: list[ClientResult], included: list[ClientResult],
+               round_s: float, updated: bool, why: str, ev: Evaluation, wall_s: float) -> dict[str, Any]:
+        self.virtual_s += round_s
+        round_energy = float(sum(r.metrics.get("sim_energy_j", 0.0) if r.metrics.get("measured", 0) < 0.5
+                                 else np.nan_to_num(r.metrics.get("energy_j", 0.0)) for r in results))
+        self.energy_cum += round_energy
+        client_acc = ev.client_accuracy or {}
+        client_rows = [client_row(rnd, r, r in included, client_acc.get(r.node_id, math.nan)) for r in results]
+        row = {
+            "server_round": rnd, "accuracy": ev.accuracy, "loss": ev.loss, "virtual_time_s": self.virtual_s,
+            "round_time_s": round_s, "energy_j": round_energy, "energy_cum_j": self.energy_cum,
+            "clients_sampled": len(sampled), "clients_ok": len(included),
+            "clients_failed": sum(r.status in (Status.FAILED, Status.NONFINITE, Status.DROPPED) for r in results),
+            "client_accuracy_mean": float(np.mean(list(client_acc.values()))) if client_acc else math.nan,
+            "clients_dropped": sum(r.status in (Status.STRAGGLER, Status.DECLINED, Status.UNAVAILABLE) for r in results),
+            "updated": updated, "wall_s": wall_s,
+            "measured_energy_missing": sum(r.metrics.get("measured", 0) >= 0.5 and r.metrics.get("energy_available", 1) < 0.5
+                                           for r in results),
+            "aggregation_error": why if not updated else "",
+        }
+        self.writer.add_round(row, client_rows)
+        if self.progress is not None:
+            self.progress(row)
+        return row
+
+    def round(self, rnd: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        sampled = self.sample(rnd)
+        messages = self.broadcast(rnd, sampled)
+        results = self.collect(messages, sampled)
+        included, round_s = self.include(results, sampled)
+        updated, why = self.aggregate(rnd, included)
+        ev = self.evaluate(rnd, sampled)
+        return self.record(rnd, sampled, results, included, round_s, updated, why, ev, time.perf_counter() - t0)
+
+    # -------------------------------------------------------------------------- the run
+    def run(self) -> dict[str, Any]:
+        self.connect()
+        t_start = time.perf_counter()
+        target = self.cfg.server.target_accuracy
+        reached, interrupted = None, False
+        acc, loss = math.nan, math.nan
+        for rnd in range(1, self.cfg.run.rounds + 1):
+            if STOP.is_set():
+                interrupted = True
+                log.warning("stopping before round %d as asked; finished rounds are on disk", rnd)
+                break
+            row = self.round(rnd)
+            acc, loss = row["accuracy"], row["loss"]
+            if target is not None and not math.isnan(acc) and acc >= target:
+                reached = rnd
+                break
+        summary = {"rounds": len(self.writer.rounds), "final_accuracy": acc, "final_loss": loss,
+                   "virtual_time_s": self.virtual_s, "energy_j": self.energy_cum,
+                   "wall_s": time.perf_counter() - t_start, "target_reached_round": reached, "interrupted": interrupted}
+        if self.cfg.run.save_model:
+            self.writer.save_arrays("model.npz", self.global_state)
+        self.writer.finish(summary)
+        return summary
+
+
+_ROW_FIRST = ("sim_time_s", "sim_energy_j", "num-examples", "partition_id", "device_id", "status")
+
+
+def client_row(rnd: int, r: ClientResult, included: bool, client_accuracy: float) -> dict[str, Any]:
+    """One row of clients.csv: who, what happened, and every metric the client sent."""
+    device_id = r.metrics.get("device_id", -1)
+    return {
+        "server_round": rnd, "node_id": r.node_id,
+        "partition_id": int(r.metrics["partition_id"]) if "partition_id" in r.metrics else -1,
+        "device": DEVICE_NAMES[int(device_id)] if 0 <= device_id < len(DEVICE_NAMES) else "",
+        "status": str(r.status), "included": included, "sim_time_s": r.metrics.get("sim_time_s", math.nan),
+        "sim_energy_j": r.metrics.get("sim_energy_j", math.nan), "num_examples": r.metrics.get("num-examples", 0.0),
+        **{k: v for k, v in r.metrics.items() if k not in _ROW_FIRST},
+        "client_accuracy": client_accuracy, "error": r.error,
+    }
 
 
 def run_server(grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressFn | None = None) -> dict[str, Any]:
-    writer = RunWriter(out_dir)
-    cfg_json = cfg.to_json()
-    writer.write_config(cfg_json, cfg.run.seed)
-    ds = dataset_for(cfg)
-    writer.write_partition(partition_summary(partition_for(cfg, ds), ds.y_train, ds.num_classes))
-    model = build_global_model(cfg, ds)
-    global_state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    eval_ids = eval_indices(cfg, len(ds.y_test))
-    x_eval, y_eval = ds.tensor("test", eval_ids), ds.labels("test", eval_ids)
-    s = cfg.server
-    policy = FleetPolicy(s.fraction, s.min_clients, s.policy, s.deadline_s, s.over_commit, cfg.run.seed)
-    nodes = _wait_for_nodes(grid, cfg.data.num_clients, timeout_s=min(s.timeout_s, 120.0))
-    if not nodes:
-        raise RuntimeError("no client nodes connected to the server")
-    # Sample partitions, not Flower node ids (those are random per run): order the nodes by
-    # partition id so the seeded sample is the same whatever ids the nodes got.
-    pids = _partition_ids(grid, nodes, min(s.timeout_s, 120.0))
-    nodes = sorted(nodes, key=lambda n: (pids.get(n, 1 << 62), n))
-    virtual_s, energy_cum = 0.0, 0.0
-    acc, loss = math.nan, math.nan
-    t_start = time.perf_counter()
-    reached = None
-    interrupted = False
-    for rnd in range(1, cfg.run.rounds + 1):
-        if STOP.is_set():
-            interrupted = True
-            log.warning("stopping before round %d as asked; finished rounds are on disk", rnd)
-            break
-        t_round = time.perf_counter()
-        sampled = policy.sample(nodes, rnd)
-        arrays = _arrays(global_state)
-        config = ConfigRecord({"server-round": rnd, "config": cfg_json})
-        messages = [Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=n, message_type="train")
-                    for n in sampled]
-        replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(messages, timeout=s.timeout_s)}
-        results = [_parse_reply(replies[n], n) if n in replies else ClientResult(n, "failed", error="no reply (timeout)")
-                   for n in sampled]
-        included, round_s = policy.include(results, len(sampled))
-        if len(included) >= s.min_clients and included:
-            global_state = fedavg(included)
-            updated = True
-        else:
-            updated = False
-            log.warning("round %d: only %d of %d sampled clients succeeded (need %d); model not updated",
-                        rnd, len(included), len(sampled), s.min_clients)
-        virtual_s += round_s
-        round_energy = float(sum(r.metrics.get("sim_energy_j", 0.0) if r.metrics.get("measured", 0) < 0.5
-                                 else np.nan_to_num(r.metrics.get("energy_j", 0.0)) for r in results))
-        energy_cum += round_energy
-        client_acc: dict[int, float] = {}
-        if rnd % s.eval_every == 0 or rnd == cfg.run.rounds:
-            model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in global_state.items()})
-            loss, acc = evaluate(model, x_eval, y_eval)
-            if s.client_eval:
-                client_acc = _client_evaluate(grid, sampled, global_state, cfg_json, rnd, s.timeout_s)
-        else:
-            acc, loss = math.nan, math.nan
-        client_rows = [{
-            "server_round": rnd, "node_id": r.node_id,
-            "partition_id": int(r.metrics["partition_id"]) if "partition_id" in r.metrics else -1,
-            "device": DEVICE_NAMES[int(r.metrics["device_id"])] if 0 <= r.metrics.get("device_id", -1) < len(DEVICE_NAMES) else "",
-            "status": r.status, "included": r in included, "sim_time_s": r.metrics.get("sim_time_s", math.nan),
-            "sim_energy_j": r.metrics.get("sim_energy_j", math.nan), "num_examples": r.metrics.get("num-examples", 0.0),
-            **{k: v for k, v in r.metrics.items() if k not in ("sim_time_s", "sim_energy_j", "num-examples", "partition_id",
-                                                           "device_id", "status")},
-            "client_accuracy": client_acc.get(r.node_id, math.nan),
-            "error": r.error,
-        } for r in results]
-        n_failed = sum(r.status in ("failed", "nonfinite", "dropped") for r in results)
-        row = {
-            "server_round": rnd, "accuracy": acc, "loss": loss, "virtual_time_s": virtual_s, "round_time_s": round_s,
-            "energy_j": round_energy, "energy_cum_j": energy_cum, "clients_sampled": len(sampled),
-            "clients_ok": len(included), "clients_failed": n_failed,
-            "client_accuracy_mean": float(np.mean(list(client_acc.values()))) if client_acc else math.nan,
-            "clients_dropped": sum(r.status in ("straggler", "declined", "unavailable") for r in results),
-            "updated": updated, "wall_s": time.perf_counter() - t_round,
-            "measured_energy_missing": sum(r.metrics.get("measured", 0) >= 0.5 and r.metrics.get("energy_available", 1) < 0.5
-                                           for r in results),
-        }
-        writer.add_round(row, client_rows)
-        if progress is not None:
-            progress(row)
-        if s.target_accuracy is not None and not math.isnan(acc) and acc >= s.target_accuracy:
-            reached = rnd
-            break
-    summary = {"rounds": len(writer.rounds), "final_accuracy": acc, "final_loss": loss, "virtual_time_s": virtual_s,
-               "energy_j": energy_cum, "wall_s": time.perf_counter() - t_start, "target_reached_round": reached,
-               "interrupted": interrupted}
-    writer.finish(summary)
-    return summary
+    return FleetServer(grid, cfg, out_dir, progress).run()
 
 
 def make_server_app(cfg: Config, out_dir: str | Path, progress: ProgressFn | None = None) -> ServerApp:

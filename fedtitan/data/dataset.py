@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from fedtitan.errors import DataError
+
+
+class TensorSource(Protocol):
+    """What streams and trainers read from a dataset: a :class:`Dataset` itself (CPU tensors)
+    or :class:`fedtitan.compute.DeviceData` (the same, on an accelerator)."""
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def y_train(self) -> np.ndarray: ...
+
+    def tensor(self, split: str, idx: np.ndarray | slice | None = None) -> torch.Tensor: ...
+
+    def labels(self, split: str, idx: np.ndarray | slice | None = None) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedtitan.data.dataset import Dataset
+from fedtitan.data.dataset import TensorSource
 from fedtitan.errors import ConfigError
 
 
@@ -55,7 +55,7 @@ class DataStream:
 
     def __init__(
         self,
-        dataset: Dataset,
+        dataset: TensorSource,
         indices: np.ndarray,
         v: int,
         seed: int,
@@ -127,7 +127,7 @@ class DataStream:
             for r in np.flatnonzero(mask).tolist():
                 state = np.random.SeedSequence([self.seed, self.client, int(ids[r])]).generate_state(1)
                 g = torch.Generator().manual_seed(int(state[0]))
-                x[r] += self.noise.feature_sigma * torch.randn(x[r].shape, generator=g)
+                x[r] += self.noise.feature_sigma * torch.randn(x[r].shape, generator=g).to(x.device)
         if self._new_labels:
             for row, i in enumerate(ids):
                 new = self._new_labels.get(int(i))

@@ -9,13 +9,31 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fedtitan.models.base import BlockModel
 
 
-def _pool_flatten() -> nn.Module:
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+class GlobalAvgPool(nn.Module):
+    """Average over every spatial (or time) axis, keeping ``(N, C, 1[, 1])``.
+
+    On the CPU this is torch's adaptive average pooling (so CPU results stay what they were);
+    on an accelerator it is a plain mean, whose backward is deterministic on CUDA (adaptive
+    pooling's backward is not, which ``run.deterministic`` would warn about)."""
+
+    def __init__(self, dims: int = 2) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":
+            return F.adaptive_avg_pool2d(x, 1) if self.dims == 2 else F.adaptive_avg_pool1d(x, 1)
+        return x.mean(dim=tuple(range(-self.dims, 0)), keepdim=True)
+
+
+def _pool_flatten(dims: int = 2) -> nn.Module:
+    return nn.Sequential(GlobalAvgPool(dims), nn.Flatten())
 
 
 def _conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -76,7 +94,7 @@ def har_cnn(input_shape: tuple[int, ...], num_classes: int, width: int = 32) -> 
         return nn.Sequential(*layers)
 
     blocks = [block(c, w, 5, True), block(w, 2 * w, 5, True), block(2 * w, 4 * w, 3, False)]
-    return BlockModel(blocks, nn.Sequential(nn.AdaptiveAvgPool1d(1), nn.Flatten()), 4 * w, num_classes)
+    return BlockModel(blocks, _pool_flatten(1), 4 * w, num_classes)
 
 
 def mobilenet_v1(input_shape: tuple[int, ...], num_classes: int, width_mult: float = 1.0,

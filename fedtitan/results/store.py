@@ -41,21 +41,20 @@ def prepare_dir(out: str | Path) -> Path:
     return path
 
 
+RECORDED_PACKAGES = ("fedtitan", "torch", "numpy", "pandas", "flwr", "ray")
+
+
 def versions() -> dict[str, str]:
-    import flwr
-    import numpy
-    import torch
+    """Installed versions of what shaped a run (read from package metadata: the library
+    imports neither Flower nor Ray)."""
+    from importlib import metadata
 
-    import fedtitan
-
-    out = {"fedtitan": fedtitan.__version__, "python": platform.python_version(), "torch": torch.__version__,
-           "numpy": numpy.__version__, "pandas": pd.__version__, "flwr": getattr(flwr, "__version__", "?")}
-    try:
-        import ray
-
-        out["ray"] = ray.__version__
-    except ImportError:
-        pass
+    out = {"python": platform.python_version()}
+    for name in RECORDED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
     return out
 
 
@@ -76,9 +75,10 @@ class RunWriter:
         self.rounds: list[dict[str, Any]] = []
         self.clients: list[dict[str, Any]] = []
 
-    def write_config(self, config_json: str, seed: int) -> None:
+    def write_config(self, config_json: str, seed: int, extra: dict[str, Any] | None = None) -> None:
         atomic_write_text(self.dir / "config.json", json.dumps(json.loads(config_json), indent=2) + "\n")
-        meta = {"seed": seed, "versions": versions(), "git_commit": git_commit(), "host": platform.node()}
+        meta = {"seed": seed, "versions": versions(), "git_commit": git_commit(), "host": platform.node(),
+                **(extra or {})}
         atomic_write_text(self.dir / "meta.json", json.dumps(meta, indent=2) + "\n")
 
     def write_partition(self, table: pd.DataFrame) -> None:
@@ -90,6 +90,21 @@ class RunWriter:
         self.clients.extend(client_rows)
         atomic_write_text(self.dir / "clients.csv", pd.DataFrame(self.clients).to_csv(index=False))
         atomic_write_text(self.dir / "rounds.csv", pd.DataFrame(self.rounds).to_csv(index=False))
+
+    def save_arrays(self, name: str, arrays: dict[str, Any]) -> Path:
+        """``name`` (e.g. model.npz) holding named numpy arrays, written atomically."""
+        import numpy as np
+
+        path = self.dir / name
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
 
     def finish(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")

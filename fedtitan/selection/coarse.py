@@ -66,13 +66,14 @@ def coarse_features(model: BlockModel, x: torch.Tensor, n_blocks: int, pool: int
         with torch.no_grad():
             blocks = [fold_batchnorm(block) for block in model.blocks[:n_blocks]]
             pieces = []
-            for piece in x.split(COARSE_CHUNK):
+            # pieces keep activations cache-resident on a CPU; an accelerator takes the lot at once
+            for piece in x.split(COARSE_CHUNK if x.device.type == "cpu" else max(len(x), 1)):
                 for block in blocks:
                     piece = block(piece)
                 pieces.append(_pool(piece, pool))
     finally:
         model.train(was)
-    return torch.cat(pieces).flatten(1).double().numpy()
+    return torch.cat(pieces).flatten(1).cpu().double().numpy()
 
 
 COARSE_CHUNK = 32
@@ -135,7 +136,7 @@ class CoarseFilter:
             self.sum_sq[c] = self.sum_sq.get(c, 0.0) + float((f[rows] ** 2).sum())
 
     def observe(self, chunk: Chunk, model: BlockModel) -> None:
-        y_new = chunk.y.numpy().astype(np.int64)
+        y_new = chunk.y.cpu().numpy().astype(np.int64)
         if not self.carry_over or self.x is None or len(self.ids) == 0:
             f_new = coarse_features(model, chunk.x, self.n_blocks, self.pool)
             pool_x, pool_y, pool_ids, pool_f = chunk.x, y_new, chunk.ids, f_new
@@ -234,7 +235,7 @@ class CoarseFilter:
 
     def as_chunk(self) -> Chunk:
         assert self.x is not None
-        return Chunk(x=self.x, y=torch.as_tensor(self.y), ids=self.ids)
+        return Chunk(x=self.x, y=torch.as_tensor(self.y, device=self.x.device), ids=self.ids)
 
     def state_dict(self) -> dict[str, object]:
         return {

@@ -46,7 +46,8 @@ class HeadStats:
 
 @torch.no_grad()
 def head_stats(model: BlockModel, x: torch.Tensor, y: torch.Tensor) -> HeadStats:
-    """One forward pass in eval mode; returns what every gradient-based selector needs."""
+    """One forward pass in eval mode (on ``x``'s device); returns what every gradient-based
+    selector needs, as CPU float64 arrays."""
     was = model.training
     model.eval()
     try:
@@ -54,6 +55,9 @@ def head_stats(model: BlockModel, x: torch.Tensor, y: torch.Tensor) -> HeadStats
         z = model.head(h)
     finally:
         model.train(was)
+    # The float64 arithmetic runs on the CPU wherever the model is: a few KB cross (n x K
+    # logits, n x d embeddings for n <= ~130 candidates), and numpy takes it from there.
+    h, z, y = h.cpu(), z.cpu(), y.cpu()
     p = F.softmax(z.double(), dim=1)
     a = p.clone()
     a[torch.arange(len(y)), y] -= 1.0

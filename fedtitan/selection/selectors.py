@@ -7,12 +7,14 @@ Except Titan, all select from the latest chunk of ``v`` newly streamed samples.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from fedtitan.data.stream import Chunk
 from fedtitan.errors import ConfigError
 from fedtitan.models.base import BlockModel
+from fedtitan.plugins import call_with_accepted, require_methods, resolve
 from fedtitan.selection.base import Selection, take, uniform_weights
 from fedtitan.selection.cis import cis_draw, is_draw
 from fedtitan.selection.coarse import CoarseFilter
@@ -20,9 +22,15 @@ from fedtitan.selection.lastlayer import head_stats
 
 
 class _ChunkSelector:
-    """Keeps the latest chunk as the candidate set."""
+    """Keeps the latest chunk as the candidate set.
+
+    Two class attributes tell the cost model what a selector runs (plugins may set them
+    too): ``coarse_filter`` (Titan's first-block pass over the stream) and
+    ``forward_candidates`` (a full forward over the candidates at each selection)."""
 
     name = "base"
+    coarse_filter = False
+    forward_candidates = True
 
     def __init__(self) -> None:
         self.chunk: Chunk | None = None
@@ -49,6 +57,7 @@ class RandomSelector(_ChunkSelector):
     """``rs``: B samples uniformly at random, without replacement."""
 
     name = "rs"
+    forward_candidates = False
 
     def select(self, batch_size: int, model: BlockModel, rng: np.random.Generator) -> Selection:
         c = self._candidates()
@@ -130,10 +139,11 @@ class CamelSelector(_ChunkSelector):
     """
 
     name = "camel"
+    forward_candidates = False  # input-space arithmetic only (charged by camel_flops)
 
     def select(self, batch_size: int, model: BlockModel, rng: np.random.Generator) -> Selection:
         c = self._candidates()
-        x = c.x.flatten(1).double().numpy()
+        x = c.x.flatten(1).cpu().double().numpy()
         n = len(x)
         k = min(batch_size, n)
         first = int(np.argmin(((x - x.mean(axis=0)) ** 2).sum(axis=1)))
@@ -148,7 +158,7 @@ class CamelSelector(_ChunkSelector):
 
 def _cis_selection(c: Chunk, model: BlockModel, batch_size: int, rng: np.random.Generator, weighting: bool) -> Selection:
     stats = head_stats(model, c.x, c.y)
-    labels = c.y.numpy()
+    labels = c.y.cpu().numpy()
     draw = cis_draw(labels, stats.grad_norms, stats.gram(), batch_size, rng, weighting)
     info = {
         "candidates": float(len(c)),
@@ -181,6 +191,8 @@ class TitanSelector:
     """
 
     name = "titan"
+    coarse_filter = True
+    forward_candidates = True
 
     def __init__(self, buffer_size: int = 30, n_blocks: int = 1, pool: int = 4, weighting: bool = True,
                  consume: bool = True, carry_over: bool = True, refresh: bool = True,
@@ -222,15 +234,32 @@ SELECTORS: dict[str, Callable[..., object]] = {
 }
 
 
-def build_selector(name: str, **options: object) -> StreamingSelectorT:
-    """Build a streaming selector by short name; ``options`` go to its constructor."""
+SELECTOR_METHODS = ("observe", "select", "state_dict", "load_state_dict")
+
+
+def selector_factory(name: str) -> Callable[..., StreamingSelectorT]:
+    """The class (or factory) behind ``selection.method``: a built-in short name, an installed
+    ``fedtitan.selectors`` entry point, or ``package.module:ClassName``; a plugin must
+    implement :class:`~fedtitan.selection.base.StreamingSelector`."""
+    factory = resolve(name, key="selection.method", group="fedtitan.selectors", builtins=SELECTORS)
     if name not in SELECTORS:
-        raise ConfigError(f"unknown selection method {name!r}; choose one of {', '.join(SELECTORS)}")
+        if not callable(factory):
+            raise ConfigError(f"selection.method: {name!r} is not a class or factory")
+        require_methods(factory, SELECTOR_METHODS, "selection.method", name, "StreamingSelector")
+    return factory
+
+
+def build_selector(name: str, offered: dict[str, Any] | None = None, **options: Any) -> StreamingSelectorT:
+    """Build a streaming selector by name. ``options`` go to its constructor as given; of the
+    ``offered`` ones (the run's selection settings), those it accepts."""
+    factory = selector_factory(name)
     try:
-        return SELECTORS[name](**options)  # type: ignore[return-value]
+        selector = call_with_accepted(factory, offered or {}, options)
     except TypeError as exc:
         raise ConfigError(f"bad options for selector {name!r}: {exc}") from None
+    if name not in SELECTORS:
+        require_methods(selector, SELECTOR_METHODS, "selection.method", name, "StreamingSelector")
+    return selector
 
 
 StreamingSelectorT = TitanSelector | CISSelector | _ChunkSelector
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -44,17 +45,41 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         g["lr"] = lr
 
 
-def weighted_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                  weights: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
-    """One step on ``sum_i w_i * loss_i`` (mean when ``weights`` is None).
+@dataclass(frozen=True)
+class Proximal:
+    """FedProx's proximal term ``mu/2 * ||w - w_global||^2`` over the trainable parameters
+    (Li et al., 2020, eq. 2), anchored at the weights the round started from."""
 
-    Returns the weighted loss and the per-sample losses (detached, before the update).
+    mu: float
+    anchor: tuple[torch.Tensor, ...]
+
+    @classmethod
+    def at(cls, model: nn.Module, mu: float) -> Proximal | None:
+        """The term anchored at ``model``'s current weights; ``None`` when ``mu`` is 0 (plain FedAvg)."""
+        if mu < 0 or not math.isfinite(mu):
+            raise ConfigError(f"proximal mu must be a finite number >= 0, got {mu}")
+        if mu == 0:
+            return None
+        return cls(mu, tuple(p.detach().clone() for p in model.parameters()))
+
+    def term(self, model: nn.Module) -> torch.Tensor:
+        sq = [((p - a) ** 2).sum() for p, a in zip(model.parameters(), self.anchor, strict=True)]
+        return 0.5 * self.mu * torch.stack(sq).sum()
+
+
+def weighted_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                  weights: torch.Tensor | None = None, prox: Proximal | None = None) -> tuple[float, torch.Tensor]:
+    """One step on ``sum_i w_i * loss_i`` (mean when ``weights`` is None), plus FedProx's
+    proximal term when ``prox`` is given.
+
+    Returns the weighted data loss (without the proximal term) and the per-sample losses
+    (detached, before the update).
     """
     model.train()
     opt.zero_grad(set_to_none=True)
     losses = F.cross_entropy(model(x), y, reduction="none")
-    loss = losses.mean() if weights is None else (weights.to(losses.dtype) * losses).sum()
-    loss.backward()
+    loss = losses.mean() if weights is None else (weights.to(losses.device, losses.dtype) * losses).sum()
+    (loss if prox is None else loss + prox.term(model)).backward()
     opt.step()
     return float(loss.detach()), losses.detach()
 

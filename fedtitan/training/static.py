@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedtitan.data.dataset import Dataset
+from fedtitan.data.dataset import TensorSource
 from fedtitan.models.base import BlockModel
 from fedtitan.selection.pruning import normalise_scores
-from fedtitan.training.common import lr_at, make_optimizer, set_lr, weighted_step
+from fedtitan.training.common import Proximal, lr_at, make_optimizer, set_lr, weighted_step
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator, steps: int) -> l
 
 
 def warmup_scores(
-    model: BlockModel, dataset: Dataset, indices: np.ndarray, iterations: int, cfg: StaticConfig,
-    rng: np.random.Generator, unseen: str = "mean",
+    model: BlockModel, dataset: TensorSource, indices: np.ndarray, iterations: int, cfg: StaticConfig,
+    rng: np.random.Generator, unseen: str = "mean", prox: Proximal | None = None,
 ) -> tuple[np.ndarray, StaticResult]:
     """Train ``iterations`` steps on ``indices`` and return per-sample mean warm-up losses."""
     n = len(indices)
@@ -64,8 +64,8 @@ def warmup_scores(
     total = 0.0
     for pos in _batches(n, cfg.batch_size, rng, iterations):
         ids = indices[pos]
-        loss, per = weighted_step(model, opt, dataset.tensor("train", ids), dataset.labels("train", ids))
-        np.add.at(loss_sum, pos, per.double().numpy())
+        loss, per = weighted_step(model, opt, dataset.tensor("train", ids), dataset.labels("train", ids), prox=prox)
+        np.add.at(loss_sum, pos, per.double().cpu().numpy())
         np.add.at(seen, pos, 1)
         total += loss
     res = StaticResult(iterations, iterations * cfg.batch_size, total / max(iterations, 1), time.perf_counter() - t0)
@@ -73,8 +73,8 @@ def warmup_scores(
 
 
 def train_static(
-    model: BlockModel, dataset: Dataset, indices: np.ndarray, cfg: StaticConfig, rng: np.random.Generator,
-    step_offset: int = 0, total_steps: int | None = None,
+    model: BlockModel, dataset: TensorSource, indices: np.ndarray, cfg: StaticConfig, rng: np.random.Generator,
+    step_offset: int = 0, total_steps: int | None = None, prox: Proximal | None = None,
 ) -> StaticResult:
     """``cfg.epochs`` epochs of minibatch training over ``indices`` (the kept subset)."""
     n = len(indices)
@@ -86,6 +86,6 @@ def train_static(
     for s, pos in enumerate(_batches(n, cfg.batch_size, rng, steps)):
         set_lr(opt, lr_at(cfg.lr, cfg.schedule, step_offset + s, total))
         ids = indices[pos]
-        loss, _ = weighted_step(model, opt, dataset.tensor("train", ids), dataset.labels("train", ids))
+        loss, _ = weighted_step(model, opt, dataset.tensor("train", ids), dataset.labels("train", ids), prox=prox)
         loss_total += loss
     return StaticResult(steps, steps * cfg.batch_size, loss_total / max(steps, 1), time.perf_counter() - t0)

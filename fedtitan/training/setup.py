@@ -1,0 +1,152 @@
+"""Per-process set-up of a client (or the server): built once, cached, reused every round.
+
+A Ray actor serves many virtual clients, one message at a time: the dataset is decoded,
+partitioned and moved to the compute device once, the model is built once and its weights
+are loaded every round (:func:`setup_for`). Which device profile a client simulates is a
+pure function of the run config and its partition id (:func:`device_of`).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedtitan.compute import DeviceData, resolve_device, set_deterministic, unit_device
+from fedtitan.config import Config
+from fedtitan.data import load_dataset, partition
+from fedtitan.data.dataset import Dataset
+from fedtitan.devices import FleetSpec, device_for, get_profile, load_profiles
+from fedtitan.devices.budgets import training_memory_bytes
+from fedtitan.devices.catalog import DeviceProfile
+from fedtitan.models import build_model, count_forward_flops, param_bytes
+from fedtitan.models.base import BlockModel
+
+
+@dataclass
+class Setup:
+    dataset: Dataset
+    device: torch.device  # compute.device, resolved in this process
+    data: DeviceData  # the dataset's tensors on ``device``
+    parts: list[np.ndarray]
+    test_parts: list[np.ndarray]
+    model: BlockModel
+    forward_flops: int
+    block_flops: int
+    model_bytes: int
+    memory_bytes: int
+    extra_profiles: dict[str, DeviceProfile]
+
+
+def model_options(cfg: Config) -> dict[str, Any]:
+    return {"width": cfg.model.width} if cfg.model.width is not None and cfg.model.name in (
+        "cnn", "speech_cnn", "har_cnn", "resnet18", "resnet34") else {}
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(name: str, data_dir: str | None, path: str | None, seed: int) -> Dataset:
+    return load_dataset(name, data_dir=data_dir, path=path, seed=seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _subsampled(name: str, data_dir: str | None, path: str | None, seed: int, max_train: int) -> Dataset:
+    import dataclasses
+
+    from fedtitan.data import stratified_holdout
+
+    ds = _dataset(name, data_dir, path, seed)
+    if max_train >= len(ds.y_train):
+        return ds
+    _, keep = stratified_holdout(ds.y_train, max_train / len(ds.y_train), seed)
+    g = ds.groups_train[keep] if ds.groups_train is not None else None
+    return dataclasses.replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep], groups_train=g)
+
+
+def dataset_for(cfg: Config) -> Dataset:
+    """The run's dataset (cached per process); ``data.max_train`` keeps a seeded stratified subset."""
+    d = cfg.data
+    if d.max_train is not None:
+        return _subsampled(d.dataset, d.data_dir, d.path, cfg.run.seed, d.max_train)
+    return _dataset(d.dataset, d.data_dir, d.path, cfg.run.seed)
+
+
+def build_global_model(cfg: Config, ds: Dataset) -> BlockModel:
+    torch.manual_seed(cfg.run.seed)
+    return build_model(cfg.model.name, ds.input_shape, ds.num_classes, **model_options(cfg))
+
+
+def partition_for(cfg: Config, ds: Dataset) -> list[np.ndarray]:
+    """The run's client partitions of ``ds``'s training set (deterministic per seed)."""
+    d = cfg.data
+    return partition(ds.y_train, d.partition, d.num_clients, seed=cfg.run.seed, alpha=d.alpha,
+                     classes_per_client=d.classes_per_client, min_samples=d.min_samples, groups=ds.groups_train)
+
+
+@functools.lru_cache(maxsize=4)
+def _setup(cfg_json: str) -> Setup:
+    cfg = Config.from_json(cfg_json)
+    set_deterministic(cfg.run.deterministic)
+    device = resolve_device(cfg.compute.device)
+    ds = dataset_for(cfg)
+    d = cfg.data
+    parts = partition_for(cfg, ds)
+    test_perm = np.random.default_rng([cfg.run.seed, 0x7E57]).permutation(len(ds.y_test))
+    test_parts = [np.sort(p) for p in np.array_split(test_perm, d.num_clients)]
+    model = build_global_model(cfg, ds)
+    batch = cfg.selection.batch_size if cfg.regime == "streaming" else cfg.pruning.batch_size
+    extra = load_profiles(cfg.fleet.profiles) if cfg.fleet.profiles else {}
+    setup = Setup(
+        dataset=ds, device=device, data=DeviceData.on(ds, device), parts=parts, test_parts=test_parts, model=model,
+        forward_flops=count_forward_flops(model, ds.input_shape),
+        block_flops=count_forward_flops(model, ds.input_shape, n_blocks=cfg.selection.n_blocks),
+        model_bytes=param_bytes(model), memory_bytes=training_memory_bytes(model, ds.input_shape, batch),
+        extra_profiles=extra,
+    )
+    model.to(device)  # once per process; weights are loaded into it every round
+    return setup
+
+
+@functools.lru_cache(maxsize=4)
+def _data_on(cfg_json: str, device: torch.device) -> DeviceData:
+    setup = _setup(cfg_json)
+    return setup.data if device == setup.device else DeviceData.on(setup.dataset, device)
+
+
+def data_on(cfg: Config, device: torch.device) -> DeviceData:
+    """The run's dataset as tensors on ``device`` (the set-up's own, or a cached copy)."""
+    return _data_on(cfg.to_json(), device)
+
+
+def setup_for(cfg: Config) -> Setup:
+    return _setup(cfg.to_json())
+
+
+def train_units(cfg: Config, profile: DeviceProfile, meter: str) -> tuple[torch.device, torch.device]:
+    """(training device, selecting device) for this client.
+
+    Simulated devices compute everything on ``compute.device``. A measured device (a real
+    board) trains on its profile's ``train_unit`` and, with the pipeline on, selects on its
+    ``select_unit`` (``gpu`` = the resolved accelerator, the CPU when there is none)."""
+    accel = setup_for(cfg).device
+    if meter != "measured":
+        return accel, accel
+    train = unit_device(profile.train_unit, accel)
+    return train, (unit_device(profile.select_unit, accel) if cfg.run.pipeline else train)
+
+
+def fleet_spec(cfg: Config) -> FleetSpec:
+    f = cfg.fleet
+    if f.devices:
+        return FleetSpec(size=cfg.data.num_clients, devices=tuple(f.devices), variation=f.variation)
+    return FleetSpec.from_mix(f.mix, size=cfg.data.num_clients, variation=f.variation)
+
+
+def device_of(cfg: Config, partition_id: int, override: str | None = None) -> DeviceProfile:
+    """Catalog/TOML profile named by the node (deployment), else the fleet's device for this client."""
+    extra = setup_for(cfg).extra_profiles
+    if override:
+        return get_profile(override, extra)
+    return device_for(fleet_spec(cfg), cfg.run.seed, partition_id, extra)

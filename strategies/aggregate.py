@@ -1,0 +1,139 @@
+"""How the included replies become the next global model.
+
+The fleet policy (:mod:`strategies.fleet`) decides *who* trains and whose reply counts; an
+aggregator decides *how* to combine them. Both aggregators here have two steps, called in
+order every round, as Flower's strategies have them:
+
+* ``configure(server_round, arrays, config, grid, nodes)`` -> the train messages for exactly
+  the sampled ``nodes``;
+* ``aggregate(server_round, included, current)`` -> the new global weights (or ``None``).
+
+:class:`FedtitanFedAvg` is fedtitan's own weighted FedAvg, the reference. :class:`FlowerAggregator`
+runs any Flower Message-API strategy: it builds its messages itself, through a view of the
+grid that shows it only the nodes fedtitan sampled (so FedProx's ``proximal-mu`` or a DP
+wrapper's clipping norm reach the clients, and FedOpt-family state persists), and its
+``aggregate_train`` sees only the replies fedtitan included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from strategies.fleet import ClientResult, fedavg
+
+
+def to_arrays(state: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+
+
+class Aggregator(Protocol):
+    name: str
+
+    def configure(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid,
+                  nodes: list[int]) -> list[Message]: ...
+
+    def aggregate(self, server_round: int, included: list[ClientResult],
+                  current: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None: ...
+
+
+class FedtitanFedAvg:
+    """Weighted mean of the included updates by ``num-examples``, in float64 (the reference)."""
+
+    name = "fedavg"
+
+    def configure(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid,
+                  nodes: list[int]) -> list[Message]:
+        config["server-round"] = server_round
+        content = RecordDict({"arrays": arrays, "config": config})
+        return [Message(content, dst_node_id=n, message_type="train") for n in nodes]
+
+    def aggregate(self, server_round: int, included: list[ClientResult],
+                  current: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        return fedavg(included) if included else None
+
+
+class NodeView(Grid):
+    """A grid that shows a strategy only ``nodes`` (those fedtitan sampled this round).
+
+    A strategy's ``configure_train`` only asks which nodes there are; sending stays with the
+    server, so every other call goes to the real grid."""
+
+    def __init__(self, grid: Grid, nodes: list[int]) -> None:
+        self._grid = grid
+        self._nodes = list(nodes)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self._nodes)
+
+    def set_run(self, run: Any) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self._grid.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self._grid.send_and_receive(messages, timeout=timeout)
+
+
+class AggregationFailed(RuntimeError):
+    """The strategy refused the replies (e.g. inconsistent records); the round keeps the old model."""
+
+
+class FlowerAggregator:
+    """A Flower Message-API strategy behind fedtitan's fleet policy."""
+
+    def __init__(self, strategy: Any, name: str) -> None:
+        self.strategy = strategy
+        self.name = name
+
+    def configure(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid,
+                  nodes: list[int]) -> list[Message]:
+        messages = list(self.strategy.configure_train(server_round, arrays, config, NodeView(grid, nodes)))
+        order = {n: i for i, n in enumerate(nodes)}  # fedtitan's order, whatever order the strategy drew
+        unknown = [m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in order]
+        if unknown:
+            raise AggregationFailed(f"{self.name}: configure_train addressed nodes fedtitan did not sample: {unknown}")
+        return sorted(messages, key=lambda m: order[m.metadata.dst_node_id])
+
+    def aggregate(self, server_round: int, included: list[ClientResult],
+                  current: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        if not included:
+            return None
+        replies = [r.raw for r in included]
+        try:
+            arrays, _ = self.strategy.aggregate_train(server_round, replies)
+        except Exception as exc:  # Flower raises its own types (InconsistentMessageReplies, AggregationError, ...)
+            raise AggregationFailed(f"{self.name}.aggregate_train: {type(exc).__name__}: {exc}") from exc
+        if arrays is None:
+            return None
+        out = {k: np.asarray(v.numpy()) for k, v in arrays.items()}
+        if set(out) != set(current):
+            raise AggregationFailed(f"{self.name} returned arrays {sorted(set(out) ^ set(current))} that the model "
+                                    "does not have (or lacks)")
+        # Flower averages integer buffers (BatchNorm's num_batches_tracked) as floats: cast back
+        return {k: out[k].astype(current[k].dtype, copy=False) for k in current}
+
+
+def make_aggregator(strategy: Any, name: str) -> Aggregator:
+    return FedtitanFedAvg() if strategy is None else FlowerAggregator(strategy, name)
+
+
+__all__ = ["AggregationFailed", "Aggregator", "FedtitanFedAvg", "FlowerAggregator", "NodeView", "make_aggregator",
+           "to_arrays"]
