@@ -2,7 +2,9 @@
 
 A pruner maps per-sample scores to kept indices. ``warmup-loss`` keeps the
 ``M = floor(rho * N)`` highest warm-up losses (ties: lower index first); ``random`` keeps a
-seeded uniform subset; ``full`` keeps everything. ``rho`` is the fraction *kept*.
+seeded uniform subset; ``random-warmup`` is ``random`` after the same warm-up as
+``warmup-loss`` (the caller trains it), the fair baseline that separates the selection from
+the extra warm-up epoch; ``full`` keeps everything. ``rho`` is the fraction *kept*.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import numpy as np
 
 from fedtitan.errors import ConfigError
 
-PRUNERS = ("warmup-loss", "random", "full")
+PRUNERS = ("warmup-loss", "random", "random-warmup", "full")
+WARMUP_PRUNERS = ("warmup-loss", "random-warmup")  # the client trains a warm-up before pruning
 UNSEEN_RULES = ("mean", "keep", "drop")
 
 
@@ -61,7 +64,7 @@ def prune(method: str, n: int, rho: float, *, scores: np.ndarray | None = None,
     m = kept_count(n, rho)
     if method == "full":
         return np.arange(n)
-    if method == "random":
+    if method in ("random", "random-warmup"):
         gen = rng if rng is not None else np.random.default_rng(0)
         return np.sort(gen.choice(n, size=m, replace=False))
     if method == "warmup-loss":

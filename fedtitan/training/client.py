@@ -27,6 +27,7 @@ from fedtitan.devices.budgets import adaptive_ratio, check_memory
 from fedtitan.devices.catalog import CATALOG, DeviceProfile
 from fedtitan.devices.cost import static_round, streaming_round, train_cost
 from fedtitan.selection import build_selector, prune
+from fedtitan.selection.pruning import WARMUP_PRUNERS
 from fedtitan.selection.selectors import camel_flops
 from fedtitan.status import Status
 from fedtitan.training.common import Proximal, evaluate, lr_at
@@ -214,11 +215,11 @@ def _static(cfg: Config, setup: Setup, data: DeviceData, pid: int, profile: Devi
         if p.adaptive:
             rho = adaptive_ratio(profile, rho=rho, n_samples=n, epochs=p.epochs, forward_flops=setup.forward_flops,
                                  model_bytes=setup.model_bytes)
-        if p.method == "warmup-loss":
+        if p.method in WARMUP_PRUNERS:
             iters = max(1, math.ceil(p.warmup_epochs * n / p.batch_size))
             scores, res = warmup_scores(setup.model, data, idx, iters, scfg, rng, p.unseen, prox=prox)
             warmup_samples = res.samples
-            kept = prune("warmup-loss", n, rho, scores=scores)
+            kept = prune(p.method, n, rho, scores=scores, rng=rng)
         else:
             kept = prune(p.method, n, rho, rng=rng)
         state["kept"] = idx[kept]

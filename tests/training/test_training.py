@@ -91,3 +91,22 @@ def test_titan_learns_digits(digits):
                     StreamingConfig(steps=150, batch_size=10, velocity=50, lr=0.1), np.random.default_rng(0))
     _, acc = evaluate(model, digits.tensor("test"), digits.labels("test"))
     assert acc > 0.6
+
+
+def test_random_warmup_pays_the_warmup_and_keeps_a_random_subset():
+    """``random-warmup``: the same warm-up as ``warmup-loss`` (same samples, same weights
+    after it), then a uniform subset instead of the top losses."""
+    from fedtitan.config import load_config
+    from fedtitan.training.client import client_round, setup_for
+
+    out = {}
+    for method in ("warmup-loss", "random-warmup", "random"):
+        cfg = load_config("quickstart", ["data.num_clients=3", "model.name=cnn", "model.width=8",
+                                         f"pruning.method={method}", "pruning.ratio=0.3"])
+        g = {k: v.clone() for k, v in setup_for(cfg).model.state_dict().items()}
+        out[method] = client_round(cfg, 0, g, {}, 1)
+    wl, rw, r = out["warmup-loss"], out["random-warmup"], out["random"]
+    assert wl.metrics["streamed"] == rw.metrics["streamed"] > 0 and r.metrics["streamed"] == 0  # warm-up samples
+    assert wl.metrics["sim_train_s"] == pytest.approx(rw.metrics["sim_train_s"])  # same bill
+    assert len(wl.state["kept"]) == len(rw.state["kept"]) == len(r.state["kept"])
+    assert not np.array_equal(wl.state["kept"], rw.state["kept"])
