@@ -20,7 +20,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fedtitan.compute import DeviceData, resolve_device
 from fedtitan.data import DataStream, load_dataset
+from fedtitan.errors import FedtitanError
 from fedtitan.models import build_model
 from fedtitan.selection import build_selector
 from fedtitan.training import StreamingConfig, evaluate, lr_at, train_streaming
@@ -28,8 +30,9 @@ from fedtitan.training import StreamingConfig, evaluate, lr_at, train_streaming
 
 def run_one(ds, method: str, seed: int, args: argparse.Namespace, eval_x, eval_y) -> list[dict]:  # type: ignore[no-untyped-def]
     torch.manual_seed(seed)
-    model = build_model(args.model, ds.input_shape, ds.num_classes)
-    stream = DataStream(ds, np.arange(len(ds.y_train)), v=args.velocity, seed=seed, client=0)
+    model = build_model(args.model, ds.input_shape, ds.num_classes).to(args.torch_device)
+    data = DeviceData.on(ds, args.torch_device)
+    stream = DataStream(data, np.arange(len(ds.y_train)), v=args.velocity, seed=seed, client=0)
     # "titan:coarse=random,metric=sqeuclidean" passes options to the selector
     name, _, opt_text = method.partition(":")
     opts: dict[str, object] = {"buffer_size": args.buffer} if name == "titan" else {}
@@ -71,15 +74,21 @@ def main() -> None:
     ap.add_argument("--buffer", type=int, default=30)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--out", default="docs/results/single-device")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (as compute.device)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = ap.parse_args()
     if args.eval_every > 100:
         ap.error("--eval-every must be <= 100 (the learning-rate decay period)")
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
+    try:
+        args.torch_device = resolve_device(args.device)
+    except FedtitanError as exc:
+        ap.error(str(exc))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset("cifar10", data_dir=args.data_dir)
     ids = np.sort(np.random.default_rng(0).permutation(len(ds.y_test))[:2000])
-    eval_x, eval_y = ds.tensor("test", ids), ds.labels("test", ids)
+    eval_x, eval_y = ds.tensor("test", ids).to(args.torch_device), ds.labels("test", ids).to(args.torch_device)
     rows: list[dict] = []
     methods = args.methods.split(";") if ";" in args.methods else args.methods.split(",")
     t0 = time.perf_counter()
@@ -115,7 +124,7 @@ def main() -> None:
     ax.set_title(f"CIFAR-10, single device, {args.model}, v={args.velocity}, B={args.batch}")
     fig.tight_layout()
     fig.savefig(out / "accuracy.png", dpi=120)
-    (out / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+    (out / "args.json").write_text(json.dumps({k: v for k, v in vars(args).items() if k != "torch_device"}, indent=2) + "\n")
     print(summary.to_string(index=False))
 
 

@@ -21,6 +21,7 @@ import time
 import numpy as np
 import torch
 
+from fedtitan.compute import resolve_device
 from fedtitan.data.stream import Chunk
 from fedtitan.models import build_model
 from fedtitan.selection.cis import cis_draw
@@ -38,12 +39,14 @@ def _best_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
     return float(np.median(times))
 
 
-def bench(model_name: str, repeats: int, v: int = 100, buffer: int = 30, batch: int = 10) -> dict[str, float | str]:
+def bench(model_name: str, repeats: int, v: int = 100, buffer: int = 30, batch: int = 10,
+          device: torch.device | None = None) -> dict[str, float | str]:
+    device = device or torch.device("cpu")
     torch.manual_seed(0)
-    model = build_model(model_name, (3, 32, 32), 10).eval()
+    model = build_model(model_name, (3, 32, 32), 10).eval().to(device)
     rng = np.random.default_rng(0)
-    chunks = [Chunk(torch.randn(v, 3, 32, 32), torch.as_tensor(rng.integers(0, 10, v)), np.arange(i * v, (i + 1) * v))
-              for i in range(repeats + 2)]
+    chunks = [Chunk(torch.randn(v, 3, 32, 32, device=device), torch.as_tensor(rng.integers(0, 10, v), device=device),
+                    np.arange(i * v, (i + 1) * v)) for i in range(repeats + 2)]
     it = iter(range(10**9))
 
     def model_forward() -> None:
@@ -65,12 +68,12 @@ def bench(model_name: str, repeats: int, v: int = 100, buffer: int = 30, batch: 
 
     def fine() -> None:
         s = head_stats(model, buf.x, buf.y)
-        cis_draw(buf.y.numpy(), s.grad_norms, s.gram(), batch, rng)
+        cis_draw(buf.y.cpu().numpy(), s.grad_norms, s.gram(), batch, rng)
 
     stats = head_stats(model, buf.x, buf.y)
-    norms, gram, labels = stats.grad_norms, stats.gram(), buf.y.numpy()
+    norms, gram, labels = stats.grad_norms, stats.gram(), buf.y.cpu().numpy()
     return {
-        "model": model_name,
+        "model": model_name, "device": str(device),
         "model_forward_ms_per_sample": model_ms / v,
         "first_block_forward_ms_per_sample": floor_ms / v,
         "coarse_ms_per_sample": coarse_ms / v,
@@ -83,10 +86,12 @@ def bench(model_name: str, repeats: int, v: int = 100, buffer: int = 30, batch: 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N, mps (as compute.device)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    device = resolve_device(args.device)
     out = {"threads": torch.get_num_threads(), "v": 100, "buffer": 30, "batch": 10,
-           "results": [bench(m, args.repeats) for m in ("cnn", "mobilenet_v1")]}
+           "results": [bench(m, args.repeats, device=device) for m in ("cnn", "mobilenet_v1")]}
     print(json.dumps(out, indent=2))
 
 

@@ -80,11 +80,12 @@ def main() -> None:
     ap.add_argument("--dataset", default="cifar10")
     ap.add_argument("--data-dir", default=os.environ.get("FEDTITAN_SHARED_DATA"))
     ap.add_argument("--num-cpus", type=float, default=1.0)
+    ap.add_argument("--device", default="auto", help="compute.device: auto, cpu, cuda, cuda:N, mps")
     args = ap.parse_args()
     overrides = [f"data.num_clients={args.clients}", f"run.rounds={args.rounds}", "server.fraction=1.0",
                  f"data.dataset={args.dataset}", "model.name=cnn", "data.partition=iid", "selection.method=titan",
                  "selection.local_steps=3", "selection.velocity=100", "selection.batch_size=10",
-                 f"simulation.num_cpus={args.num_cpus}", "server.eval_samples=1000"]
+                 f"simulation.num_cpus={args.num_cpus}", "server.eval_samples=1000", f"compute.device={args.device}"]
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
     cfg = load_config("quickstart", overrides)

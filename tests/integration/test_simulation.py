@@ -30,7 +30,9 @@ def _check_outputs(out):
     assert json.loads((out / "config.json").read_text())["data"]["num_clients"] == 3
     part = pd.read_csv(out / "partition.csv", index_col=0)  # the clients' label histogram
     assert len(part) == 3 and part["n"].sum() == part.filter(like="class_").to_numpy().sum()
-    assert "versions" in json.loads((out / "meta.json").read_text())
+    meta = json.loads((out / "meta.json").read_text())
+    assert "versions" in meta and meta["versions"]["flwr"].startswith("1.")
+    assert meta["compute"]["mode"] == "default" and meta["compute"]["device"] in ("cpu", "cuda:0", "mps")
     return rounds, clients
 
 

@@ -1,0 +1,159 @@
+"""Accelerators: device resolution, device-resident data, models/batches/selector state on the
+resolved device, determinism, Ray GPU shares. Every check runs on the CPU; the ``gpu``-marked
+twins run the same checks on CUDA where one is visible."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedtitan.compute import (
+    DeviceData,
+    resolve_device,
+    set_deterministic,
+    unit_device,
+    visible_devices,
+)
+from fedtitan.config import load_config
+from fedtitan.data import load_dataset
+from fedtitan.data.stream import DataStream
+from fedtitan.errors import ConfigError
+from fedtitan.models.zoo import GlobalAvgPool
+from fedtitan.selection import build_selector
+from fedtitan.training import StreamingConfig, train_streaming
+from fedtitan.training.client import client_round, setup_for
+from fedtitan.training.setup import train_units
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+BASE = ["data.num_clients=3", "model.name=cnn", "model.width=8", "selection.local_steps=3"]
+
+
+def test_resolution_and_one_line_errors_for_missing_devices():
+    assert visible_devices()[0] == "cpu"
+    assert resolve_device("cpu") == torch.device("cpu")
+    auto = resolve_device("auto")
+    assert auto.type == ("cuda" if torch.cuda.is_available() else auto.type)
+    if not torch.cuda.is_available():
+        for spec in ("cuda", "cuda:1"):
+            with pytest.raises(ConfigError) as exc:
+                resolve_device(spec)
+            msg = str(exc.value)
+            assert "no CUDA device is visible (visible: cpu" in msg and "\n" not in msg
+    with pytest.raises(ConfigError, match="not one of auto, cpu, cuda, cuda:N, mps"):
+        resolve_device("tpu")
+    with pytest.raises(ConfigError, match="compute.device: must be one of auto, cpu, cuda, cuda:N, mps"):
+        load_config("quickstart", ["compute.device=gpu"])
+    assert load_config("quickstart", ["compute.device=CUDA:0"]).compute.device == "cuda:0"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_says_which_devices_are_visible(capsys):
+    from fedtitan.cli import main
+
+    assert main(["run", "--quiet", "--set", "compute.device=cuda", "--set", "run.rounds=1"]) == 2
+    err = capsys.readouterr().err
+    assert "compute.device='cuda' but no CUDA device is visible (visible: cpu" in err and "Traceback" not in err
+
+
+def test_profile_units_map_to_this_processs_devices():
+    cpu = torch.device("cpu")
+    assert unit_device("gpu", cpu) == cpu and unit_device("cpu", cpu) == cpu
+    cuda = torch.device("cuda", 0)
+    assert unit_device("gpu", cuda) == cuda and unit_device("cpu", cuda) == cpu
+    cfg = load_config("quickstart", [*BASE, "run.pipeline=true"])
+    from fedtitan.devices import CATALOG
+
+    nano = CATALOG["jetson-nano-10w"]  # trains on the CPU, selects on the GPU
+    train, select = train_units(cfg, nano, "measured")
+    assert train == cpu and select == unit_device("gpu", setup_for(cfg).device)
+    assert train_units(cfg, nano, "simulated") == (setup_for(cfg).device, setup_for(cfg).device)
+
+
+def test_global_pool_on_cpu_is_torchs_adaptive_pool_bit_for_bit():
+    x = torch.randn(4, 8, 5, 7)
+    assert torch.equal(GlobalAvgPool(2)(x), nn.AdaptiveAvgPool2d(1)(x))
+    s = torch.randn(4, 8, 9)
+    assert torch.equal(GlobalAvgPool(1)(s), nn.AdaptiveAvgPool1d(1)(s))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_data_matches_the_cpu_normalisation(device):
+    ds = load_dataset("digits")
+    data = DeviceData.on(ds, torch.device(device))
+    ids = np.array([5, 0, 17, 3])
+    x, y = data.tensor("train", ids), data.labels("train", ids)
+    assert x.device.type == device and y.device.type == device
+    ref = ds.tensor("train", ids)
+    if device == "cpu":
+        assert torch.equal(x, ref)  # the CPU path is the dataset's own, unchanged
+    else:
+        torch.testing.assert_close(x.cpu(), ref)
+    assert torch.equal(y.cpu(), ds.labels("train", ids))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_model_batches_and_selector_state_live_on_the_device(device, pipeline):
+    cfg = load_config("quickstart", [*BASE, f"compute.device={device}", f"run.pipeline={str(pipeline).lower()}"])
+    setup = setup_for(cfg)
+    dev = torch.device(device)
+    assert setup.device.type == dev.type
+    g = {k: v.detach().cpu().clone() for k, v in setup.model.state_dict().items()}
+    out = client_round(cfg, 1, g, {}, 1)
+    assert all(p.device.type == dev.type for p in setup.model.parameters())
+    assert all(v.device.type == "cpu" for v in out.state_dict.values())  # weights cross the boundary as CPU arrays
+    buffer = out.state["selector"]["x"]
+    assert buffer.device.type == dev.type and len(buffer) > 0  # Titan's candidates stay on the device
+    assert out.metrics["train_on_gpu"] == float(dev.type == "cuda")
+    assert out.metrics["steps"] == 3 and np.isfinite(out.metrics["train_loss"])
+    if pipeline:  # the step's wall time overlaps training and selection
+        assert 0 < out.metrics["steps_wall_ms"] <= out.metrics["train_wall_ms"] + out.metrics["select_wall_ms"] \
+            + out.metrics["sync_wall_ms"] + 50
+
+
+@pytest.mark.gpu
+def test_titan_pipeline_across_units_trains_on_cpu_and_selects_on_cuda():
+    ds = load_dataset("digits")
+    torch.manual_seed(0)
+    from fedtitan.models import build_model
+
+    model = build_model("cnn", ds.input_shape, 10, width=8)
+    stream = DataStream(DeviceData.on(ds, torch.device("cpu")), np.arange(len(ds.y_train)), v=40, seed=0, client=0)
+    recs = train_streaming(model, stream, build_selector("titan", buffer_size=20),
+                           StreamingConfig(steps=4, batch_size=8, velocity=40, lr=0.05, pipeline=True),
+                           np.random.default_rng(0), select_device=torch.device("cuda"))
+    assert len(recs) == 4 and all(p.device.type == "cpu" for p in model.parameters())
+    assert all(r.sync_ms > 0 for r in recs[:-1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_deterministic_mode_repeats_a_round_exactly(device):
+    cfg = load_config("quickstart", [*BASE, f"compute.device={device}", "run.deterministic=true"])
+    try:
+        assert set_deterministic(True) == "deterministic"
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") in (":4096:8", ":16:8")
+        g = {k: v.detach().cpu().clone() for k, v in setup_for(cfg).model.state_dict().items()}
+        a = client_round(cfg, 0, {k: v.clone() for k, v in g.items()}, {}, 1).state_dict
+        b = client_round(cfg, 0, {k: v.clone() for k, v in g.items()}, {}, 1).state_dict
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+    assert set_deterministic(False) == "default"
+
+
+def test_ray_gpu_share_per_client_process():
+    from simulations.run import client_resources
+
+    cfg = load_config("quickstart", ["simulation.num_gpus=0.25", "simulation.num_cpus=1"])
+    assert client_resources(cfg, attach=False) == {"num_cpus": 1.0, "num_gpus": 0.25}  # four per GPU
+    cpu_only = load_config("quickstart", ["compute.device=cpu"])
+    assert client_resources(cpu_only, attach=False)["num_gpus"] == 0.0
+    if torch.cuda.is_available():  # left at 0 on a CUDA machine: an equal share per process
+        share = client_resources(load_config("quickstart", []), attach=False)["num_gpus"]
+        assert 0 < share <= 1
