@@ -1,8 +1,11 @@
-"""Deployment helpers: the exact Flower commands for a secured lab federation.
+"""Deployment helpers: a secured lab federation.
 
-``fedtitan superlink`` / ``fedtitan supernode`` build (and by default exec) the
-``flower-superlink`` / ``flower-supernode`` command lines with TLS and SuperNode
-authentication; ``--insecure`` is only used when asked for, with a warning.
+``fedtitan superlink`` runs the SuperLink bound to loopback (all of its APIs: Fleet, Control,
+Runtime) with TLS and SuperNode authentication, and in front of it, on the interface the
+boards reach, a proxy that passes on the Fleet API only (:mod:`clients.fleet_proxy`): the
+Control API, which the open-source SuperLink does not authenticate, stays on the server.
+``fedtitan supernode`` builds (and execs) the ``flower-supernode`` command line.
+``--insecure`` is only used when asked for, with a warning.
 """
 
 from __future__ import annotations
@@ -10,10 +13,14 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from fedtitan.errors import FedtitanError
+from fedtitan.paths import RESULTS_ROOT_ENV  # read by the ServerApp (strategies/server_app.py)
 
 
 def _exe(name: str) -> str:
@@ -32,8 +39,12 @@ def _need(certs: Path, *names: str) -> list[Path]:
     return paths
 
 
-def superlink_command(certs: str | None, insecure: bool, host: str = "0.0.0.0", port: int = 8000,
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def superlink_command(certs: str | None, insecure: bool, host: str = "127.0.0.1", port: int = 8001,
                       database: str | None = None, auth: bool = True) -> list[str]:
+    """The ``flower-superlink`` command line; ``host``/``port`` is where *all* its APIs listen."""
     if certs is None and not insecure:
         raise FedtitanError("refusing to start a SuperLink without TLS: pass --certs DIR (see `fedtitan certs`) "
                             "or, on a trusted network only, --insecure")
@@ -51,6 +62,121 @@ def superlink_command(certs: str | None, insecure: bool, host: str = "0.0.0.0", 
     if database:
         cmd += ["--database", database]
     return cmd
+
+
+@dataclass(frozen=True)
+class SuperLinkPlan:
+    """A SuperLink on the operator's side (loopback by default) with all of its APIs, and the
+    fleet proxy on the interface the boards reach, passing on the Fleet API only."""
+
+    superlink: list[str]
+    fleet_host: str
+    fleet_port: int
+    control_host: str
+    control_port: int
+    certfile: str | None
+    keyfile: str | None
+    ca_certfile: str | None
+    results_root: Path
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.certfile is None else "https"
+
+    def describe(self) -> str:
+        ctl = f"{self.control_host}:{self.control_port}"
+        return (f"SuperLink (Fleet + Control + Runtime APIs): {shlex.join(self.superlink)}\n"
+                f"fleet proxy (boards dial this; Fleet API and /health only): "
+                f"{self.scheme}://{_hostport(self.fleet_host, self.fleet_port)}\n"
+                f"operator (flwr supernode register / flwr run, from this host): address = \"{ctl}\"\n"
+                f"results root (a run's `out` must stay inside): {self.results_root}")
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def plan_superlink(certs: str | None, insecure: bool, host: str, port: int, control_host: str = "127.0.0.1",
+                   control_port: int = 8001, database: str | None = None, auth: bool = True,
+                   results_root: str = "results") -> SuperLinkPlan:
+    if not host:
+        raise FedtitanError("--host is required: the address of the interface the boards reach (e.g. 192.168.1.10)")
+    if host in ("0.0.0.0", "::"):
+        print(f"fedtitan: WARNING: --host {host} serves the Fleet API on every interface; name the boards' one if you "
+              "can", file=sys.stderr)
+    if (control_host, control_port) == (host, port):
+        raise FedtitanError(f"--control-port {control_port} on {control_host} is the fleet port; give them different "
+                            "ports (the SuperLink listens on the control address, the proxy on the fleet address)")
+    if control_host not in LOOPBACK:
+        print(f"fedtitan: WARNING: the Control API (register keys, submit runs) listens on {control_host}: anyone who "
+              "reaches it can join the federation or run code here; keep that interface private", file=sys.stderr)
+    cmd = superlink_command(certs, insecure, control_host, control_port, database, auth)
+    crt = key = ca = None
+    if not insecure:
+        assert certs is not None
+        ca_p, crt_p, key_p = _need(Path(certs), "ca.crt", "superlink.crt", "superlink.key")
+        ca, crt, key = str(ca_p), str(crt_p), str(key_p)
+    return SuperLinkPlan(cmd, host, port, control_host, control_port, crt, key, ca,
+                         Path(results_root).expanduser().resolve())
+
+
+def _wait_healthy(plan: SuperLinkPlan, proc: subprocess.Popen[bytes], timeout_s: float = 90.0) -> None:
+    import time
+
+    import httpx
+
+    from clients.fleet_proxy import upstream_verify
+
+    url = f"{plan.scheme}://{_hostport(plan.control_host, plan.control_port)}/health"
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if proc.poll() is not None:
+            raise FedtitanError(f"flower-superlink exited with status {proc.returncode} before it was ready (see its "
+                                "output above)")
+        try:
+            if httpx.get(url, verify=upstream_verify(plan.ca_certfile), timeout=2.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise FedtitanError(f"flower-superlink did not answer on {url} within {timeout_s:.0f} s")
+
+
+def run_superlink(plan: SuperLinkPlan) -> int:
+    """Start the SuperLink, wait until it answers, serve the fleet proxy until interrupted
+    (Ctrl-C, SIGTERM) or until the SuperLink exits; then stop both."""
+    from clients.fleet_proxy import FleetProxy, serve, upstream_verify
+
+    try:
+        plan.results_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FedtitanError(f"cannot create the results root {plan.results_root}: {exc.strerror}") from None
+    env = {**os.environ, RESULTS_ROOT_ENV: str(plan.results_root)}
+    print(plan.describe(), flush=True)
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    # uvicorn shuts down on SIGINT/SIGTERM and then re-raises the signal to the handler it
+    # found: make that one an exception, so the SuperLink below is always stopped too.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    proc = subprocess.Popen(plan.superlink, env=env)
+    try:
+        _wait_healthy(plan, proc)
+        upstream = f"{plan.scheme}://{_hostport(plan.control_host, plan.control_port)}"
+        proxy = FleetProxy(upstream, verify=upstream_verify(plan.ca_certfile))
+        serve(proxy, plan.fleet_host, plan.fleet_port, plan.certfile, plan.keyfile,
+              should_stop=lambda: proc.poll() is not None)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return 0 if proc.returncode in (0, -signal.SIGTERM, None) else int(proc.returncode)
 
 
 def supernode_command(superlink: str, certs: str | None, insecure: bool, key: str | None, partition_id: int,

@@ -15,9 +15,51 @@ from fedtitan.errors import FedtitanError
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
-    path.write_bytes(data)
-    if private:
-        os.chmod(path, 0o600)
+    """Write atomically (temp file + rename); a private key is 0600 from its first byte."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        if not private:
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _node_pair(root: Path, name: str) -> tuple[Path, Path]:
+    """Write a new EC P-384 key pair ``name`` / ``name.pub`` (OpenSSH format) in ``root``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    priv, pub = root / name, root / f"{name}.pub"
+    _write(priv, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                   serialization.NoEncryption()), private=True)
+    _write(pub, key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+           + b"\n")
+    return priv, pub
+
+
+def rotate_node(out: str | Path, node: str) -> tuple[Path, Path, str]:
+    """Replace SuperNode key pair ``node`` (``supernode-3`` or ``3``) in ``out``; returns the new
+    private and public key paths and the old public key (to find and unregister it)."""
+    root = Path(out)
+    name = f"supernode-{node}" if node.isdigit() else node
+    if "/" in name or name.startswith("."):
+        raise FedtitanError(f"--rotate takes a node name such as supernode-3 (or 3), not {node!r}")
+    if not (root / "ca.crt").exists():
+        raise FedtitanError(f"{root} has no ca.crt; create the lab first with: fedtitan certs {root}")
+    old_pub = root / f"{name}.pub"
+    if not old_pub.exists():
+        have = sorted(p.stem for p in root.glob("supernode-*.pub"))
+        raise FedtitanError(f"{old_pub} does not exist; nodes here: {', '.join(have) or '(none)'}")
+    old = old_pub.read_text().strip()
+    priv, pub = _node_pair(root, name)
+    return priv, pub, old
 
 
 def make_certs(out: str | Path, hosts: list[str], nodes: int = 2, days: int = 365) -> dict[str, Path]:
@@ -75,11 +117,6 @@ def make_certs(out: str | Path, hosts: list[str], nodes: int = 2, days: int = 36
     _write(paths["superlink.key"], srv_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
                                                          serialization.NoEncryption()), private=True)
     for i in range(nodes):
-        key = ec.generate_private_key(ec.SECP384R1())
-        priv, pub = root / f"supernode-{i}", root / f"supernode-{i}.pub"
-        _write(priv, key.private_bytes(pem, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()),
-               private=True)
-        _write(pub, key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                  serialization.PublicFormat.OpenSSH) + b"\n")
+        priv, pub = _node_pair(root, f"supernode-{i}")
         paths[priv.name], paths[pub.name] = priv, pub
     return paths

@@ -105,8 +105,15 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_certs(args: argparse.Namespace) -> int:
-    from fedtitan.certs import make_certs
+    from fedtitan.certs import make_certs, rotate_node
 
+    if args.rotate:
+        priv, pub, old = rotate_node(args.out, args.rotate)
+        print(f"wrote a new key pair {priv} (0600) and {pub}; the old public key was:\n  {old}")
+        print("on the server: find its node id with `flwr supernode list <superlink> --format json`, then\n"
+              f"  flwr supernode unregister NODE_ID <superlink>\n  flwr supernode register {pub} <superlink>\n"
+              f"and copy {priv} to the board (the old key is refused from now on)")
+        return 0
     paths = make_certs(args.out, args.host, args.nodes, args.days)
     print(f"wrote {len(paths)} files to {args.out}: CA, SuperLink certificate (hosts: "
           f"{', '.join(['localhost', '127.0.0.1', *args.host])}), {args.nodes} SuperNode key pairs")
@@ -115,10 +122,14 @@ def _cmd_certs(args: argparse.Namespace) -> int:
 
 
 def _cmd_superlink(args: argparse.Namespace) -> int:
-    from clients.deploy import exec_or_print, superlink_command
+    from clients.deploy import plan_superlink, run_superlink
 
-    cmd = superlink_command(args.certs, args.insecure, args.host, args.port, args.database, not args.no_auth)
-    return exec_or_print(cmd, args.dry_run)
+    plan = plan_superlink(args.certs, args.insecure, args.host, args.port, args.control_host, args.control_port,
+                          args.database, not args.no_auth, args.results_root)
+    if args.dry_run:
+        print(plan.describe())
+        return 0
+    return run_superlink(plan)
 
 
 def _cmd_supernode(args: argparse.Namespace) -> int:
@@ -224,13 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
     ce.add_argument("--host", action="append", default=[], help="SuperLink host name or IP (repeatable)")
     ce.add_argument("--nodes", type=int, default=2, help="SuperNode key pairs to create")
     ce.add_argument("--days", type=int, default=365)
+    ce.add_argument("--rotate", metavar="NODE", help="replace one SuperNode's key pair (e.g. supernode-3) and nothing else")
     ce.set_defaults(func=_cmd_certs)
 
-    sl = sub.add_parser("superlink", help="start a SuperLink with TLS and SuperNode authentication")
+    sl = sub.add_parser("superlink", help="start a SuperLink (TLS, SuperNode authentication) whose Control API stays "
+                                          "on this host; the boards' interface gets the Fleet API only")
     sl.add_argument("--certs", help="folder from `fedtitan certs`")
     sl.add_argument("--insecure", action="store_true", help="no TLS, no authentication (trusted networks only)")
-    sl.add_argument("--host", default="0.0.0.0")
-    sl.add_argument("--port", type=int, default=8000)
+    sl.add_argument("--host", required=True, help="address of the interface the boards reach (Fleet API only)")
+    sl.add_argument("--port", type=int, default=8000, help="port the boards dial (default 8000)")
+    sl.add_argument("--control-host", default="127.0.0.1",
+                    help="where the SuperLink itself (Control API: register keys, submit runs) listens; default loopback")
+    sl.add_argument("--control-port", type=int, default=8001, help="its port (default 8001)")
+    sl.add_argument("--results-root", default="results",
+                    help="submitted runs write only inside this folder (default ./results)")
     sl.add_argument("--database", help="state file, so the SuperLink survives restarts")
     sl.add_argument("--no-auth", action="store_true", help="TLS without SuperNode authentication")
     sl.add_argument("--dry-run", action="store_true", help="print the command only")

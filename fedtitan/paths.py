@@ -24,6 +24,24 @@ def data_dirs(data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
     return unique
 
 
+# Set by `fedtitan superlink --results-root`; a submitted run's `out` must stay inside it.
+RESULTS_ROOT_ENV = "FEDTITAN_RESULTS_ROOT"
+
+
+def inside_root(root: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """``out`` resolved under ``root`` (relative paths are taken under it); a path that leaves
+    it (``..``, an absolute path elsewhere, a link pointing out) is refused with one line."""
+    from fedtitan.errors import ConfigError
+
+    base = Path(root).expanduser().resolve()
+    cand = Path(out).expanduser()
+    path = (cand if cand.is_absolute() else base / cand).resolve()
+    if path != base and base not in path.parents:
+        raise ConfigError(f"run output {str(out)!r} is outside the server's results root {base}; give a path inside "
+                          "it (relative paths are taken under it)")
+    return path
+
+
 def cache_dir() -> Path:
     """Cache of decoded datasets: ``$FEDTITAN_CACHE`` or ``$XDG_CACHE_HOME/fedtitan``."""
     env = os.environ.get("FEDTITAN_CACHE")

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +37,8 @@ from fedtitan.compute import describe, resolve_device, set_deterministic
 from fedtitan.config import Config, load_config
 from fedtitan.data import summary as partition_summary
 from fedtitan.devices.catalog import CATALOG
+from fedtitan.errors import FedtitanError
+from fedtitan.paths import RESULTS_ROOT_ENV, inside_root
 from fedtitan.results import RunWriter
 from fedtitan.status import Status
 from fedtitan.training.client import build_global_model, dataset_for, partition_for
@@ -291,9 +295,20 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Entry point for ``flwr run .``: reads ``preset`` / ``overrides`` / ``out`` from the run config."""
+    """Entry point for ``flwr run .``: reads ``preset`` / ``overrides`` / ``out`` from the run config.
+
+    Under ``fedtitan superlink`` the output must stay inside its ``--results-root``."""
     rc = context.run_config
-    overrides = [o for o in str(rc.get("overrides", "")).split() if o]
-    cfg = load_config(str(rc.get("preset", "quickstart")), overrides)
-    out = str(rc.get("out", "")) or f"runs/{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        overrides = [o for o in str(rc.get("overrides", "")).split() if o]
+        cfg = load_config(str(rc.get("preset", "quickstart")), overrides)
+        out: str | Path = str(rc.get("out", "")) or f"runs/{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        root = os.environ.get(RESULTS_ROOT_ENV)
+        if root:
+            out = inside_root(root, out)
+    except FedtitanError as exc:
+        # one line in the run's log (`flwr run --stream`, `flwr log`); raising an ordinary
+        # exception lets Flower mark the run failed with this message as its detail
+        print(f"fedtitan: error: {exc}", file=sys.stderr, flush=True)
+        raise
     run_server(grid, cfg, out)

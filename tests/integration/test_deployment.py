@@ -1,7 +1,15 @@
-"""A secured Flower deployment on loopback: TLS SuperLink with SuperNode authentication, two
-registered SuperNodes (one measured, one simulated), one unregistered (refused)."""
+"""A secured Flower deployment on loopback, as `fedtitan superlink` runs it.
 
+The boards' side is 127.0.0.2 (the fleet proxy: Fleet API only); the operator's side is
+127.0.0.1 (the SuperLink itself, with the Control API). From the boards' address nobody can
+register a key, list nodes or submit a run; a registered SuperNode trains through the proxy
+and the run completes; an unregistered key and an unregistered-then-rotated key are refused;
+a run whose output escapes the results root is refused. Every process is stopped by the test
+and nothing is left listening."""
+
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -18,6 +26,7 @@ from fedtitan.cli import main as cli_main
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+BOARDS, OPERATOR = "127.0.0.2", "127.0.0.1"
 
 
 def _kill_tree(procs, t0):
@@ -43,24 +52,68 @@ def _kill_tree(procs, t0):
     psutil.wait_procs(victims, timeout=10)
 
 
-def test_insecure_start_is_refused_without_flag(capsys):
-    assert cli_main(["superlink", "--dry-run"]) == 2
+def _listening(host, port):
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((host, port)) == 0
+
+
+def _wait(host, port, timeout=60):
+    for _ in range(int(timeout / 0.5)):
+        if _listening(host, port):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"nothing listening on {host}:{port}")
+
+
+def test_superlink_needs_a_host_and_tls(capsys):
+    with pytest.raises(SystemExit) as exc:  # --host is required: no silent 0.0.0.0
+        cli_main(["superlink", "--dry-run", "--insecure"])
+    assert exc.value.code == 2 and "--host" in capsys.readouterr().err
+    assert cli_main(["superlink", "--host", BOARDS, "--dry-run"]) == 2
     assert "refusing to start a SuperLink without TLS" in capsys.readouterr().err
     assert cli_main(["supernode", "--superlink", "127.0.0.1:1", "--partition-id", "0", "--num-partitions", "1",
                      "--dry-run"]) == 2
+    assert cli_main(["superlink", "--host", OPERATOR, "--port", "9000", "--control-port", "9000", "--insecure",
+                     "--dry-run"]) == 2
+    assert "give them different ports" in capsys.readouterr().err
 
 
-def test_tls_superlink_with_auth_measured_and_simulated_nodes(tmp_path, free_port):
+def test_fleet_proxy_path_filter():
+    from clients.fleet_proxy import allowed
+
+    assert allowed("POST", "/v1/fleet/pull-messages", b"/v1/fleet/pull-messages")
+    assert allowed("GET", "/health", b"/health") and allowed("HEAD", "/health", b"/health")
+    for method, path, raw in [("POST", "/v1/control/register-node", b"/v1/control/register-node"),
+                              ("POST", "/v1/control/start-run", b"/v1/control/start-run"),
+                              ("POST", "/v1/fleet/../control/list-nodes", b"/v1/fleet/../control/list-nodes"),
+                              ("POST", "/v1/fleet/../control/list-nodes", b"/v1/fleet/%2e%2e/control/list-nodes"),
+                              ("POST", "/v1/fleet//control", b"/v1/fleet//control"),
+                              ("GET", "/v1/fleet/pull-messages", b"/v1/fleet/pull-messages"),
+                              ("POST", "/v1/runtime/pull-messages", b"/v1/runtime/pull-messages"),
+                              ("GET", "/docs", b"/docs"), ("GET", "/openapi.json", b"/openapi.json")]:
+        assert not allowed(method, path, raw), (method, raw)
+
+
+def test_boards_side_cannot_register_list_or_run_and_the_operator_can(tmp_path, free_port):
     certs = tmp_path / "certs"
-    make_certs(certs, ["127.0.0.1"], nodes=3)
-    port = free_port()
-    home = tmp_path / "flwr-home"
-    home.mkdir()
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "lab"\n\n[superlink.lab]\naddress = "127.0.0.1:{port}"\n'
-        f'root-certificates = "{certs / "ca.crt"}"\n')
-    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    make_certs(certs, [BOARDS], nodes=4)
+    fleet_port, control_port = free_port(), free_port()
+    results = tmp_path / "results"
+    homes = {}
+    for name, addr in (("operator", f"{OPERATOR}:{control_port}"), ("outsider", f"{BOARDS}:{fleet_port}")):
+        home = tmp_path / f"flwr-{name}"
+        home.mkdir()
+        (home / "config.toml").write_text(f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{addr}"\n'
+                                          f'root-certificates = "{certs / "ca.crt"}"\n')
+        homes[name] = home
+    base_env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+    def flwr(who, *args, timeout=120, cwd=None):
+        return subprocess.run([str(BIN / "flwr"), *args], env={**base_env, "FLWR_HOME": str(homes[who])}, cwd=cwd,
+                              capture_output=True, text=True, timeout=timeout)
+
     fed = [sys.executable, "-m", "fedtitan.cli"]
     procs: list[subprocess.Popen] = []
     logs = tmp_path / "logs"
@@ -68,54 +121,81 @@ def test_tls_superlink_with_auth_measured_and_simulated_nodes(tmp_path, free_por
     t0 = time.time()
 
     def start(name, cmd):
-        p = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=open(logs / f"{name}.log", "w"), stderr=subprocess.STDOUT)
+        p = subprocess.Popen(cmd, env=base_env, cwd=tmp_path, stdout=open(logs / f"{name}.log", "w"),
+                             stderr=subprocess.STDOUT)
         procs.append(p)
         return p
 
+    def node(name, key, pid, device, meter):
+        return start(name, [*fed, "supernode", "--superlink", f"{BOARDS}:{fleet_port}", "--certs", str(certs), "--key",
+                            key, "--partition-id", str(pid), "--num-partitions", "2", "--device", device, "--meter",
+                            meter, "--port", str(free_port())])
+
     try:
-        start("superlink", [*fed, "superlink", "--certs", str(certs), "--host", "127.0.0.1", "--port", str(port)])
-        for _ in range(60):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.5)
-        time.sleep(1)
-        for i in (0, 1):
-            reg = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(certs / f"supernode-{i}.pub"), "lab"],
-                                 env=env, capture_output=True, text=True, timeout=60)
-            assert reg.returncode == 0 and "registered" in reg.stdout, reg.stdout + reg.stderr
-        start("node0", [*fed, "supernode", "--superlink", f"127.0.0.1:{port}", "--certs", str(certs), "--key",
-                        "supernode-0", "--partition-id", "0", "--num-partitions", "2", "--device", "jetson-nano-10w",
-                        "--meter", "measured", "--port", str(free_port())])
-        start("node1", [*fed, "supernode", "--superlink", f"127.0.0.1:{port}", "--certs", str(certs), "--key",
-                        "supernode-1", "--partition-id", "1", "--num-partitions", "2", "--device", "rpi4",
-                        "--meter", "simulated", "--port", str(free_port())])
-        intruder = start("intruder", [*fed, "supernode", "--superlink", f"127.0.0.1:{port}", "--certs", str(certs),
-                                      "--key", "supernode-2", "--partition-id", "0", "--num-partitions", "2",
-                                      "--port", str(free_port())])
-        assert intruder.wait(timeout=120) != 0  # an unregistered key is refused
-        assert "Failed to activate SuperNode" in (logs / "intruder.log").read_text()
-        out = tmp_path / "out"
-        run_config = f'overrides="data.num_clients=2 run.rounds=2 server.fraction=1.0" out="{out}"'
-        res = subprocess.run([str(BIN / "flwr"), "run", ".", "lab", "--stream", "--run-config", run_config],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+        start("superlink", [*fed, "superlink", "--certs", str(certs), "--host", BOARDS, "--port", str(fleet_port),
+                            "--control-host", OPERATOR, "--control-port", str(control_port),
+                            "--results-root", str(results)])
+        _wait(BOARDS, fleet_port)
+        _wait(OPERATOR, control_port)
+        assert not _listening(BOARDS, control_port)  # the SuperLink itself is on loopback only
+
+        # the boards' side: no Control API
+        reg = flwr("outsider", "supernode", "register", str(certs / "supernode-3.pub"), "outsider")
+        assert reg.returncode != 0 and "registered" not in reg.stdout.lower(), reg.stdout + reg.stderr
+        lst = flwr("outsider", "supernode", "list", "outsider")
+        assert lst.returncode != 0, lst.stdout + lst.stderr
+        sub = flwr("outsider", "run", ".", "outsider", "--run-config", 'out="x"', cwd=ROOT, timeout=200)
+        assert sub.returncode != 0, sub.stdout + sub.stderr
+
+        # the operator's side: register, list
+        node_ids = {}
+        for i in (0, 1, 2):
+            r = flwr("operator", "supernode", "register", str(certs / f"supernode-{i}.pub"), "operator")
+            assert r.returncode == 0 and "registered" in r.stdout.lower(), r.stdout + r.stderr
+            node_ids[i] = int(re.search(r"SuperNode (\d+) registered", r.stdout).group(1))
+        listing = flwr("operator", "supernode", "list", "operator", "--format", "json")
+        assert listing.returncode == 0, listing.stdout + listing.stderr
+        assert {int(n["node-id"]) for n in json.loads(listing.stdout)["nodes"]} == set(node_ids.values())
+
+        # an unregistered key is refused; so is a registered key after unregister + rotate
+        intruder = node("intruder", "supernode-3", 0, "rpi4", "simulated")
+        assert flwr("operator", "supernode", "unregister", str(node_ids[2]), "operator").returncode == 0
+        assert cli_main(["certs", str(certs), "--rotate", "supernode-2"]) == 0
+        rotated = node("rotated", "supernode-2", 1, "rpi4", "simulated")
+        for p, name in ((intruder, "intruder"), (rotated, "rotated")):
+            assert p.wait(timeout=120) != 0
+            assert "Failed to activate SuperNode" in (logs / f"{name}.log").read_text()
+
+        # two registered boards train through the proxy, and the run completes
+        node("node0", "supernode-0", 0, "jetson-nano-10w", "measured")
+        node("node1", "supernode-1", 1, "rpi4", "simulated")
+        run_config = 'overrides="data.num_clients=2 run.rounds=2 server.fraction=1.0" out="lab/run1"'
+        res = flwr("operator", "run", ".", "operator", "--stream", "--run-config", run_config, cwd=ROOT, timeout=400)
         assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+        out = results / "lab" / "run1"  # relative outputs land under the results root
         clients = pd.read_csv(out / "clients.csv")
         rounds = pd.read_csv(out / "rounds.csv")
         assert rounds.server_round.tolist() == [1, 2] and (rounds.clients_ok == 2).all()
-        by_pid = clients.groupby("partition_id")
-        assert set(by_pid.groups) == {0, 1}
         nano = clients[clients.partition_id == 0]
         rpi = clients[clients.partition_id == 1]
-        assert (nano.device == "jetson-nano-10w").all() and (nano.measured == 1).all()
+        assert (nano.device == "jetson-nano-10w").all() and (nano.measured == 1).all() and (nano.wall_s > 0).all()
         assert (rpi.device == "rpi4").all() and (rpi.measured == 0).all()
-        assert (nano.wall_s > 0).all()
         # no energy counter on this machine: measured energy is reported as unavailable, not invented
         assert (nano.energy_available == 0).all() and nano.energy_j.isna().all()
         assert (rounds.measured_energy_missing == 1).all()
-        # the round's clock uses measured seconds for the measured node, simulated for the other
-        for rnd, g in clients.groupby("server_round"):
+        for rnd, g in clients.groupby("server_round"):  # measured seconds for the board, simulated for the twin
             expect = max(g[g.partition_id == 0].wall_s.iloc[0], g[g.partition_id == 1].sim_time_s.iloc[0])
             assert rounds.loc[rounds.server_round == rnd, "round_time_s"].iloc[0] == pytest.approx(expect)
+
+        # an output outside the results root is refused, and nothing is written there
+        escape = tmp_path / "escaped"
+        bad = flwr("operator", "run", ".", "operator", "--stream", "--run-config",
+                   f'overrides="data.num_clients=2 run.rounds=1" out="{escape}"', cwd=ROOT, timeout=400)
+        assert "outside the server's results root" in bad.stdout + bad.stderr
+        assert not escape.exists()
+
+        # the operator can unregister
+        assert flwr("operator", "supernode", "unregister", str(node_ids[1]), "operator").returncode == 0
     finally:
         _kill_tree(procs, t0)
+    assert not _listening(BOARDS, fleet_port) and not _listening(OPERATOR, control_port)
