@@ -37,15 +37,17 @@ def _config(msg: Message) -> tuple[Config, ConfigRecord]:
     return _parse(str(rec["config"])), rec
 
 
-def _load_state(context: Context) -> dict[str, Any]:
+def _load_state(context: Context, token: str) -> dict[str, Any]:
+    """This node's state for the run ``token`` names; another run's (a sweep runs many in one
+    simulation, on the same nodes) is not this run's, so it starts fresh."""
     rec = context.state.config_records.get(STATE_KEY)
-    if rec is None or "blob" not in rec:
+    if rec is None or "blob" not in rec or str(rec.get("token", "")) != token:
         return {}
     return pickle.loads(cast(bytes, rec["blob"]))  # noqa: S301 - written by this client itself
 
 
-def _save_state(context: Context, state: dict[str, Any]) -> None:
-    context.state.config_records[STATE_KEY] = ConfigRecord({"blob": pickle.dumps(state)})
+def _save_state(context: Context, state: dict[str, Any], token: str) -> None:
+    context.state.config_records[STATE_KEY] = ConfigRecord({"blob": pickle.dumps(state), "token": token})
 
 
 def _global_weights(msg: Message) -> dict[str, Any]:
@@ -65,16 +67,17 @@ def _node(context: Context) -> tuple[int, str | None, str | None]:
 # KEY_CLIPPING_NORM; spelled out here since Flower moves its internal modules between releases).
 KEY_CLIPPING_NORM = "clipping_norm"
 # Keys of the train config that are fedtitan's own; everything else came from the strategy.
-_OWN_KEYS = ("config", "server-round")
+_OWN_KEYS = ("config", "server-round", "run-token")
 
 
 def _train(msg: Message, context: Context) -> Message:
     cfg, rec = _config(msg)
     pid, device, meter = _node(context)
     strategy_config = {k: v for k, v in rec.items() if k not in _OWN_KEYS}
-    out = client_round(cfg, pid, _global_weights(msg), _load_state(context), int(cast(int, rec["server-round"])),
+    token = str(rec.get("run-token", ""))
+    out = client_round(cfg, pid, _global_weights(msg), _load_state(context, token), int(cast(int, rec["server-round"])),
                        device=device, meter=meter, strategy_config=strategy_config)
-    _save_state(context, out.state)
+    _save_state(context, out.state, token)
     content = RecordDict({"arrays": ArrayRecord(out.state_dict), "metrics": MetricRecord(cast(dict[str, Any], out.metrics))})
     return Message(content=content, reply_to=msg)
 

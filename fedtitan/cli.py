@@ -24,8 +24,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _print_summary(out, summary)
     if summary.get("interrupted"):
         print(f"fedtitan: interrupted after {summary['rounds']} rounds; they are in {out}", file=sys.stderr)
-        return 130
+        return _interrupted_status()
     return 0
+
+
+def _interrupted_status() -> int:
+    """128 + the signal that stopped the run (130 for Ctrl-C, 143 for SIGTERM)."""
+    import signal
+
+    from simulations.run import STOPPED_BY
+
+    return 128 + (STOPPED_BY[0] if STOPPED_BY else int(signal.SIGINT))
 
 
 def _print_summary(out: str, summary: dict[str, object]) -> None:
@@ -49,9 +58,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     root, specs = sweep(args.preset, args.grid, args.seeds, args.set, out, ray_address=args.ray_address,
                         quiet=args.quiet)
     print(f"sweep: {len(specs)} runs in {root} (index.csv)")
+    from simulations.run import STOPPED_BY
+
+    code = _interrupted_status() if STOPPED_BY else 0
     if not args.no_report:
-        return _report(root, args.target)
-    return 0
+        _report(root, args.target)
+    return code
 
 
 def _report(root: Path, target: float | None) -> int:

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +44,24 @@ def _progress(cfg: Config, quiet: bool) -> tuple[Any, Any]:
     return prog, update
 
 
+# The signal that asked the last run to stop (SIGINT or SIGTERM), for the exit status 128 + n.
+STOPPED_BY: list[int] = []
+
+
 def _install_stop_handlers(stop: threading.Event, quiet: bool) -> dict[int, Any]:
-    """First Ctrl-C / SIGTERM: finish the current round, write results, shut Ray down.
-    A second one aborts at once."""
+    """First Ctrl-C / SIGTERM (what Slurm, Kubernetes and `timeout` send): finish the current
+    round, write results, shut Ray down. A second one aborts at once."""
     if threading.current_thread() is not threading.main_thread():
         return {}
+    STOPPED_BY.clear()
 
     def handler(signum: int, frame: object) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        print("\nfedtitan: stopping after the current round (press Ctrl-C again to abort)", file=sys.stderr)
+        STOPPED_BY.append(signum)
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\nfedtitan: {name}: stopping after the current round (press Ctrl-C again to abort)", file=sys.stderr)
 
     previous: dict[int, Any] = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -113,28 +121,54 @@ def check_resources(cfg: Config, attach: bool) -> None:
             f"is free; raise simulation.num_cpus (fewer parallel clients) or use a smaller dataset/model")
 
 
-def run(cfg: Config, out: str | Path, ray_address: str | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Simulate ``cfg`` with ``data.num_clients`` virtual SuperNodes; results go to ``out``."""
+def _ray_init(cfg: Config, address: str | None, quiet: bool) -> None:
+    """Start (or attach to) Ray here rather than inside Flower, so that fedtitan's signal
+    handlers can be installed after Ray's (Ray's SIGTERM handler would otherwise abort the
+    process with a page of tracebacks and no summary). Flower reuses an initialised Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # what Flower's own init passes: the driver's sys.path, so workers import what it imports
+    pythonpath = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": not quiet,
+                              "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}}
+    if address:
+        kwargs["address"] = address
+    ray.init(**kwargs)
+
+
+def simulate(server_main: Callable[[Any], None], cfg: Config, num_supernodes: int, ray_address: str | None = None,
+             quiet: bool = False) -> None:
+    """Run ``server_main(grid)`` as the ServerApp of one Flower simulation with
+    ``num_supernodes`` virtual SuperNodes on Ray (client resources from ``cfg``). Ctrl-C or
+    SIGTERM asks the server to stop after the current round (a second one aborts); Ray is
+    shut down in every case; a fedtitan error inside the server is re-raised here."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    out_dir = prepare_dir(out)
-    from clients.client_app import app as client_app
-    from strategies.server_app import make_server_app
-
-    # Fail fast on data and resource problems in this process, before Ray starts.
-    check_resources(cfg, attach=bool(ray_address or cfg.simulation.ray_address))
     import ray
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
-    prog, update = _progress(cfg, quiet)
-    summary: dict[str, Any] = {}
+    from clients.client_app import app as client_app
+    from strategies.server_app import STOP
 
-    def on_round(row: dict[str, Any]) -> None:
-        update(row)
-
-    server_app = make_server_app(cfg, out_dir, on_round)
     address = ray_address or cfg.simulation.ray_address
+    errors: list[BaseException] = []
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            server_main(grid)
+        except FedtitanError as exc:  # re-raised below as the one-line error it is
+            errors.append(exc)
+
     init_args: dict[str, Any] = {"include_dashboard": False, "log_to_driver": not quiet}
     if address:
         init_args["address"] = address
@@ -143,25 +177,43 @@ def run(cfg: Config, out: str | Path, ray_address: str | None = None, quiet: boo
     # also supports); keep the console for errors and our own progress.
     logging.getLogger("flwr").setLevel(logging.ERROR)
     logging.getLogger("ray").setLevel(logging.WARNING)
-    t0 = time.perf_counter()
-    from strategies.server_app import STOP
-
     STOP.clear()
-    previous = _install_stop_handlers(STOP, quiet)
+    previous: dict[int, Any] = {}
     try:
-        with prog:
-            run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.data.num_clients,
-                           backend_name="ray", backend_config=backend)
+        _ray_init(cfg, address, quiet)
+        previous = _install_stop_handlers(STOP, quiet)
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_supernodes,
+                       backend_name="ray", backend_config=backend)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if ray.is_initialized():
             ray.shutdown()
+    if errors:
+        raise errors[0]
+
+
+def run(cfg: Config, out: str | Path, ray_address: str | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Simulate ``cfg`` with ``data.num_clients`` virtual SuperNodes; results go to ``out``."""
+    out_dir = prepare_dir(out)
+    # Fail fast on data and resource problems in this process, before Ray starts.
+    check_resources(cfg, attach=bool(ray_address or cfg.simulation.ray_address))
+    from strategies.server_app import run_server
+
+    prog, update = _progress(cfg, quiet)
+    t0 = time.perf_counter()
+    with prog:
+        simulate(lambda grid: run_server(grid, cfg, out_dir, update), cfg, cfg.data.num_clients, ray_address, quiet)
+    return read_summary(out_dir, time.perf_counter() - t0)
+
+
+def read_summary(out_dir: Path, wall_s: float) -> dict[str, Any]:
+    """A finished run's summary.json, with the wall time of the call that made it."""
+    import json
+
     summary_path = out_dir / "summary.json"
     if not summary_path.exists():
         raise FedtitanError(f"the simulation ended without finishing (see the log above); partial results in {out_dir}")
-    import json
-
-    summary = json.loads(summary_path.read_text())
-    summary["wall_s_total"] = time.perf_counter() - t0
+    summary: dict[str, Any] = json.loads(summary_path.read_text())
+    summary["wall_s_total"] = wall_s
     return summary

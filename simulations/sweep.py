@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,28 +151,83 @@ def sweep(preset: str, grid_items: list[str], seeds: int, overrides: list[str], 
     all_specs = specs + extra
     _write_index(root, all_specs, status, walls)
     todo = [s for s in specs if status[s.run_id] != "done"]
-    from simulations.run import progress_bar, run
+    from simulations.run import progress_bar
 
     prog = progress_bar("{task.fields[now]}", quiet)
     with prog:
         task = prog.add_task("sweep", total=len(specs), completed=len(specs) - len(todo), now="")
-        for spec in todo:
+
+        def started(spec: RunSpec) -> None:
             prog.update(task, now=spec.run_id)
-            partial = root / f".partial-{spec.run_id}"
-            shutil.rmtree(partial, ignore_errors=True)
-            t0 = time.perf_counter()
-            result = run(configs[spec.run_id], partial, ray_address=ray_address, quiet=True)
-            if result.get("interrupted"):
-                prog.stop()
-                print(f"sweep interrupted during {spec.run_id}; run the same command again to resume")
-                break
+
+        def finished(spec: RunSpec, partial: Path, wall_s: float) -> None:
             target = root / spec.run_id
             if target.exists():
                 shutil.rmtree(target)
             partial.rename(target)
             status[spec.run_id] = "done"
-            walls[spec.run_id] = time.perf_counter() - t0
+            walls[spec.run_id] = wall_s
             _write_index(root, all_specs, status, walls)
             prog.update(task, advance=1)
+
+        interrupted = _run_all(todo, configs, root, ray_address, started, finished)
+        if interrupted:
+            prog.stop()
+            print(f"sweep interrupted during {interrupted}; run the same command again to resume")
     return root, all_specs
 
+
+def _shared_resources(cfg: Config) -> tuple[object, ...]:
+    """What a simulation is built with: runs that agree on it can share one simulation."""
+    return (cfg.simulation.num_cpus, cfg.simulation.num_gpus, cfg.simulation.ray_address, cfg.compute.device)
+
+
+def _run_all(todo: list[RunSpec], configs: dict[str, Config], root: Path, ray_address: str | None,
+             started: Callable[[RunSpec], None], finished: Callable[[RunSpec, Path, float], None]) -> str | None:
+    """Run ``todo`` one after another; returns the id of the run an interrupt stopped, if any.
+
+    Runs whose simulation settings agree run inside one Flower simulation (Ray started once,
+    client processes kept warm: the start-up a run would pay again is paid once per sweep),
+    with as many virtual SuperNodes as the largest run needs; a run uses the partitions
+    0..num_clients-1 and its clients keep their state under a token of their own."""
+    from simulations.run import check_resources, simulate
+    from strategies.server_app import STOP, FleetServer, ask_partition_ids
+
+    groups: dict[tuple[object, ...], list[RunSpec]] = {}
+    for spec in todo:
+        groups.setdefault(_shared_resources(configs[spec.run_id]), []).append(spec)
+    for group in groups.values():
+        first = configs[group[0].run_id]
+        attach = bool(ray_address or first.simulation.ray_address)
+        checked: set[str] = set()
+        for spec in group:  # data, memory and strategy problems, before Ray starts (once per distinct setting)
+            c = configs[spec.run_id]
+            key = json.dumps([c.data.model_dump(), c.model.model_dump(), c.server.strategy, c.server.strategy_options,
+                              c.selection.method, c.selection.options], sort_keys=True, default=str)
+            if key not in checked:
+                check_resources(c, attach=attach)
+                checked.add(key)
+        stopped: list[str] = []
+        nodes = max(configs[s.run_id].data.num_clients for s in group)
+
+        def server_main(grid: object, group: list[RunSpec] = group, stopped: list[str] = stopped,
+                        nodes: int = nodes) -> None:
+            pids = ask_partition_ids(grid, nodes, 120.0)  # type: ignore[arg-type]
+            for spec in group:
+                if STOP.is_set():
+                    stopped.append(spec.run_id)
+                    return
+                started(spec)
+                partial = root / f".partial-{spec.run_id}"
+                shutil.rmtree(partial, ignore_errors=True)
+                t0 = time.perf_counter()
+                summary = FleetServer(grid, configs[spec.run_id], partial).run(pids)  # type: ignore[arg-type]
+                if summary.get("interrupted"):
+                    stopped.append(spec.run_id)
+                    return
+                finished(spec, partial, time.perf_counter() - t0)
+
+        simulate(server_main, first, nodes, ray_address, quiet=True)
+        if stopped:
+            return stopped[0]
+    return None

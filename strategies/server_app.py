@@ -17,6 +17,7 @@ run keeps its finished rounds.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -80,6 +81,13 @@ def _ask(grid: Grid, nodes: list[int], content: RecordDict, message_type: str, k
     return out
 
 
+def ask_partition_ids(grid: Grid, n: int, timeout_s: float) -> dict[int, int]:
+    """Node id -> partition id of every connected node (waiting for at least ``n``)."""
+    nodes = _wait_for_nodes(grid, n, timeout_s)
+    content = RecordDict({"config": ConfigRecord({"what": "partition-id"})})
+    return {node: int(v) for node, v in _ask(grid, nodes, content, "query", "partition_id", timeout_s).items()}
+
+
 def parse_reply(reply: Message, node_id: int) -> ClientResult:
     """A reply (or its error) as the policy sees it; non-finite weights are marked."""
     if reply.has_error():
@@ -115,6 +123,8 @@ class FleetServer:
         self.policy = FleetPolicy(s.fraction, s.min_clients, s.policy, s.deadline_s, s.over_commit, cfg.run.seed)
         self.writer = RunWriter(out_dir)
         self.cfg_json = cfg.to_json()
+        # names this run's client state (a sweep runs many runs on the same simulated nodes)
+        self.token = hashlib.sha1(f"{self.cfg_json}|{Path(out_dir).resolve()}|{time.time_ns()}".encode()).hexdigest()[:16]
         mode = set_deterministic(cfg.run.deterministic)
         self.device = resolve_device(cfg.compute.device)
         self.writer.write_config(self.cfg_json, cfg.run.seed,
@@ -132,17 +142,19 @@ class FleetServer:
         self.energy_cum = 0.0
 
     # -------------------------------------------------------------------------- set-up
-    def connect(self) -> list[int]:
+    def connect(self, partition_ids: dict[int, int] | None = None) -> list[int]:
         """Wait for the clients; order them by partition id, so a seed samples the same
-        partitions whatever node ids Flower gave them this run."""
+        partitions whatever node ids Flower gave them this run. Nodes beyond the run's
+        ``data.num_clients`` partitions (a sweep's simulation has as many as its largest run)
+        take no part. ``partition_ids`` (node id -> partition id) skips asking again."""
         s = self.cfg.server
-        nodes = _wait_for_nodes(self.grid, self.cfg.data.num_clients, timeout_s=min(s.timeout_s, 120.0))
+        n = self.cfg.data.num_clients
+        if partition_ids is None:
+            partition_ids = ask_partition_ids(self.grid, n, min(s.timeout_s, 120.0))
+        nodes = [node for node, pid in partition_ids.items() if 0 <= pid < n]
         if not nodes:
             raise RuntimeError("no client nodes connected to the server")
-        content = RecordDict({"config": ConfigRecord({"what": "partition-id"})})
-        pids = {n: int(v) for n, v in
-                _ask(self.grid, nodes, content, "query", "partition_id", min(s.timeout_s, 120.0)).items()}
-        self.nodes = sorted(nodes, key=lambda n: (pids.get(n, 1 << 62), n))
+        self.nodes = sorted(nodes, key=lambda node: (partition_ids[node], node))
         num_sampled = self.policy.target(len(self.nodes))
         self.aggregator = make_aggregator(build_strategy(self.cfg, num_sampled), self.cfg.server.strategy)
         return self.nodes
@@ -152,7 +164,7 @@ class FleetServer:
         return self.policy.sample(self.nodes, rnd)
 
     def broadcast(self, rnd: int, sampled: list[int]) -> list[Message]:
-        config = ConfigRecord({"config": self.cfg_json})
+        config = ConfigRecord({"config": self.cfg_json, "run-token": self.token})
         return self.aggregator.configure(rnd, to_arrays(self.global_state), config, self.grid, sampled)
 
     def collect(self, messages: list[Message], sampled: list[int]) -> list[ClientResult]:
@@ -233,8 +245,8 @@ class FleetServer:
         return self.record(rnd, sampled, results, included, round_s, updated, why, ev, time.perf_counter() - t0)
 
     # -------------------------------------------------------------------------- the run
-    def run(self) -> dict[str, Any]:
-        self.connect()
+    def run(self, partition_ids: dict[int, int] | None = None) -> dict[str, Any]:
+        self.connect(partition_ids)
         t_start = time.perf_counter()
         target = self.cfg.server.target_accuracy
         reached, interrupted = None, False

@@ -106,3 +106,29 @@ def test_run_leaves_no_ray_processes(tmp_path, ray_tmp):
     assert not _ray_procs(ray_tmp)
 
 
+
+
+@pytest.mark.parametrize(("arrays", "message"), [
+    (dict(x=np.zeros((0, 4)), y=np.zeros(0, np.int64)), "hold no samples"),
+    (dict(x=np.zeros((20, 4)), y=np.r_[np.zeros(10), -np.ones(10)].astype(np.int64)), "labels must be integers >= 0"),
+    (dict(x=np.zeros((20, 4)), y=np.zeros(20, np.int64)), "a classifier needs at least two"),
+    (dict(x=np.zeros((3, 4)), y=np.arange(3)), "left an empty split"),
+    (dict(x=np.zeros((20, 4)), y=np.linspace(0, 1, 20)), "fractional or non-finite"),
+    (dict(x=np.zeros((20, 4)), y=np.r_[np.zeros(19), [10**9]].astype(np.int64)), "remap them"),
+    (dict(x=np.zeros((20, 4)), y=np.arange(20) % 2, x_test=np.zeros((4, 4))), "has x_test but not y_test"),
+])
+def test_npz_edge_cases_are_one_line_errors(tmp_path, capsys, arrays, message):
+    path = tmp_path / "d.npz"
+    np.savez(path, **arrays)
+    assert main(["run", "--quiet", "--out", str(tmp_path / "o"), *BASE, "--set", "data.dataset=npz",
+                 "--set", f"data.path={path}", "--set", "model.name=mlp"]) == 2
+    assert message in _one_line_error(capsys)
+
+
+def test_npz_with_whole_number_float_labels_loads(tmp_path):
+    from fedtitan.data import load_dataset
+
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.random.default_rng(0).random((20, 4)), y=(np.arange(20) % 2).astype(np.float32))
+    ds = load_dataset("npz", path=path)
+    assert ds.num_classes == 2 and ds.y_train.dtype == np.int64

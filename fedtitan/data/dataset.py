@@ -102,7 +102,10 @@ def validate_arrays(ds: Dataset) -> None:
             )
         if not np.issubdtype(y.dtype, np.integer):
             raise DataError(f"{name}: labels must be integers 0..num_classes-1, got dtype {y.dtype}")
-        if len(y) and (y.min() < 0 or y.max() >= ds.num_classes):
+        if len(y) and y.min() < 0:
+            raise DataError(f"{name}: y_{split} has negative labels (smallest {y.min()}); labels must be integers >= 0 "
+                            "(class indices 0..K-1)")
+        if len(y) and y.max() >= ds.num_classes:
             raise DataError(
                 f"{name}: y_{split} has labels in [{y.min()}, {y.max()}] but num_classes is "
                 f"{ds.num_classes}; labels must lie in 0..{ds.num_classes - 1}"
@@ -116,6 +119,11 @@ def validate_arrays(ds: Dataset) -> None:
         )
     if len(ds.x_train) == 0:
         raise DataError(f"{name}: the training split is empty")
+    if len(ds.x_test) == 0:
+        raise DataError(f"{name}: the test split is empty; give test samples (or more samples to hold some out)")
+    if ds.num_classes < 2 or len(np.unique(ds.y_train)) < 2:
+        raise DataError(f"{name}: the training labels hold {len(np.unique(ds.y_train))} class(es); a classifier needs "
+                        "at least two")
     for split, g, y in (("train", ds.groups_train, ds.y_train), ("test", ds.groups_test, ds.y_test)):
         if g is not None and len(g) != len(y):
             raise DataError(f"{name}: groups_{split} has {len(g)} entries for {len(y)} samples")

@@ -15,7 +15,6 @@ import os
 import pickle
 import struct
 import tarfile
-import tempfile
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from fedtitan.data.dataset import Dataset
-from fedtitan.errors import DataError
+from fedtitan.errors import DataError, FedtitanError
+from fedtitan.fileio import atomic_writer
 from fedtitan.paths import cache_dir, data_dirs
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -84,12 +84,10 @@ def _cached(key: str, source: Path, build: Callable[[], dict[str, np.ndarray]]) 
     arrays = build()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_writer(path) as fh:
             np.savez(fh, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only cache only costs speed
+    except (OSError, FedtitanError):
+        pass  # a read-only or full cache only costs speed
     return arrays
 
 
@@ -424,6 +422,16 @@ def load_digits(seed: int = 0) -> Dataset:
 # --------------------------------------------------------------------------- user npz
 
 
+def _labels(y: np.ndarray, p: Path, key: str) -> np.ndarray:
+    """Integer class labels (floats holding whole numbers are accepted)."""
+    if np.issubdtype(y.dtype, np.integer):
+        return y.astype(np.int64)
+    if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(np.mod(y, 1) == 0):
+        return y.astype(np.int64)
+    raise DataError(f"{p}: '{key}' must hold integer class labels >= 0, got dtype {y.dtype}"
+                    + (" with fractional or non-finite values" if np.issubdtype(y.dtype, np.floating) else ""))
+
+
 def load_npz(path: str | os.PathLike[str], seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     """A user's own data: ``x``, ``y``, optional ``groups``, optional ``x_test``/``y_test``.
 
@@ -438,24 +446,32 @@ def load_npz(path: str | os.PathLike[str], seed: int = 0, test_fraction: float =
     for key in ("x", "y"):
         if key not in raw:
             raise DataError(f"{p} has no '{key}' array (found {sorted(raw)}); an npz dataset needs 'x' and 'y'")
-    x, y = raw["x"], raw["y"]
-    if not np.issubdtype(y.dtype, np.integer):
-        if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
-            y = y.astype(np.int64)
-        else:
-            raise DataError(f"{p}: 'y' must hold integer class labels, got dtype {y.dtype}")
+    x, y = raw["x"], _labels(raw["y"], p, "y")
+    if x.ndim == 0 or len(x) == 0 or len(y) == 0:
+        raise DataError(f"{p}: 'x' and 'y' hold no samples (shapes {x.shape} and {y.shape})")
+    if len(y) != len(x):
+        raise DataError(f"{p}: 'x' has {len(x)} samples but 'y' has {len(y)}")
     groups = raw.get("groups")
-    if "x_test" in raw and "y_test" in raw:
-        x_tr, y_tr, x_te, y_te = x, y, raw["x_test"], raw["y_test"].astype(np.int64)
+    if ("x_test" in raw) != ("y_test" in raw):
+        raise DataError(f"{p} has {'x_test' if 'x_test' in raw else 'y_test'} but not "
+                        f"{'y_test' if 'x_test' in raw else 'x_test'}; give both, or neither (a test split is then held out)")
+    if "x_test" in raw:
+        x_tr, y_tr, x_te, y_te = x, y, raw["x_test"], _labels(raw["y_test"], p, "y_test")
         g_tr, g_te = groups, raw.get("groups_test")
     else:
-        if len(y) != len(x):
-            raise DataError(f"{p}: 'x' has {len(x)} samples but 'y' has {len(y)}")
         tr, te = stratified_holdout(y, test_fraction, seed)
+        if len(te) == 0 or len(tr) == 0:
+            raise DataError(f"{p}: holding out {test_fraction:.0%} of {len(y)} samples for testing left an empty "
+                            "split (too few samples per class); add x_test/y_test to the file, or more samples")
         x_tr, y_tr, x_te, y_te = x[tr], y[tr], x[te], y[te]
         g_tr = groups[tr] if groups is not None else None
         g_te = groups[te] if groups is not None else None
-    num_classes = int(raw["num_classes"]) if "num_classes" in raw else int(max(y_tr.max(), y_te.max()) + 1)
+    top = int(max(y_tr.max(), y_te.max()))
+    distinct = len(np.unique(np.concatenate([y_tr, y_te])))
+    if "num_classes" not in raw and top >= 1000 and top >= 10 * distinct:
+        raise DataError(f"{p}: labels reach {top} but only {distinct} distinct values occur; labels must be class "
+                        "indices 0..K-1 (remap them: np.unique(y, return_inverse=True)[1])")
+    num_classes = int(raw["num_classes"]) if "num_classes" in raw else top + 1
     mean = tuple(np.atleast_1d(raw["mean"]).tolist()) if "mean" in raw else (0.0,)
     std = tuple(np.atleast_1d(raw["std"]).tolist()) if "std" in raw else (1.0,)
     scale = float(raw["scale"]) if "scale" in raw else (1 / 255 if x.dtype == np.uint8 else 1.0)

@@ -1,5 +1,11 @@
 """Results: run directories and tidy tables."""
 
-from fedtitan.results.store import RunWriter, atomic_write_text, prepare_dir
+from fedtitan.results.store import (
+    DiskFullError,
+    RunWriter,
+    atomic_write_text,
+    atomic_writer,
+    prepare_dir,
+)
 
-__all__ = ["RunWriter", "atomic_write_text", "prepare_dir"]
+__all__ = ["DiskFullError", "RunWriter", "atomic_write_text", "atomic_writer", "prepare_dir"]

@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import platform
 import subprocess
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from fedtitan.errors import FedtitanError
+from fedtitan.fileio import DiskFullError, atomic_writer
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_writer`)."""
+    with atomic_writer(path) as fh:
+        fh.write(text.encode())
 
 
 def prepare_dir(out: str | Path) -> Path:
@@ -76,6 +71,10 @@ class RunWriter:
         self.clients: list[dict[str, Any]] = []
 
     def write_config(self, config_json: str, seed: int, extra: dict[str, Any] | None = None) -> None:
+        with self._safe():
+            self._write_config(config_json, seed, extra)
+
+    def _write_config(self, config_json: str, seed: int, extra: dict[str, Any] | None) -> None:
         atomic_write_text(self.dir / "config.json", json.dumps(json.loads(config_json), indent=2) + "\n")
         meta = {"seed": seed, "versions": versions(), "git_commit": git_commit(), "host": platform.node(),
                 **(extra or {})}
@@ -83,28 +82,37 @@ class RunWriter:
 
     def write_partition(self, table: pd.DataFrame) -> None:
         """Per-client sample counts and label histogram (``fedtitan.data.summary``)."""
-        atomic_write_text(self.dir / "partition.csv", table.to_csv())
+        with self._safe():
+            atomic_write_text(self.dir / "partition.csv", table.to_csv())
 
     def add_round(self, row: dict[str, Any], client_rows: list[dict[str, Any]]) -> None:
+        """Append a round; clients.csv first, then rounds.csv, each replaced atomically, so
+        rounds.csv never lists a round whose clients are not on disk."""
+        clients = self.clients + client_rows
+        with self._safe():
+            atomic_write_text(self.dir / "clients.csv", pd.DataFrame(clients).to_csv(index=False))
+            atomic_write_text(self.dir / "rounds.csv", pd.DataFrame([*self.rounds, row]).to_csv(index=False))
         self.rounds.append(row)
-        self.clients.extend(client_rows)
-        atomic_write_text(self.dir / "clients.csv", pd.DataFrame(self.clients).to_csv(index=False))
-        atomic_write_text(self.dir / "rounds.csv", pd.DataFrame(self.rounds).to_csv(index=False))
+        self.clients = clients
 
     def save_arrays(self, name: str, arrays: dict[str, Any]) -> Path:
         """``name`` (e.g. model.npz) holding named numpy arrays, written atomically."""
         import numpy as np
 
         path = self.dir / name
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with self._safe(), atomic_writer(path) as fh:
+            np.savez(fh, **arrays)
         return path
 
+    @contextlib.contextmanager
+    def _safe(self) -> Iterator[None]:
+        """A full disk is one line saying where and how many rounds are safe."""
+        try:
+            yield
+        except DiskFullError as exc:
+            raise DiskFullError(f"{exc}; {len(self.rounds)} finished rounds are safe in {self.dir} (rounds.csv, "
+                                "clients.csv); free some space and run again (a sweep resumes)") from None
+
     def finish(self, summary: dict[str, Any]) -> None:
-        atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+        with self._safe():
+            atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")

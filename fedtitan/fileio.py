@@ -1,0 +1,54 @@
+"""Writing files the way results need: atomically, with the usual mode under the umask, and
+with a full disk reported as one line."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from fedtitan.errors import FedtitanError
+
+
+class DiskFullError(FedtitanError):
+    """The disk filled up while writing results; what is finished is still on disk."""
+
+
+_MODE: int | None = None
+
+
+def file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file under this process's umask
+    (0644 under umask 022): results are meant to be shared."""
+    global _MODE
+    if _MODE is None:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        _MODE = 0o666 & ~mask
+    return _MODE
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """A binary file handle whose content replaces ``path`` only once complete (temp file in
+    the same folder + rename: readers never see half a file). The file gets the usual mode
+    under the umask; a full disk becomes :class:`DiskFullError` and leaves ``path`` as it was."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise DiskFullError(f"the disk is full: could not write {path}") from None
+        raise
+
+
+__all__ = ["DiskFullError", "atomic_writer", "file_mode"]

@@ -1,0 +1,66 @@
+"""Results files: atomic, shareable (the usual mode under the umask), and a full disk is one
+line that says how much is safe."""
+
+import errno
+import os
+import stat
+
+import pandas as pd
+import pytest
+
+from fedtitan.fileio import DiskFullError, atomic_writer
+from fedtitan.results import RunWriter
+
+
+@pytest.fixture
+def umask():
+    def set_(mask):
+        import fedtitan.fileio as fio
+
+        fio._MODE = None  # the mode is read from the umask once per process
+        return os.umask(mask)
+
+    old = os.umask(0o022)
+    os.umask(old)
+    yield set_
+    set_(old)
+
+
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_every_result_file_gets_the_usual_mode(tmp_path, umask, mask, mode):
+    umask(mask)
+    w = RunWriter(tmp_path / "run")
+    w.write_config('{"run": {"seed": 0}}', 0)
+    w.add_round({"server_round": 1, "accuracy": 0.5}, [{"server_round": 1, "node_id": 3}])
+    w.save_arrays("model.npz", {"w": __import__("numpy").zeros(3)})
+    w.finish({"rounds": 1})
+    files = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert files == ["clients.csv", "config.json", "meta.json", "model.npz", "rounds.csv", "summary.json"]
+    for p in (tmp_path / "run").iterdir():
+        assert stat.S_IMODE(p.stat().st_mode) == mode, p.name
+
+
+def test_a_full_disk_keeps_finished_rounds_and_says_so_in_one_line(tmp_path, monkeypatch):
+    w = RunWriter(tmp_path / "run")
+    for r in (1, 2):
+        w.add_round({"server_round": r, "accuracy": 0.1 * r}, [{"server_round": r, "node_id": 7}])
+    real = os.replace
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(DiskFullError) as exc:
+        w.add_round({"server_round": 3, "accuracy": 0.3}, [{"server_round": 3, "node_id": 7}])
+    msg = str(exc.value)
+    assert "disk is full" in msg and "2 finished rounds are safe in" in msg and "\n" not in msg
+    monkeypatch.setattr(os, "replace", real)
+    assert pd.read_csv(tmp_path / "run" / "rounds.csv").server_round.tolist() == [1, 2]
+    assert pd.read_csv(tmp_path / "run" / "clients.csv").server_round.tolist() == [1, 2]
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no temp files left
+    assert w.rounds[-1]["server_round"] == 2  # the failed round is not counted as written
+
+
+def test_other_os_errors_pass_through(tmp_path):
+    with pytest.raises(FileNotFoundError), atomic_writer(tmp_path / "missing-dir" / "x.csv") as fh:
+        fh.write(b"x")
