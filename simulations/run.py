@@ -141,7 +141,7 @@ def _ray_init(cfg: Config, address: str | None, quiet: bool) -> None:
     ray.init(**kwargs)
 
 
-def simulate(server_main: Callable[[Any], None], cfg: Config, num_supernodes: int, ray_address: str | None = None,
+def simulate(server_main: Callable[[Any], object], cfg: Config, num_supernodes: int, ray_address: str | None = None,
              quiet: bool = False) -> None:
     """Run ``server_main(grid)`` as the ServerApp of one Flower simulation with
     ``num_supernodes`` virtual SuperNodes on Ray (client resources from ``cfg``). Ctrl-C or
