@@ -33,6 +33,12 @@ def affordable_units(budget_j: float | None, fixed_j: float, unit_j: float, requ
     return BudgetDecision(status, units, requested, fixed_j + unit_j * units)
 
 
+def round_budget(energy_budget_j: float | None, battery_j: float | None) -> float | None:
+    """What a round may spend: the per-round budget, and no more than the battery holds."""
+    caps = [c for c in (energy_budget_j, battery_j) if c is not None]
+    return min(caps) if caps else None
+
+
 class Battery:
     """Energy left across rounds; a spent battery makes the device unavailable."""
 
@@ -109,5 +115,5 @@ def check_memory(p: DeviceProfile, needed_bytes: int, batch_size: int) -> None:
         )
 
 
-__all__ = ["Battery", "BudgetDecision", "adaptive_ratio", "affordable_units", "check_memory",
+__all__ = ["Battery", "BudgetDecision", "adaptive_ratio", "affordable_units", "check_memory", "round_budget",
            "training_memory_bytes"]

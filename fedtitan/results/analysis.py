@@ -107,7 +107,7 @@ def tta_table(rounds: pd.DataFrame, by: list[str], target: float | None = None,
         per_run.append({**row, "run_id": run_id, "tta_s": t, "energy_to_target_j": e})
     pr = pd.DataFrame(per_run)
     g = pr.groupby(by, dropna=False) if by else pr.groupby(lambda _: 0)
-    out = g.agg(tta_s=("tta_s", "mean"), energy_to_target_j=("energy_to_target_j", "mean"),
+    out = g.agg(tta_s=("tta_s", "mean"), tta_sd=("tta_s", "std"), energy_to_target_j=("energy_to_target_j", "mean"),
                 reached=("tta_s", lambda s: int(s.notna().sum()))).reset_index()
     out = out.merge(fa, on=by, how="left") if by else out
     if key in out.columns:
@@ -115,6 +115,39 @@ def tta_table(rounds: pd.DataFrame, by: list[str], target: float | None = None,
         base_t = float(base.mean()) if len(base) else math.nan
         out["speedup_vs_" + value] = base_t / out["tta_s"]
     return out, target
+
+
+def verdict(tta: pd.DataFrame, by: list[str], target: float) -> str:
+    """One plain sentence reading a time-to-accuracy table honestly: who reached the target
+    first, by how much, and whether that difference exceeds the seed-to-seed spread."""
+    if not len(tta) or "tta_s" not in tta.columns:
+        return ""
+
+    def name(row: pd.Series) -> str:
+        return " ".join(f"{row[c]}" for c in by) if by else "the run"
+
+    got = tta[tta.tta_s.notna()].sort_values("tta_s")
+    if got.empty:
+        return f"No configuration reached the target accuracy {target:.3f} within the rounds run."
+    first = got.iloc[0]
+    runs = int(first.get("runs", first.get("reached", 1)) or 1)
+    head = (f"{name(first)} reached the target accuracy {target:.3f} first, after {first.tta_s:.0f} s of virtual "
+            f"time (mean of {int(first.reached)} run{'s' if first.reached != 1 else ''})")
+    if len(got) == 1:
+        missed = ", ".join(name(r) for _, r in tta[tta.tta_s.isna()].iterrows())
+        return head + (f"; {missed} did not reach it." if missed else ".")
+    second = got.iloc[1]
+    diff = second.tta_s - first.tta_s
+    head += f", {second.tta_s / first.tta_s:.2f}x sooner than {name(second)} ({second.tta_s:.0f} s)"
+    spreads = [v for v in (first.get("tta_sd"), second.get("tta_sd")) if v is not None and not pd.isna(v)]
+    if runs < 2 or len(spreads) < 2:
+        return head + ("; with one seed per configuration there is no estimate of the seed-to-seed spread, so this "
+                       "difference may be chance (run more seeds with --seeds 3).")
+    spread = max(spreads)
+    if diff > spread:
+        return head + f"; the {diff:.0f} s difference is larger than the seed-to-seed spread (sd up to {spread:.0f} s)."
+    return head + (f"; the {diff:.0f} s difference is within the seed-to-seed spread (sd up to {spread:.0f} s), so "
+                   "the two are not distinguishable at this number of seeds.")
 
 
 def tier_costs(clients: pd.DataFrame, by: list[str]) -> pd.DataFrame:

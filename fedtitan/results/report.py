@@ -44,7 +44,8 @@ def first_partition(root: Path) -> tuple[str, pd.DataFrame] | None:
 
 
 def build_report(path: str | Path, target: float | None = None, out: str | Path | None = None) -> tuple[Path, pd.DataFrame]:
-    """Write ``report.html`` into the sweep/run folder; returns its path and the TTA table."""
+    """Write ``report.html`` into the sweep/run folder; returns its path and the TTA table
+    (with ``attrs["verdict"]``: one sentence reading it)."""
     root = Path(path)
     rounds, clients, params = analysis.load_sweep(root)
     varying = [p for p in params if rounds[p].nunique(dropna=False) > 1]
@@ -61,9 +62,10 @@ def build_report(path: str | Path, target: float | None = None, out: str | Path 
     if "selection.method" in by or target is not None:
         try:
             tta, used_target = analysis.tta_table(rounds, by, target)
+            sentence = analysis.verdict(tta, by, used_target)
             sections.append(f"<h2>Time to accuracy (target {used_target:.4f}"
                             f"{' = random selection final accuracy' if target is None else ''}) on the virtual clock</h2>"
-                            + _table(tta))
+                            + _table(tta) + f"<p><b>{html.escape(sentence)}</b></p>")
         except Exception as exc:  # no baseline in this sweep: say so in the report
             sections.append(f"<p>Time to accuracy not computed: {html.escape(str(exc))}</p>")
     sections.append("<h2>Accuracy vs virtual time</h2>" + _img(plots.accuracy_vs_time(rounds, hue, target=used_target)))
@@ -104,6 +106,8 @@ table.t td,table.t th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:r
 <p>{len(rounds.run_id.unique())} runs; swept: {html.escape(', '.join(varying) or 'nothing')}.</p>{body}</body></html>"""
     target_path = Path(out) if out else root / "report.html"
     atomic_write_text(target_path, page)
-    (root / "report-tables.json").write_text(json.dumps({"final": final.to_dict("records"),
+    atomic_write_text(root / "report-tables.json", json.dumps({"final": final.to_dict("records"),
                                                          "tta": tta.to_dict("records")}, default=str, indent=1))
-    return target_path, tta if len(tta) else final
+    table = tta if len(tta) else final
+    table.attrs["verdict"] = analysis.verdict(tta, by, used_target) if len(tta) and used_target is not None else ""
+    return target_path, table

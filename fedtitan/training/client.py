@@ -23,11 +23,11 @@ from fedtitan.compute import DeviceData, to_cpu_state
 from fedtitan.config import Config
 from fedtitan.data import DataStream, NoiseSpec
 from fedtitan.devices import Battery, MeasuredMeter, affordable_units
-from fedtitan.devices.budgets import adaptive_ratio, check_memory
+from fedtitan.devices.budgets import adaptive_ratio, check_memory, round_budget
 from fedtitan.devices.catalog import CATALOG, DeviceProfile
 from fedtitan.devices.cost import static_round, streaming_round, train_cost
 from fedtitan.selection import build_selector, prune
-from fedtitan.selection.pruning import WARMUP_PRUNERS
+from fedtitan.selection.pruning import WARMUP_PRUNERS, normalise_scores
 from fedtitan.selection.selectors import camel_flops
 from fedtitan.status import Status
 from fedtitan.training.common import Proximal, evaluate, lr_at
@@ -42,7 +42,7 @@ from fedtitan.training.setup import (
     setup_for,
     train_units,
 )
-from fedtitan.training.static import StaticConfig, train_static, warmup_scores
+from fedtitan.training.static import StaticConfig, train_static, warmup, warmup_samples_total
 from fedtitan.training.streaming import StreamingConfig, train_streaming
 
 __all__ = ["InjectedDrop", "InjectedFault", "RoundOutput", "build_global_model", "client_evaluate", "client_round",
@@ -116,10 +116,12 @@ def client_round(
     t_wall = time.perf_counter()
     metrics["train_on_gpu"] = float(train_dev.type != "cpu")
     metrics["select_on_gpu"] = float(select_dev.type != "cpu")
+    budget_j = round_budget(profile.energy_budget_j, battery.level_j)
     if cfg.regime == "streaming":
-        _streaming(cfg, setup, data, select_dev, partition_id, profile, state, server_round, rng, metrics, prox)
+        _streaming(cfg, setup, data, select_dev, partition_id, profile, state, server_round, rng, metrics, prox,
+                   budget_j)
     else:
-        _static(cfg, setup, data, partition_id, profile, state, server_round, rng, metrics, prox)
+        _static(cfg, setup, data, partition_id, profile, state, server_round, rng, metrics, prox, budget_j)
     metrics["wall_s"] = time.perf_counter() - t_wall
     if measured is not None:
         m = measured.stop()
@@ -145,7 +147,7 @@ def client_round(
 
 def _streaming(cfg: Config, setup: Setup, data: DeviceData, select_dev: torch.device, pid: int,
                profile: DeviceProfile, state: dict[str, Any], server_round: int, rng: np.random.Generator,
-               metrics: dict[str, float], prox: Proximal | None = None) -> None:
+               metrics: dict[str, float], prox: Proximal | None = None, budget_j: float | None = None) -> None:
     s, d = cfg.selection, cfg.data
     noise = NoiseSpec(d.feature_noise, d.feature_sigma, d.label_noise)
     stream = DataStream(data, setup.parts[pid], s.velocity, cfg.run.seed, pid, noise)
@@ -169,10 +171,10 @@ def _streaming(cfg: Config, setup: Setup, data: DeviceData, select_dev: torch.de
         kw["coarse_samples"] = s.velocity + (s.buffer_size if s.carry_over else 0)
     fixed = streaming_round(profile, steps=0, **kw)  # exchange + idle during it
     one = streaming_round(profile, steps=1, **kw)
-    decision = affordable_units(profile.energy_budget_j, fixed.energy_j, one.energy_j - fixed.energy_j, s.local_steps)
+    decision = affordable_units(budget_j, fixed.energy_j, one.energy_j - fixed.energy_j, s.local_steps)
     metrics["status"] = (Status.OK if decision.status == "full" else Status(decision.status)).code
     if decision.units == 0:
-        metrics["sim_time_s"], metrics["sim_energy_j"] = fixed.time_s, fixed.energy_j
+        _decline(metrics)
         return
     global_step = (server_round - 1) * s.local_steps
     lr = lr_at(s.lr, "step", global_step, 0, decay=s.lr_decay, every=s.lr_decay_every)
@@ -203,51 +205,101 @@ def _streaming(cfg: Config, setup: Setup, data: DeviceData, select_dev: torch.de
 
 def _static(cfg: Config, setup: Setup, data: DeviceData, pid: int, profile: DeviceProfile, state: dict[str, Any],
             server_round: int, rng: np.random.Generator, metrics: dict[str, float],
-            prox: Proximal | None = None) -> None:
+            prox: Proximal | None = None, budget_j: float | None = None) -> None:
+    """Pruned epochs. The warm-up (warm-up-loss and random-warmup pruning) runs in the first
+    rounds the client is sampled: all of it when the round's budget allows, else as many
+    iterations as fit, round after round (the loss sums wait in the client's state) until it
+    is complete; then the client prunes and trains on the kept subset with what the budget
+    leaves. A round spends at most ``budget_j``; one that cannot afford a single unit of work
+    declines before spending anything."""
     p = cfg.pruning
     idx = setup.parts[pid]
     n = len(idx)
     scfg = StaticConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, optimizer=p.optimizer,
                         schedule=p.schedule)
-    warmup_samples = 0
-    if "kept" not in state:
-        rho = p.ratio
-        if p.adaptive:
-            rho = adaptive_ratio(profile, rho=rho, n_samples=n, epochs=p.epochs, forward_flops=setup.forward_flops,
-                                 model_bytes=setup.model_bytes)
-        if p.method in WARMUP_PRUNERS:
-            iters = max(1, math.ceil(p.warmup_epochs * n / p.batch_size))
-            scores, res = warmup_scores(setup.model, data, idx, iters, scfg, rng, p.unseen, prox=prox)
-            warmup_samples = res.samples
-            kept = prune(p.method, n, rho, scores=scores, rng=rng)
-        else:
-            kept = prune(p.method, n, rho, rng=rng)
-        state["kept"] = idx[kept]
-        state["rho"] = rho
+    fwd, mb = setup.forward_flops, setup.model_bytes
+    per_sample = train_cost(profile, fwd, 1)
+    unit_j = per_sample.energy_j + profile.idle_w * per_sample.time_s  # one training sample, idle included
+    spent_j = static_round(profile, forward_flops=fwd, train_samples=0, model_bytes=mb).energy_j  # the exchange
+    warmup_samples, warm_steps, warm_wall_s, status = 0, 0, 0.0, Status.OK
+    if "kept" not in state and p.method in WARMUP_PRUNERS:
+        total_iters = max(1, math.ceil(p.warmup_epochs * n / p.batch_size))
+        total = warmup_samples_total(n, p.batch_size, total_iters)
+        done = int(state.get("warmup_done", 0))  # warm-up samples processed in earlier rounds
+        w = affordable_units(budget_j, spent_j, unit_j, total - done)  # warm-up samples this round
+        if w.units == 0:
+            _decline(metrics)
+            return
+        loss_sum, seen, wres = warmup(setup.model, data, idx, math.ceil(w.units / p.batch_size), scfg, rng, prox,
+                                      state.get("warmup_loss_sum"), state.get("warmup_seen"), max_samples=w.units)
+        warmup_samples, warm_steps, warm_wall_s = wres.samples, wres.steps, wres.wall_s
+        spent_j += unit_j * warmup_samples
+        state["warmup_done"] = done + warmup_samples
+        if state["warmup_done"] < total:  # more warm-up next time; this round's update is the warm-up's
+            state["warmup_loss_sum"], state["warmup_seen"] = loss_sum, seen
+            _static_metrics(metrics, profile, setup, Status.REDUCED, warmup_samples, 0, wres.mean_loss,
+                            warm_wall_s, warm_steps, warmup_samples, rho=0.0)
+            return
+        for key in ("warmup_loss_sum", "warmup_seen"):
+            state.pop(key, None)
+        scores = normalise_scores(loss_sum, seen, p.unseen)
+        _prune(cfg, profile, setup, state, n, idx, rng, scores)
+    elif "kept" not in state:
+        _prune(cfg, profile, setup, state, n, idx, rng, None)
     kept_ids = np.asarray(state["kept"])
-    per_sample = train_cost(profile, setup.forward_flops, 1)
-    fixed = static_round(profile, forward_flops=setup.forward_flops, train_samples=0,
-                         warmup_samples=warmup_samples, model_bytes=setup.model_bytes)
-    unit_j = per_sample.energy_j + profile.idle_w * per_sample.time_s
-    decision = affordable_units(profile.energy_budget_j, fixed.energy_j, unit_j * p.epochs, len(kept_ids))
-    metrics["status"] = (Status.OK if decision.status == "full" else Status(decision.status)).code
-    metrics["rho"] = float(state["rho"]) * decision.units / max(len(kept_ids), 1)
-    if decision.units == 0:
-        metrics["sim_time_s"], metrics["sim_energy_j"] = fixed.time_s, fixed.energy_j
+    decision = affordable_units(budget_j, spent_j, unit_j * p.epochs, len(kept_ids))  # kept samples to train
+    if decision.units == 0 and warmup_samples == 0:
+        _decline(metrics)
         return
+    if decision.status != "full" or warmup_samples and decision.units == 0:
+        status = Status.REDUCED
     use = kept_ids[: decision.units]
-    steps_per_round = p.epochs * math.ceil(len(use) / p.batch_size)
-    res = train_static(setup.model, data, use, scfg, rng, step_offset=(server_round - 1) * steps_per_round,
-                       total_steps=cfg.run.rounds * steps_per_round, prox=prox)
-    cost = static_round(profile, forward_flops=setup.forward_flops, train_samples=res.samples,
+    train_samples, loss, wall_s, steps = 0, math.nan, 0.0, 0
+    if len(use):
+        steps_per_round = p.epochs * math.ceil(len(use) / p.batch_size)
+        res = train_static(setup.model, data, use, scfg, rng, step_offset=(server_round - 1) * steps_per_round,
+                           total_steps=cfg.run.rounds * steps_per_round, prox=prox)
+        train_samples, loss, wall_s, steps = res.samples, res.mean_loss, res.wall_s, res.steps
+    rho = float(state["rho"]) * decision.units / max(len(kept_ids), 1)
+    examples = len(use) if len(use) else warmup_samples
+    _static_metrics(metrics, profile, setup, status, warmup_samples, train_samples,
+                    loss if len(use) else metrics.get("train_loss", 0.0), wall_s + warm_wall_s, steps + warm_steps,
+                    examples, rho)
+
+
+def _prune(cfg: Config, profile: DeviceProfile, setup: Setup, state: dict[str, Any], n: int, idx: np.ndarray,
+           rng: np.random.Generator, scores: np.ndarray | None) -> None:
+    """Keep ``floor(rho * n)`` samples (``pruning.adaptive``: the largest rho whose training
+    fits the per-round budget in the rounds after the warm-up)."""
+    p = cfg.pruning
+    rho = p.ratio
+    if p.adaptive:
+        rho = adaptive_ratio(profile, rho=rho, n_samples=n, epochs=p.epochs, forward_flops=setup.forward_flops,
+                             model_bytes=setup.model_bytes)
+    kept = prune(p.method, n, rho, scores=scores, rng=rng)
+    state["kept"] = idx[kept]
+    state["rho"] = rho
+
+
+def _decline(metrics: dict[str, float]) -> None:
+    """Not even one unit of work fits: the client says so before it spends anything."""
+    metrics["status"] = Status.DECLINED.code
+    metrics["sim_time_s"], metrics["sim_energy_j"] = 0.0, 0.0
+
+
+def _static_metrics(metrics: dict[str, float], profile: DeviceProfile, setup: Setup, status: Status,
+                    warmup_samples: int, train_samples: int, loss: float, wall_s: float, steps: int,
+                    examples: int, rho: float) -> None:
+    cost = static_round(profile, forward_flops=setup.forward_flops, train_samples=train_samples,
                         warmup_samples=warmup_samples, model_bytes=setup.model_bytes)
     metrics.update({
-        "num-examples": float(len(use)), "train_loss": res.mean_loss, "sim_time_s": cost.time_s,
+        "status": status.code, "rho": rho,
+        "num-examples": float(examples), "train_loss": loss, "sim_time_s": cost.time_s,
         "sim_energy_j": cost.energy_j, "sim_train_s": cost.phases["train"].time_s + cost.phases["warmup"].time_s,
-        "sim_comm_s": cost.phases["comm"].time_s, "train_wall_ms": res.wall_s * 1e3, "steps": float(res.steps),
+        "sim_comm_s": cost.phases["comm"].time_s, "train_wall_ms": wall_s * 1e3, "steps": float(steps),
         "sim_train_j": cost.phases["train"].energy_j + cost.phases["warmup"].energy_j,
         "sim_comm_j": cost.phases["comm"].energy_j, "sim_idle_j": cost.phases["idle"].energy_j,
-        "selected": float(res.samples), "streamed": float(warmup_samples),
+        "selected": float(train_samples), "streamed": float(warmup_samples),
     })
 
 

@@ -51,24 +51,53 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator, steps: int) -> l
     return out
 
 
-def warmup_scores(
+def warmup(
     model: BlockModel, dataset: TensorSource, indices: np.ndarray, iterations: int, cfg: StaticConfig,
-    rng: np.random.Generator, unseen: str = "mean", prox: Proximal | None = None,
-) -> tuple[np.ndarray, StaticResult]:
-    """Train ``iterations`` steps on ``indices`` and return per-sample mean warm-up losses."""
+    rng: np.random.Generator, prox: Proximal | None = None,
+    loss_sum: np.ndarray | None = None, seen: np.ndarray | None = None, max_samples: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, StaticResult]:
+    """Train ``iterations`` warm-up steps on ``indices``, adding each observed sample's loss
+    to ``loss_sum`` and its count to ``seen`` (fresh zeros if not given: a warm-up spread
+    over rounds passes the running sums); at most ``max_samples`` samples (the last batch is
+    cut short). Returns the sums and what ran."""
     n = len(indices)
-    loss_sum = np.zeros(n)
-    seen = np.zeros(n, dtype=np.int64)
+    loss_sum = np.zeros(n) if loss_sum is None else loss_sum.copy()
+    seen = np.zeros(n, dtype=np.int64) if seen is None else seen.copy()
     opt = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     t0 = time.perf_counter()
-    total = 0.0
+    total, samples = 0.0, 0
     for pos in _batches(n, cfg.batch_size, rng, iterations):
+        if max_samples is not None:
+            pos = pos[: max_samples - samples]
+            if not len(pos):
+                break
         ids = indices[pos]
         loss, per = weighted_step(model, opt, dataset.tensor("train", ids), dataset.labels("train", ids), prox=prox)
         np.add.at(loss_sum, pos, per.double().cpu().numpy())
         np.add.at(seen, pos, 1)
         total += loss
-    res = StaticResult(iterations, iterations * cfg.batch_size, total / max(iterations, 1), time.perf_counter() - t0)
+        samples += len(pos)
+    return loss_sum, seen, StaticResult(iterations, samples, total / max(iterations, 1), time.perf_counter() - t0)
+
+
+def warmup_samples_total(n: int, batch_size: int, iterations: int) -> int:
+    """How many samples ``iterations`` warm-up steps over ``n`` process (a pass's last batch
+    may be short), i.e. what a complete warm-up costs."""
+    total, pos = 0, 0
+    for _ in range(iterations):
+        if pos >= n:
+            pos = 0
+        total += min(batch_size, n - pos)
+        pos += batch_size
+    return total
+
+
+def warmup_scores(
+    model: BlockModel, dataset: TensorSource, indices: np.ndarray, iterations: int, cfg: StaticConfig,
+    rng: np.random.Generator, unseen: str = "mean", prox: Proximal | None = None,
+) -> tuple[np.ndarray, StaticResult]:
+    """Train ``iterations`` steps on ``indices`` and return per-sample mean warm-up losses."""
+    loss_sum, seen, res = warmup(model, dataset, indices, iterations, cfg, rng, prox)
     return normalise_scores(loss_sum, seen, unseen), res
 
 
@@ -82,10 +111,11 @@ def train_static(
     total = total_steps if total_steps is not None else steps
     opt = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     t0 = time.perf_counter()
-    loss_total = 0.0
+    loss_total, samples = 0.0, 0
     for s, pos in enumerate(_batches(n, cfg.batch_size, rng, steps)):
         set_lr(opt, lr_at(cfg.lr, cfg.schedule, step_offset + s, total))
         ids = indices[pos]
         loss, _ = weighted_step(model, opt, dataset.tensor("train", ids), dataset.labels("train", ids), prox=prox)
         loss_total += loss
-    return StaticResult(steps, steps * cfg.batch_size, loss_total / max(steps, 1), time.perf_counter() - t0)
+        samples += len(pos)
+    return StaticResult(steps, samples, loss_total / max(steps, 1), time.perf_counter() - t0)

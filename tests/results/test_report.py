@@ -62,3 +62,24 @@ def test_fits_are_exact_on_linear_costs(tmp_path):
     assert len(fits) == 4 and (fits.r2 > 0.999999).all()  # full data (rho = 1 only) has no fit
     t = fits[(fits["pruning.method"] == "random") & (fits.metric == "train_time_s")].iloc[0]
     assert abs(t.slope - 3.0) < 1e-9  # per run: 2 rounds x (1 + 0.5) x rho
+
+
+def test_verdict_reads_the_table_honestly():
+    import pandas as pd
+
+    from fedtitan.results.analysis import verdict
+
+    by = ["selection.method"]
+    one_seed = pd.DataFrame({"selection.method": ["titan", "rs"], "tta_s": [100.0, 150.0], "tta_sd": [None, None],
+                             "reached": [1, 1], "runs": [1, 1]})
+    v = verdict(one_seed, by, 0.5)
+    assert v.startswith("titan reached the target accuracy 0.500 first, after 100 s") and "1.50x sooner than rs" in v
+    assert "one seed" in v
+    apart = one_seed.assign(tta_sd=[5.0, 8.0], reached=[3, 3], runs=[3, 3])
+    assert "larger than the seed-to-seed spread (sd up to 8 s)" in verdict(apart, by, 0.5)
+    close = one_seed.assign(tta_sd=[40.0, 60.0], reached=[3, 3], runs=[3, 3])
+    assert "within the seed-to-seed spread" in verdict(close, by, 0.5) and "not distinguishable" in verdict(close, by, 0.5)
+    nobody = one_seed.assign(tta_s=[float("nan")] * 2)
+    assert verdict(nobody, by, 0.5).startswith("No configuration reached the target accuracy 0.500")
+    only = one_seed.assign(tta_s=[100.0, float("nan")])
+    assert verdict(only, by, 0.5).endswith("; rs did not reach it.")
