@@ -67,7 +67,7 @@ def _node(context: Context) -> tuple[int, str | None, str | None]:
 # KEY_CLIPPING_NORM; spelled out here since Flower moves its internal modules between releases).
 KEY_CLIPPING_NORM = "clipping_norm"
 # Keys of the train config that are fedtitan's own; everything else came from the strategy.
-_OWN_KEYS = ("config", "server-round", "run-token")
+_OWN_KEYS = ("config", "server-round", "run-token", "round-start-s")
 
 
 def _train(msg: Message, context: Context) -> Message:
@@ -76,7 +76,8 @@ def _train(msg: Message, context: Context) -> Message:
     strategy_config = {k: v for k, v in rec.items() if k not in _OWN_KEYS}
     token = str(rec.get("run-token", ""))
     out = client_round(cfg, pid, _global_weights(msg), _load_state(context, token), int(cast(int, rec["server-round"])),
-                       device=device, meter=meter, strategy_config=strategy_config)
+                       device=device, meter=meter, strategy_config=strategy_config,
+                       round_start_s=float(cast(float, rec.get("round-start-s", 0.0))))
     _save_state(context, out.state, token)
     content = RecordDict({"arrays": ArrayRecord(out.state_dict), "metrics": MetricRecord(cast(dict[str, Any], out.metrics))})
     return Message(content=content, reply_to=msg)

@@ -186,7 +186,38 @@ def _cmd_devices(args: argparse.Namespace) -> int:
         else:
             print(text, end="")
         return 0
-    raise FedtitanError("usage: fedtitan devices {list,show NAME,calibrate}")
+    if args.devices_cmd == "trace":
+        return _devices_trace(args)
+    raise FedtitanError("usage: fedtitan devices {list,show NAME,calibrate,trace PATH}")
+
+
+def _devices_trace(args: argparse.Namespace) -> int:
+    """Check a trace CSV (against a fleet, if a preset or --set is given), summarise it, draw it."""
+    from fedtitan.devices.dynamics import load_trace, trace_summary
+
+    devices = None
+    if args.preset or args.set:
+        from fedtitan.config import load_config
+        from fedtitan.devices import load_profiles
+        from fedtitan.devices.fleet import device_names, fleet_spec
+
+        cfg = load_config(args.preset or "quickstart", args.set)
+        extra = load_profiles(cfg.fleet.profiles) if cfg.fleet.profiles else {}
+        devices = device_names(fleet_spec(cfg), cfg.run.seed, extra)
+    trace = load_trace(args.path, devices)
+    table, long = trace_summary(trace)
+    import pandas as pd
+
+    with pd.option_context("display.max_columns", 20, "display.width", 200, "display.float_format", "{:.3g}".format):
+        print(table.to_string(index=False))
+    print(f"{args.path}: {len(table)} devices/partitions, {int(table.intervals.sum())} intervals"
+          + (f", checked against a fleet of {len(devices)} clients" if devices is not None else ""))
+    if args.output:
+        from fedtitan.results import plots
+
+        plots.trace_lines(long).savefig(args.output, dpi=130)
+        print(f"wrote {args.output}")
+    return 0
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -292,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--seconds", type=float, default=5.0)
     cal.add_argument("--name", default="this-machine")
     cal.add_argument("--output", "-o")
+    tr = dsub.add_parser("trace", help="check, summarise and draw a device trace CSV (fleet.trace)")
+    tr.add_argument("path")
+    tr.add_argument("--preset", help="check device names and partition ids against this preset's fleet")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fleet overrides for the check")
+    tr.add_argument("--output", "-o", help="draw the trace to this PNG/PDF")
     d.set_defaults(func=_cmd_devices)
 
     da = sub.add_parser("data", help="datasets and partitions")

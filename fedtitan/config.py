@@ -55,7 +55,8 @@ class SelectionSection(_Section):
     batch_size: int = Field(10, ge=1)
     velocity: int = Field(100, ge=1)
     local_steps: int = Field(3, ge=1)
-    buffer_size: int = Field(30, ge=1)
+    buffer_size: int | Literal["auto"] = 30  # "auto": what the selecting unit can score in one training step
+    buffer_max: int = Field(100, ge=1)
     n_blocks: int = Field(1, ge=1)
     pool: int = Field(4, ge=0)
     weighting: bool = True
@@ -72,10 +73,14 @@ class SelectionSection(_Section):
     def _sizes(self) -> SelectionSection:
         if self.velocity < self.batch_size:
             raise ValueError(f"selection.velocity ({self.velocity}) must be >= selection.batch_size ({self.batch_size})")
-        if self.method == "titan" and self.buffer_size < self.batch_size:
+        if isinstance(self.buffer_size, int) and self.buffer_size < 1:
+            raise ValueError(f"selection.buffer_size must be >= 1 or \"auto\", got {self.buffer_size}")
+        if self.method == "titan" and isinstance(self.buffer_size, int) and self.buffer_size < self.batch_size:
             raise ValueError(
                 f"selection.buffer_size ({self.buffer_size}) must be >= selection.batch_size ({self.batch_size})"
             )
+        if self.buffer_size == "auto" and self.buffer_max < self.batch_size:
+            raise ValueError(f"selection.buffer_max ({self.buffer_max}) must be >= selection.batch_size ({self.batch_size})")
         return self
 
 
@@ -126,6 +131,9 @@ class FleetSection(_Section):
     variation: float = Field(0.05, ge=0, lt=1)
     profiles: str | None = None
     meter: Literal["simulated", "measured"] = "simulated"
+    dynamics: Literal["static", "diurnal", "random-walk"] = "static"
+    dynamics_options: dict[str, Any] = Field(default_factory=dict)
+    trace: str | None = None  # CSV of availability / speed / idle share / bandwidth over virtual time
 
 
 class SimulationSection(_Section):
@@ -330,6 +338,11 @@ def _check_names(cfg: Config) -> None:
         choose("fleet.devices", name, names)
     if not cfg.fleet.mix and not cfg.fleet.devices:
         raise ConfigError("config fleet: give fleet.mix (name:fraction,...) or fleet.devices")
+    from fedtitan.devices.dynamics import build_dynamics
+    from fedtitan.devices.fleet import device_names, fleet_spec
+
+    build_dynamics(cfg.fleet.dynamics, cfg.fleet.dynamics_options, cfg.run.seed,
+                   device_names(fleet_spec(cfg), cfg.run.seed, extra), cfg.fleet.trace)
     if cfg.data.partition == "shards" and cfg.data.classes_per_client < 1:
         raise ConfigError("config data.classes_per_client must be >= 1")
 

@@ -135,7 +135,8 @@ def _ray_init(cfg: Config, address: str | None, quiet: bool) -> None:
         pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
     os.environ["PYTHONPATH"] = pythonpath
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": not quiet,
-                              "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}}
+                              "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}},
+                              "logging_level": logging.WARNING}
     if address:
         kwargs["address"] = address
     ray.init(**kwargs)

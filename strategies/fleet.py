@@ -46,11 +46,14 @@ class FleetPolicy:
     def target(self, available: int) -> int:
         return min(available, max(self.min_clients, int(round(self.fraction * available))))
 
-    def sample(self, node_ids: list[int], server_round: int) -> list[int]:
+    def sample(self, node_ids: list[int], server_round: int, population: int | None = None) -> list[int]:
         """Seeded by (seed, round) over ``node_ids`` in the given order (the server orders them
-        by partition id, so a seed picks the same partitions in every run); first-k over-commits."""
+        by partition id, so a seed picks the same partitions in every run); first-k over-commits.
+
+        ``population``: the fleet's size when ``node_ids`` are only the devices available now;
+        the sample is then ``fraction`` of the fleet, or all that are available if fewer."""
         nodes = list(node_ids)
-        k = self.target(len(nodes))
+        k = min(len(nodes), self.target(population if population is not None else len(nodes)))
         if self.policy == "first-k":
             k = min(len(nodes), math.ceil(k * (1.0 + self.over_commit)))
         rng = np.random.default_rng([self.seed, server_round, 0x5A3B1E])

@@ -44,6 +44,7 @@ from fedtitan.results import RunWriter
 from fedtitan.status import Status
 from fedtitan.training.client import build_global_model, dataset_for, partition_for
 from fedtitan.training.common import evaluate
+from fedtitan.training.setup import fleet_dynamics
 from strategies.aggregate import AggregationFailed, Aggregator, make_aggregator, to_arrays
 from strategies.fleet import ClientResult, FleetPolicy, finite
 from strategies.registry import build_strategy
@@ -137,6 +138,8 @@ class FleetServer:
         ids = eval_indices(cfg, len(ds.y_test))
         self.x_eval, self.y_eval = ds.tensor("test", ids).to(self.device), ds.labels("test", ids).to(self.device)
         self.nodes: list[int] = []
+        self.partition_of: dict[int, int] = {}
+        self.dynamics = fleet_dynamics(cfg)
         self.aggregator: Aggregator = make_aggregator(None, "fedavg")
         self.virtual_s = 0.0
         self.energy_cum = 0.0
@@ -155,16 +158,22 @@ class FleetServer:
         if not nodes:
             raise RuntimeError("no client nodes connected to the server")
         self.nodes = sorted(nodes, key=lambda node: (partition_ids[node], node))
+        self.partition_of = {node: partition_ids[node] for node in self.nodes}
         num_sampled = self.policy.target(len(self.nodes))
         self.aggregator = make_aggregator(build_strategy(self.cfg, num_sampled), self.cfg.server.strategy)
         return self.nodes
 
     # -------------------------------------------------------------------------- a round
     def sample(self, rnd: int) -> list[int]:
-        return self.policy.sample(self.nodes, rnd)
+        """Among the devices available at the round's start (the fleet's dynamics and trace,
+        on the virtual clock): unavailable devices are never sampled."""
+        if self.dynamics.is_static:
+            return self.policy.sample(self.nodes, rnd)
+        up = [n for n in self.nodes if self.dynamics.factors(self.partition_of[n], self.virtual_s).available]
+        return self.policy.sample(up, rnd, population=len(self.nodes))
 
     def broadcast(self, rnd: int, sampled: list[int]) -> list[Message]:
-        config = ConfigRecord({"config": self.cfg_json, "run-token": self.token})
+        config = ConfigRecord({"config": self.cfg_json, "run-token": self.token, "round-start-s": self.virtual_s})
         return self.aggregator.configure(rnd, to_arrays(self.global_state), config, self.grid, sampled)
 
     def collect(self, messages: list[Message], sampled: list[int]) -> list[ClientResult]:
@@ -209,8 +218,24 @@ class FleetServer:
             client_acc = _ask(self.grid, sampled, content, "evaluate", "accuracy", s.timeout_s)
         return Evaluation(acc, loss, client_acc)
 
+    def fleet_rows(self, rnd: int, sampled: list[int], included: list[ClientResult]) -> list[dict[str, Any]]:
+        """Every device's state at this round's start, and whether it was sampled and included
+        (for the per-device timeline of the report)."""
+        inc = {r.node_id for r in included}
+        rows = []
+        for node in self.nodes:
+            pid = self.partition_of[node]
+            f = self.dynamics.factors(pid, self.virtual_s)
+            rows.append({"server_round": rnd, "virtual_time_s": self.virtual_s, "partition_id": pid,
+                         "device": self.dynamics.devices[pid], "available": int(f.available),
+                         "speed_factor": f.speed_factor, "select_share": f.select_share,
+                         "bandwidth_factor": f.bandwidth_factor, "sampled": int(node in sampled),
+                         "included": int(node in inc)})
+        return rows
+
     def record(self, rnd: int, sampled: list[int], results: list[ClientResult], included: list[ClientResult],
                round_s: float, updated: bool, why: str, ev: Evaluation, wall_s: float) -> dict[str, Any]:
+        fleet = None if self.dynamics.is_static else self.fleet_rows(rnd, sampled, included)
         self.virtual_s += round_s
         round_energy = float(sum(r.metrics.get("sim_energy_j", 0.0) if r.metrics.get("measured", 0) < 0.5
                                  else np.nan_to_num(r.metrics.get("energy_j", 0.0)) for r in results))
@@ -229,7 +254,7 @@ class FleetServer:
                                            for r in results),
             "aggregation_error": why if not updated else "",
         }
-        self.writer.add_round(row, client_rows)
+        self.writer.add_round(row, client_rows, fleet)
         if self.progress is not None:
             self.progress(row)
         return row

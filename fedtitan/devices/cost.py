@@ -15,6 +15,7 @@ step lasts ``max(train, select) + sync``; a sequential one ``train + select``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from fedtitan.devices.catalog import DeviceProfile
@@ -109,6 +110,19 @@ def streaming_round(
         "comm": comm,
         "idle": PhaseCost(wall, p.idle_w * wall),
     })
+
+
+def auto_buffer_size(p: DeviceProfile, *, forward_flops: float, block_flops: float, batch_size: int, velocity: int,
+                     buffer_max: int) -> int:
+    """Titan's adaptive candidate set (Sec. 3.4, Appendix B): as many candidates as the
+    selecting unit, at its current idle share, can score while the training unit runs one
+    step. In that time it runs the coarse filter over the v new samples and the K kept ones
+    (``block_flops`` each) and the fine stage's forward over the K candidates
+    (``forward_flops`` each): ``K = floor((t_train * select_flops - block * v) / (block + fwd))``,
+    never below B and at most ``buffer_max``."""
+    t_train = train_cost(p, forward_flops, batch_size).time_s
+    k = math.floor((t_train * p.select_flops - block_flops * velocity) / (block_flops + forward_flops))
+    return int(min(max(k, batch_size), buffer_max))
 
 
 def static_round(

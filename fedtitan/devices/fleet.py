@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedtitan.devices.catalog import DeviceProfile, get_profile
 from fedtitan.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedtitan.config import Config
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,14 @@ class FleetSpec:
     @classmethod
     def from_mix(cls, mix: dict[str, float], size: int, variation: float = 0.05) -> FleetSpec:
         return cls(size=size, mix=tuple(sorted(mix.items())), variation=variation)
+
+
+def fleet_spec(cfg: Config) -> FleetSpec:
+    """The fleet a run config describes (``fleet.devices`` or ``fleet.mix`` over ``data.num_clients``)."""
+    f = cfg.fleet
+    if f.devices:
+        return FleetSpec(size=cfg.data.num_clients, devices=tuple(f.devices), variation=f.variation)
+    return FleetSpec.from_mix(f.mix, size=cfg.data.num_clients, variation=f.variation)
 
 
 def device_names(spec: FleetSpec, seed: int, extra: dict[str, DeviceProfile] | None = None) -> list[str]:

@@ -31,7 +31,8 @@ def accuracy_vs_time(rounds: pd.DataFrame, hue: str | None, x: str = "virtual_ti
     if target is not None:
         ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target:.3f}")
     ax.set_xlabel("virtual time (s)" if x == "virtual_time_s" else x)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -95,5 +96,62 @@ def tier_costs(tiers: pd.DataFrame, hue: str | None = None) -> Figure:
         ax.tick_params(axis="x", rotation=30)
     axes[0].set_ylabel("time per client round (s)")
     axes[1].set_ylabel("energy per client round (J)")
+    fig.tight_layout()
+    return fig
+
+
+def device_timeline(fleet: pd.DataFrame, value: str = "speed_factor", x: str = "virtual_time_s") -> Figure:
+    """Every device over virtual time (``fleet.csv``): cell colour = ``value`` while available,
+    grey while offline; a hollow ring where the device was sampled, a dot where its update
+    was included."""
+    import numpy as np
+    from matplotlib.colors import Normalize
+
+    rounds = sorted(fleet.server_round.unique())
+    starts = fleet.groupby("server_round")[x].first().reindex(rounds).to_numpy(dtype=float)
+    step = float(np.median(np.diff(starts))) if len(starts) > 1 else 1.0
+    edges = np.append(starts, starts[-1] + max(step, 1e-9))
+    pids = sorted(fleet.partition_id.unique())
+    grid = fleet.pivot(index="partition_id", columns="server_round", values=value).reindex(index=pids, columns=rounds)
+    avail = fleet.pivot(index="partition_id", columns="server_round", values="available").reindex(index=pids,
+                                                                                                   columns=rounds)
+    shown = np.ma.masked_where(avail.to_numpy() < 0.5, grid.to_numpy(dtype=float))
+    fig, ax = plt.subplots(figsize=(9, max(2.5, 0.22 * len(pids) + 1.2)))
+    ax.set_facecolor("#d9d9d9")  # offline
+    hi = max(1.0, float(np.nanmax(grid.to_numpy())))  # factors are relative to the device's own rates (1)
+    mesh = ax.pcolormesh(edges, np.arange(len(pids) + 1) - 0.5, shown, cmap="viridis", norm=Normalize(0.0, hi),
+                         shading="flat")
+    fig.colorbar(mesh, ax=ax, label=value.replace("_", " ") + " (grey: offline)")
+    centers = {r: (a + b) / 2 for r, a, b in zip(rounds, edges[:-1], edges[1:], strict=True)}
+    row = {p: i for i, p in enumerate(pids)}
+    s = fleet[fleet.sampled == 1]
+    ax.scatter([centers[r] for r in s.server_round], [row[p] for p in s.partition_id], s=22, facecolors="none",
+               edgecolors="white", linewidths=0.8, label="sampled")
+    inc = fleet[fleet.included == 1]
+    ax.scatter([centers[r] for r in inc.server_round], [row[p] for p in inc.partition_id], s=6, color="white",
+               label="included")
+    ax.set_yticks(range(len(pids)))
+    ax.set_yticklabels([f"{p} {fleet[fleet.partition_id == p].device.iloc[0]}" for p in pids], fontsize=6)
+    ax.set_xlabel("virtual time (s)")
+    ax.set_ylabel("client (partition id, device)")
+    ax.legend(loc="upper right", fontsize=7, facecolor="#666666", labelcolor="white", framealpha=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def trace_lines(table: pd.DataFrame) -> Figure:
+    """A trace's factors over time, one line per device or partition (step plot)."""
+    cols = [c for c in ("available", "speed_factor", "select_share", "bandwidth_factor") if c in table.columns]
+    fig, axes = plt.subplots(len(cols), 1, figsize=(8, 1.8 * len(cols) + 0.5), sharex=True, squeeze=False)
+    for ax, c in zip(axes[:, 0], cols, strict=True):
+        for who, g in table.groupby("who"):
+            g = g.sort_values("t_start_s").dropna(subset=[c])
+            xs = [v for a, b in zip(g.t_start_s, g.t_end_s, strict=True) for v in (a, b)]
+            ys = [v for v in g[c] for _ in (0, 1)]
+            ax.plot(xs, ys, label=str(who), lw=1)
+        ax.set_ylim(-0.05, max(1.05, float(table[c].max()) * 1.05))
+        ax.set_ylabel(c.replace("_", " "), fontsize=8)
+    axes[-1, 0].set_xlabel("virtual time (s)")
+    axes[0, 0].legend(fontsize=6, ncol=4)
     fig.tight_layout()
     return fig

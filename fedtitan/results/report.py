@@ -87,6 +87,12 @@ def build_report(path: str | Path, target: float | None = None, out: str | Path 
     tiers = analysis.tier_costs(clients, [])
     if len(tiers):
         sections.append("<h2>Per device tier</h2>" + _table(tiers) + _img(plots.tier_costs(tiers)))
+    fleet = sorted(root.rglob("fleet.csv"))
+    if fleet:
+        sections.append(f"<h2>Devices over time ({html.escape(str(fleet[0].parent.relative_to(root)) or '.')}): "
+                        "availability, speed, participation</h2>"
+                        + _img(plots.device_timeline(pd.read_csv(fleet[0])))
+                        + _img(plots.device_timeline(pd.read_csv(fleet[0]), value="select_share")))
     part = first_partition(root)
     if part is not None:
         from fedtitan.data.partition import heatmap

@@ -69,6 +69,7 @@ class RunWriter:
         self.dir = prepare_dir(out)
         self.rounds: list[dict[str, Any]] = []
         self.clients: list[dict[str, Any]] = []
+        self.fleet: list[dict[str, Any]] = []
 
     def write_config(self, config_json: str, seed: int, extra: dict[str, Any] | None = None) -> None:
         with self._safe():
@@ -85,15 +86,21 @@ class RunWriter:
         with self._safe():
             atomic_write_text(self.dir / "partition.csv", table.to_csv())
 
-    def add_round(self, row: dict[str, Any], client_rows: list[dict[str, Any]]) -> None:
-        """Append a round; clients.csv first, then rounds.csv, each replaced atomically, so
-        rounds.csv never lists a round whose clients are not on disk."""
+    def add_round(self, row: dict[str, Any], client_rows: list[dict[str, Any]],
+                  fleet_rows: list[dict[str, Any]] | None = None) -> None:
+        """Append a round; clients.csv (and fleet.csv: every device's state, with living
+        fleets) first, then rounds.csv, each replaced atomically, so rounds.csv never lists a
+        round whose clients are not on disk."""
         clients = self.clients + client_rows
+        fleet = self.fleet + (fleet_rows or [])
         with self._safe():
             atomic_write_text(self.dir / "clients.csv", pd.DataFrame(clients).to_csv(index=False))
+            if fleet_rows is not None:
+                atomic_write_text(self.dir / "fleet.csv", pd.DataFrame(fleet).to_csv(index=False))
             atomic_write_text(self.dir / "rounds.csv", pd.DataFrame([*self.rounds, row]).to_csv(index=False))
         self.rounds.append(row)
         self.clients = clients
+        self.fleet = fleet
 
     def save_arrays(self, name: str, arrays: dict[str, Any]) -> Path:
         """``name`` (e.g. model.npz) holding named numpy arrays, written atomically."""

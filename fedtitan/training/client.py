@@ -25,7 +25,7 @@ from fedtitan.data import DataStream, NoiseSpec
 from fedtitan.devices import Battery, MeasuredMeter, affordable_units
 from fedtitan.devices.budgets import adaptive_ratio, check_memory, round_budget
 from fedtitan.devices.catalog import CATALOG, DeviceProfile
-from fedtitan.devices.cost import static_round, streaming_round, train_cost
+from fedtitan.devices.cost import auto_buffer_size, static_round, streaming_round, train_cost
 from fedtitan.selection import build_selector, prune
 from fedtitan.selection.pruning import WARMUP_PRUNERS, normalise_scores
 from fedtitan.selection.selectors import camel_flops
@@ -38,6 +38,7 @@ from fedtitan.training.setup import (
     data_on,
     dataset_for,
     device_of,
+    fleet_dynamics,
     partition_for,
     setup_for,
     train_units,
@@ -66,6 +67,7 @@ def _base_metrics(partition_id: int, profile: DeviceProfile, n_examples: int) ->
         "sim_select_j": 0.0, "sim_comm_j": 0.0, "sim_idle_j": 0.0, "train_wall_ms": 0.0,
         "select_wall_ms": 0.0, "sync_wall_ms": 0.0, "steps_wall_ms": 0.0, "train_on_gpu": 0.0, "select_on_gpu": 0.0,
         "streamed": 0.0, "selected": 0.0, "steps": 0.0, "rho": 1.0, "proximal_mu": 0.0, "fault_scaled": 0.0,
+        "available": 1.0, "speed_factor": 1.0, "select_share": 1.0, "bandwidth_factor": 1.0, "buffer_size": 0.0,
         "status": Status.OK.code, "measured": 0.0, "wall_s": 0.0, "energy_j": 0.0,
         "energy_available": 1.0, "battery_j": -1.0,
     }
@@ -74,17 +76,19 @@ def _base_metrics(partition_id: int, profile: DeviceProfile, n_examples: int) ->
 def client_round(
     cfg: Config, partition_id: int, global_state: dict[str, torch.Tensor], state: dict[str, Any] | None,
     server_round: int, device: str | None = None, meter: str | None = None,
-    strategy_config: Mapping[str, Any] | None = None,
+    strategy_config: Mapping[str, Any] | None = None, round_start_s: float = 0.0,
 ) -> RoundOutput:
     """One round of local training on ``partition_id``'s data as its device would do it.
 
     ``strategy_config``: what the server's strategy added to the train config
-    (``proximal-mu`` turns on FedProx's proximal term in both regimes)."""
+    (``proximal-mu`` turns on FedProx's proximal term in both regimes). ``round_start_s``:
+    the virtual clock at the round's start, where the fleet's dynamics are read."""
     setup = setup_for(cfg)
     state = dict(state or {})
     if not 0 <= partition_id < len(setup.parts):
         raise ValueError(f"partition-id {partition_id} is outside 0..{len(setup.parts) - 1}")
-    profile = device_of(cfg, partition_id, device)
+    factors = fleet_dynamics(cfg).factors(partition_id, round_start_s)
+    profile = factors.apply(device_of(cfg, partition_id, device))  # as the device is at this moment
     meter = meter or cfg.fleet.meter
     train_dev, select_dev = train_units(cfg, profile, meter)
     model = setup.model.to(train_dev)  # a no-op unless a measured board trains on another unit
@@ -105,6 +109,11 @@ def client_round(
     metrics = _base_metrics(partition_id, profile, 0)
     metrics["measured"] = 1.0 if meter == "measured" else 0.0
     metrics["proximal_mu"] = mu
+    metrics.update(available=float(factors.available), speed_factor=factors.speed_factor,
+                   select_share=factors.select_share, bandwidth_factor=factors.bandwidth_factor)
+    if not factors.available:  # offline at this moment (its trace or dynamics): no work, no energy
+        metrics["status"] = Status.UNAVAILABLE.code
+        return RoundOutput(global_state, metrics, state)
     if not battery.available:
         metrics["status"] = Status.UNAVAILABLE.code
         metrics["battery_j"] = 0.0
@@ -153,7 +162,11 @@ def _streaming(cfg: Config, setup: Setup, data: DeviceData, select_dev: torch.de
     stream = DataStream(data, setup.parts[pid], s.velocity, cfg.run.seed, pid, noise)
     if "stream" in state:
         stream.restore(state["stream"])
-    offered = {"buffer_size": s.buffer_size, "n_blocks": s.n_blocks, "pool": s.pool, "weighting": s.weighting,
+    buffer = s.buffer_size
+    if buffer == "auto":  # what the selecting unit can score during one training step, now
+        buffer = auto_buffer_size(profile, forward_flops=setup.forward_flops, block_flops=setup.block_flops,
+                                  batch_size=s.batch_size, velocity=s.velocity, buffer_max=s.buffer_max)
+    offered = {"buffer_size": buffer, "n_blocks": s.n_blocks, "pool": s.pool, "weighting": s.weighting,
                "coarse": s.coarse, "metric": s.metric, "carry_over": s.carry_over, "stratify": s.stratify,
                "seed": cfg.run.seed * 1_000_003 + pid, "batch_size": s.batch_size, "velocity": s.velocity,
                "num_classes": setup.dataset.num_classes}
@@ -162,13 +175,14 @@ def _streaming(cfg: Config, setup: Setup, data: DeviceData, select_dev: torch.de
         selector.load_state_dict(state["selector"])
     coarse = bool(getattr(selector, "coarse_filter", False))
     kw: dict[str, Any] = dict(forward_flops=setup.forward_flops, block_flops=setup.block_flops, batch_size=s.batch_size,
-              velocity=s.velocity, candidates=s.buffer_size if coarse else s.velocity, model_bytes=setup.model_bytes,
+              velocity=s.velocity, candidates=buffer if coarse else s.velocity, model_bytes=setup.model_bytes,
               pipelined=cfg.run.pipeline, coarse=coarse,
               gradient_selection=bool(getattr(selector, "forward_candidates", True)),
               extra_select_flops=camel_flops(s.batch_size, s.velocity, math.prod(setup.dataset.input_shape))
               if s.method == "camel" else 0.0)
+    metrics["buffer_size"] = float(buffer if coarse else s.velocity)  # candidates per selection
     if coarse:  # predict with the most the filter can score per step: v new + the kept
-        kw["coarse_samples"] = s.velocity + (s.buffer_size if s.carry_over else 0)
+        kw["coarse_samples"] = s.velocity + (buffer if s.carry_over else 0)
     fixed = streaming_round(profile, steps=0, **kw)  # exchange + idle during it
     one = streaming_round(profile, steps=1, **kw)
     decision = affordable_units(budget_j, fixed.energy_j, one.energy_j - fixed.energy_j, s.local_steps)

@@ -19,9 +19,11 @@ from fedtitan.compute import DeviceData, resolve_device, set_deterministic, unit
 from fedtitan.config import Config
 from fedtitan.data import load_dataset, partition
 from fedtitan.data.dataset import Dataset
-from fedtitan.devices import FleetSpec, device_for, get_profile, load_profiles
+from fedtitan.devices import device_for, get_profile, load_profiles
 from fedtitan.devices.budgets import training_memory_bytes
 from fedtitan.devices.catalog import DeviceProfile
+from fedtitan.devices.dynamics import FleetDynamics, build_dynamics
+from fedtitan.devices.fleet import device_names, fleet_spec
 from fedtitan.models import build_model, count_forward_flops, param_bytes
 from fedtitan.models.base import BlockModel
 
@@ -137,11 +139,17 @@ def train_units(cfg: Config, profile: DeviceProfile, meter: str) -> tuple[torch.
     return train, (unit_device(profile.select_unit, accel) if cfg.run.pipeline else train)
 
 
-def fleet_spec(cfg: Config) -> FleetSpec:
-    f = cfg.fleet
-    if f.devices:
-        return FleetSpec(size=cfg.data.num_clients, devices=tuple(f.devices), variation=f.variation)
-    return FleetSpec.from_mix(f.mix, size=cfg.data.num_clients, variation=f.variation)
+@functools.lru_cache(maxsize=4)
+def _dynamics(cfg_json: str) -> FleetDynamics:
+    cfg = Config.from_json(cfg_json)
+    extra = setup_for(cfg).extra_profiles
+    return build_dynamics(cfg.fleet.dynamics, cfg.fleet.dynamics_options, cfg.run.seed,
+                          device_names(fleet_spec(cfg), cfg.run.seed, extra), cfg.fleet.trace)
+
+
+def fleet_dynamics(cfg: Config) -> FleetDynamics:
+    """The fleet's dynamics model and trace (built once per process)."""
+    return _dynamics(cfg.to_json())
 
 
 def device_of(cfg: Config, partition_id: int, override: str | None = None) -> DeviceProfile:

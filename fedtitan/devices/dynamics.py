@@ -1,0 +1,355 @@
+"""Devices that change over time: availability, speed, idle share of the selecting unit and
+bandwidth, as pure functions of (seed, client, virtual time).
+
+``Factors`` at a moment: ``available`` (0/1), ``speed_factor`` (multiplies both compute
+rates: thermal throttling, DVFS), ``select_share`` (the share of the selecting unit that is
+idle: background load from other apps) and ``bandwidth_factor`` (multiplies up- and
+downlink). A dynamics model maps ``(partition_id, t_s)`` to factors; the server and every
+client evaluate it at the round's start on the virtual clock, the only time it sees, so a
+run is reproducible whatever order clients run in.
+
+Models (``fleet.dynamics`` + ``[fleet.dynamics_options]``):
+
+* ``static``: always available, every factor 1.
+* ``diurnal``: a day/night cycle of ``period_s`` with a per-device seeded phase. At
+  "night" (phase 0) devices are idle, charging and on Wi-Fi; at "day" (phase 1/2) users
+  are busy with them. Availability is a Bernoulli draw per ``slot_s`` slot with a
+  probability between ``availability_min`` (day) and ``availability_max`` (night);
+  ``select_share``, ``speed_factor`` and ``bandwidth_factor`` move between their ``*_min``
+  (day) and ``*_max`` (night) values along the same cosine.
+* ``random-walk``: every ``step_s`` seconds each factor takes a seeded Gaussian step of
+  ``sigma`` in log space, reflected into ``[*_min, *_max]``; availability is an on/off
+  Markov chain (``p_leave`` per step to go offline, ``p_return`` to come back).
+
+A trace (``fleet.trace = "trace.csv"``) overrides the model where it has a value: rows
+``device`` (a device kind: every client of that kind) or ``partition_id`` (one client),
+``t_start_s``, ``t_end_s``, and any of ``available``, ``speed_factor``, ``select_share``,
+``bandwidth_factor``. A client's own rows win over its kind's rows.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedtitan.devices.catalog import DeviceProfile
+from fedtitan.errors import ConfigError
+
+FACTOR_COLUMNS = ("available", "speed_factor", "select_share", "bandwidth_factor")
+
+
+@dataclass(frozen=True)
+class Factors:
+    available: bool = True
+    speed_factor: float = 1.0
+    select_share: float = 1.0
+    bandwidth_factor: float = 1.0
+
+    def apply(self, p: DeviceProfile) -> DeviceProfile:
+        """The profile as it is at this moment: slower compute, a busier selecting unit, a
+        thinner link (the cost model bills with these rates)."""
+        if self == STATIC:
+            return p
+        return replace(p, train_flops=p.train_flops * self.speed_factor,
+                       select_flops=p.select_flops * self.speed_factor * max(self.select_share, 1e-6),
+                       uplink_bps=p.uplink_bps * self.bandwidth_factor,
+                       downlink_bps=p.downlink_bps * self.bandwidth_factor)
+
+
+STATIC = Factors()
+
+
+class Dynamics(Protocol):
+    def factors(self, partition_id: int, t_s: float) -> Factors: ...
+
+
+class StaticDynamics:
+    def factors(self, partition_id: int, t_s: float) -> Factors:
+        return STATIC
+
+
+def _u01(*key: int) -> float:
+    """A uniform draw that is a pure function of ``key``."""
+    return float(np.random.default_rng(list(key)).random())
+
+
+@dataclass(frozen=True)
+class DiurnalDynamics:
+    seed: int
+    period_s: float = 86_400.0
+    slot_s: float = 600.0
+    availability_min: float = 0.3
+    availability_max: float = 1.0
+    select_share_min: float = 0.3
+    select_share_max: float = 1.0
+    speed_min: float = 1.0
+    speed_max: float = 1.0
+    bandwidth_min: float = 1.0
+    bandwidth_max: float = 1.0
+
+    def _night(self, partition_id: int, t_s: float) -> float:
+        """1 at the device's night (idle, charging), 0 at its midday; a seeded phase per device."""
+        phase = _u01(self.seed, partition_id, 0xD1)
+        return 0.5 * (1.0 + math.cos(2 * math.pi * (t_s / self.period_s - phase)))
+
+    def factors(self, partition_id: int, t_s: float) -> Factors:
+        night = self._night(partition_id, t_s)
+
+        def lerp(lo: float, hi: float) -> float:
+            return lo + (hi - lo) * night
+
+        p_avail = lerp(self.availability_min, self.availability_max)
+        slot = int(t_s // self.slot_s)
+        available = _u01(self.seed, partition_id, slot, 0xA7) < p_avail
+        return Factors(available, lerp(self.speed_min, self.speed_max), lerp(self.select_share_min, self.select_share_max),
+                       lerp(self.bandwidth_min, self.bandwidth_max))
+
+
+@dataclass
+class RandomWalkDynamics:
+    seed: int
+    step_s: float = 60.0
+    sigma: float = 0.1
+    p_leave: float = 0.02
+    p_return: float = 0.2
+    speed_min: float = 0.5
+    speed_max: float = 1.0
+    select_share_min: float = 0.1
+    select_share_max: float = 1.0
+    bandwidth_min: float = 0.25
+    bandwidth_max: float = 1.0
+    _paths: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def _bounds(self) -> np.ndarray:
+        return np.array([[self.speed_min, self.speed_max], [self.select_share_min, self.select_share_max],
+                         [self.bandwidth_min, self.bandwidth_max]], dtype=np.float64)
+
+    def _path(self, partition_id: int, steps: int) -> np.ndarray:
+        """Rows per step: available, speed, select_share, bandwidth (memoised; pure in its inputs)."""
+        have = self._paths.get(partition_id)
+        if have is not None and len(have) > steps:
+            return have
+        n = max(steps + 1, 2 * (len(have) if have is not None else 64))
+        rng = np.random.default_rng([self.seed, partition_id, 0x5A1C])
+        bounds = np.log(self._bounds())
+        lo, hi = bounds[:, 0], bounds[:, 1]
+        x = hi.copy()  # start at the top: fast, idle, full bandwidth
+        on = True
+        out = np.empty((n, 4))
+        for i in range(n):
+            u = rng.random()
+            on = (u >= self.p_leave) if on else (u < self.p_return)
+            x = x + self.sigma * rng.standard_normal(3)
+            width = np.maximum(hi - lo, 1e-12)
+            x = lo + np.abs(((x - lo) + width) % (2 * width) - width)  # reflect into [lo, hi]
+            out[i] = (float(on), *np.exp(x))
+        self._paths[partition_id] = out
+        return out
+
+    def factors(self, partition_id: int, t_s: float) -> Factors:
+        step = max(0, int(t_s // self.step_s))
+        a, speed, share, bw = self._path(partition_id, step)[step]
+        return Factors(bool(a >= 0.5), float(speed), float(share), float(bw))
+
+
+@dataclass(frozen=True)
+class TraceRow:
+    t_start_s: float
+    t_end_s: float
+    values: Mapping[str, float]
+
+
+@dataclass
+class Trace:
+    """Intervals with factor values per client (``by_partition``) and per device kind (``by_device``)."""
+
+    path: str
+    by_partition: dict[int, list[TraceRow]]
+    by_device: dict[str, list[TraceRow]]
+
+    def values(self, partition_id: int, device: str, t_s: float) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for rows in (self.by_device.get(device, []), self.by_partition.get(partition_id, [])):
+            for r in rows:
+                if r.t_start_s <= t_s < r.t_end_s:
+                    out.update(r.values)
+        return out
+
+
+def load_trace(path: str | Path, devices: Sequence[str] | None = None) -> Trace:
+    """Read and validate a trace CSV for a fleet whose clients are ``devices`` (one name per
+    partition id; ``None``: check the file alone). Every problem is one line: missing columns,
+    negative or empty intervals, overlaps, unknown devices or partitions, values out of range."""
+    import pandas as pd
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ConfigError(f"fleet.trace: {p} not found")
+    try:
+        df = pd.read_csv(p)
+    except Exception as exc:
+        raise ConfigError(f"fleet.trace: cannot read {p} as CSV: {exc}") from None
+    cols = set(df.columns)
+    who = [c for c in ("device", "partition_id") if c in cols]
+    missing = [c for c in ("t_start_s", "t_end_s") if c not in cols]
+    if not who:
+        missing.insert(0, "device or partition_id")
+    factors = [c for c in FACTOR_COLUMNS if c in cols]
+    if not factors:
+        missing.append("one of " + ", ".join(FACTOR_COLUMNS))
+    if missing:
+        raise ConfigError(f"fleet.trace {p}: missing column(s) {', '.join(missing)} (has {', '.join(df.columns)})")
+    unknown_cols = cols - {"device", "partition_id", "t_start_s", "t_end_s", *FACTOR_COLUMNS}
+    if unknown_cols:
+        raise ConfigError(f"fleet.trace {p}: unknown column(s) {', '.join(sorted(unknown_cols))}; "
+                          f"known: device, partition_id, t_start_s, t_end_s, {', '.join(FACTOR_COLUMNS)}")
+    if df.empty:
+        raise ConfigError(f"fleet.trace {p} has no rows")
+    kinds = set(devices) if devices is not None else None
+    by_partition: dict[int, list[TraceRow]] = {}
+    by_device: dict[str, list[TraceRow]] = {}
+    for i, row in df.iterrows():
+        line = int(str(i)) + 2  # the header is line 1
+        start, end = float(row["t_start_s"]), float(row["t_end_s"])
+        if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end <= start:
+            raise ConfigError(f"fleet.trace {p} line {line}: need 0 <= t_start_s < t_end_s, got {start} .. {end}")
+        values = {}
+        for c in factors:
+            v = row[c]
+            if pd.isna(v):
+                continue
+            v = float(v)
+            ok = v in (0.0, 1.0) if c == "available" else (0.0 <= v <= 1.0 if c == "select_share" else 0.0 < v <= 100.0)
+            if not ok:
+                rule = {"available": "0 or 1", "select_share": "in [0, 1]"}.get(c, "in (0, 100]")
+                raise ConfigError(f"fleet.trace {p} line {line}: {c} must be {rule}, got {v}")
+            values[c] = v
+        tr = TraceRow(start, end, values)
+        pid = row.get("partition_id") if "partition_id" in cols else None
+        if pid is not None and not pd.isna(pid):
+            if float(pid) != int(pid) or pid < 0 or (devices is not None and int(pid) >= len(devices)):
+                span = f"0..{len(devices) - 1}" if devices is not None else "an integer >= 0"
+                raise ConfigError(f"fleet.trace {p} line {line}: partition_id {pid} is not a client of this fleet "
+                                  f"({span})")
+            by_partition.setdefault(int(pid), []).append(tr)
+        else:
+            dev = str(row.get("device", ""))
+            if not dev or dev == "nan":
+                raise ConfigError(f"fleet.trace {p} line {line}: give a device or a partition_id")
+            if kinds is not None and dev not in kinds:
+                close = difflib.get_close_matches(dev, sorted(kinds), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"fleet.trace {p} line {line}: device {dev!r} is not in this fleet{hint} "
+                                  f"(fleet: {', '.join(sorted(kinds))})")
+            by_device.setdefault(dev, []).append(tr)
+    for key, rows in [*by_partition.items(), *by_device.items()]:
+        rows.sort(key=lambda r: r.t_start_s)
+        for a, b in zip(rows, rows[1:], strict=False):
+            if b.t_start_s < a.t_end_s:
+                raise ConfigError(f"fleet.trace {p}: intervals overlap for {key!r}: {a.t_start_s}..{a.t_end_s} and "
+                                  f"{b.t_start_s}..{b.t_end_s}")
+    return Trace(str(p), by_partition, by_device)
+
+
+def trace_summary(trace: Trace) -> tuple[Any, Any]:
+    """(one row per device/partition: span, availability fraction, factor ranges; a long
+    table of the trace's intervals for plotting) as DataFrames."""
+    import pandas as pd
+
+    rows, long = [], []
+    for kind, table in (("partition", trace.by_partition), ("device", trace.by_device)):
+        for who, intervals in table.items():
+            label = f"partition {who}" if kind == "partition" else str(who)
+            span = sum(r.t_end_s - r.t_start_s for r in intervals)
+            with_avail = [r for r in intervals if "available" in r.values]
+            up = sum((r.t_end_s - r.t_start_s) * r.values["available"] for r in with_avail)
+            row: dict[str, Any] = {"who": label, "intervals": len(intervals), "t_start_s": intervals[0].t_start_s,
+                                   "t_end_s": max(r.t_end_s for r in intervals),
+                                   "available_fraction": up / sum(r.t_end_s - r.t_start_s for r in with_avail)
+                                   if with_avail else float("nan"), "covered_s": span}
+            for c in FACTOR_COLUMNS[1:]:
+                vals = [r.values[c] for r in intervals if c in r.values]
+                row[f"{c}_min"] = min(vals) if vals else float("nan")
+                row[f"{c}_max"] = max(vals) if vals else float("nan")
+            rows.append(row)
+            long += [{"who": label, "t_start_s": r.t_start_s, "t_end_s": r.t_end_s, **r.values} for r in intervals]
+    return pd.DataFrame(rows), pd.DataFrame(long)
+
+
+class FleetDynamics:
+    """The model and the trace together: what every client of a fleet is at a moment."""
+
+    def __init__(self, model: Dynamics, devices: Sequence[str], trace: Trace | None = None) -> None:
+        self.model = model
+        self.devices = list(devices)
+        self.trace = trace
+
+    @property
+    def is_static(self) -> bool:
+        return isinstance(self.model, StaticDynamics) and self.trace is None
+
+    def factors(self, partition_id: int, t_s: float) -> Factors:
+        f = self.model.factors(partition_id, t_s)
+        if self.trace is None:
+            return f
+        v = self.trace.values(partition_id, self.devices[partition_id], t_s)
+        if not v:
+            return f
+        return Factors(bool(v.get("available", float(f.available)) >= 0.5), v.get("speed_factor", f.speed_factor),
+                       v.get("select_share", f.select_share), v.get("bandwidth_factor", f.bandwidth_factor))
+
+
+MODELS: dict[str, type] = {"diurnal": DiurnalDynamics, "random-walk": RandomWalkDynamics}
+
+
+def build_dynamics(kind: str, options: Mapping[str, Any], seed: int, devices: Sequence[str],
+                   trace_path: str | None = None) -> FleetDynamics:
+    """``fleet.dynamics`` + options (+ ``fleet.trace``) for a fleet of ``devices``; options are
+    checked against the model (unknown: one line with a did-you-mean)."""
+    from fedtitan.plugins import check_options
+
+    if kind == "static":
+        if options:
+            raise ConfigError(f"config fleet.dynamics_options: 'static' dynamics take no options (got {', '.join(options)})")
+        model: Dynamics = StaticDynamics()
+    elif kind in MODELS:
+        cls = MODELS[kind]
+        check_options(cls, options, "fleet.dynamics_options", kind, reserved={"seed": "it is the run's seed"})
+        try:
+            model = cls(seed=seed, **options)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"config fleet.dynamics_options: {exc}") from None
+        _check_ranges(kind, model)
+    else:
+        raise ConfigError(f"config fleet.dynamics: unknown value {kind!r}; choose static, diurnal or random-walk")
+    trace = load_trace(trace_path, devices) if trace_path else None
+    return FleetDynamics(model, devices, trace)
+
+
+def _check_ranges(kind: str, model: Any) -> None:
+    for name in ("availability", "select_share", "speed", "bandwidth"):
+        lo, hi = getattr(model, f"{name}_min", None), getattr(model, f"{name}_max", None)
+        if lo is None or hi is None:
+            continue
+        top = 1.0 if name in ("availability", "select_share") else 100.0
+        if not (0 <= lo <= hi <= top) or (name in ("speed", "bandwidth") and lo <= 0):
+            raise ConfigError(f"config fleet.dynamics_options: {kind} needs 0 {'<=' if top == 1.0 else '<'} "
+                              f"{name}_min <= {name}_max <= {top:g}, got {lo} and {hi}")
+    for name in ("period_s", "slot_s", "step_s"):
+        v = getattr(model, name, None)
+        if v is not None and not v > 0:
+            raise ConfigError(f"config fleet.dynamics_options: {name} must be > 0, got {v}")
+    for name in ("p_leave", "p_return"):
+        v = getattr(model, name, None)
+        if v is not None and not 0 <= v <= 1:
+            raise ConfigError(f"config fleet.dynamics_options: {name} must be in [0, 1], got {v}")
+
+
+__all__ = ["FACTOR_COLUMNS", "STATIC", "DiurnalDynamics", "Dynamics", "Factors", "FleetDynamics", "RandomWalkDynamics",
+           "StaticDynamics", "Trace", "build_dynamics", "load_trace", "trace_summary"]
