@@ -15,6 +15,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,35 +29,97 @@ from fedtitan.selection import build_selector
 from fedtitan.training import StreamingConfig, evaluate, lr_at, train_streaming
 
 
+class IdleShare:
+    """The selecting unit's idle share per step (``--idle walk``): a seeded random walk in
+    log space between ``--idle-min`` and 1 (the dynamics model of living fleets, one step per
+    training step), on the ``--idle-device`` profile."""
+
+    def __init__(self, args: argparse.Namespace, seed: int) -> None:
+        from fedtitan.devices import get_profile
+        from fedtitan.devices.dynamics import RandomWalkDynamics
+
+        self.walk = RandomWalkDynamics(seed=seed, step_s=1.0, sigma=args.idle_sigma, p_leave=0.0, speed_min=1.0,
+                                       speed_max=1.0, select_share_min=args.idle_min, select_share_max=1.0,
+                                       bandwidth_min=1.0, bandwidth_max=1.0)
+        self.profile = get_profile(args.idle_device)
+
+    def at(self, step: int) -> Any:
+        from fedtitan.devices.dynamics import Factors
+
+        return Factors(select_share=self.walk.factors(0, float(step)).select_share).apply(self.profile)
+
+
 def run_one(ds, method: str, seed: int, args: argparse.Namespace, eval_x, eval_y) -> list[dict]:  # type: ignore[no-untyped-def]
+    from fedtitan.data.stream import NoiseSpec
+    from fedtitan.devices.cost import auto_buffer_size, streaming_round
+    from fedtitan.models import count_forward_flops
+
     torch.manual_seed(seed)
     model = build_model(args.model, ds.input_shape, ds.num_classes).to(args.torch_device)
+    fwd = count_forward_flops(model, ds.input_shape)
+    block = count_forward_flops(model, ds.input_shape, n_blocks=1)
     data = DeviceData.on(ds, args.torch_device)
-    stream = DataStream(data, np.arange(len(ds.y_train)), v=args.velocity, seed=seed, client=0)
-    # "titan:coarse=random,metric=sqeuclidean" passes options to the selector
+    noise = NoiseSpec(args.feature_noise, args.feature_sigma, args.label_noise)
+    stream = DataStream(data, np.arange(len(ds.y_train)), v=args.velocity, seed=seed, client=0, noise=noise)
+    # "titan:coarse=random,metric=sqeuclidean" passes options to the selector; "titan:buffer=auto"
+    # sizes Titan's buffer every step to what the idle unit can score (needs --idle walk)
     name, _, opt_text = method.partition(":")
     opts: dict[str, object] = {"buffer_size": args.buffer} if name == "titan" else {}
+    auto = False
     for item in filter(None, opt_text.split(",")):
         k, _, v = item.partition("=")
+        if k == "buffer" and v == "auto":
+            auto = True
+            continue
+        if k == "buffer":
+            opts["buffer_size"] = int(v)
+            continue
         opts[k] = {"true": True, "false": False}.get(v, v)
     selector = build_selector(name, **opts)
+    idle = IdleShare(args, seed) if args.idle == "walk" else None
+    if auto and idle is None:
+        raise SystemExit("titan:buffer=auto needs --idle walk (what the idle unit can score changes with it)")
     rng = np.random.default_rng([seed, 1])
     rows = []
     step = 0
-    sel_ms = train_ms = 0.0
+    sel_ms = train_ms = sim_s = 0.0
+    buffers: list[int] = []
     while step < args.steps:
         chunk_steps = min(args.eval_every, args.steps - step)
         # the learning rate is constant within a chunk of eval_every <= 100 steps
         lr = lr_at(args.lr, "step", step, args.steps, decay=0.95, every=100)
-        cfg = StreamingConfig(steps=chunk_steps, batch_size=args.batch, velocity=args.velocity, lr=lr,
-                              pipeline=False)
-        recs = train_streaming(model, stream, selector, cfg, rng)
+        if idle is None:
+            cfg = StreamingConfig(steps=chunk_steps, batch_size=args.batch, velocity=args.velocity, lr=lr,
+                                  pipeline=False)
+            recs = train_streaming(model, stream, selector, cfg, rng)
+        else:  # one step at a time: the idle share (and an auto buffer) change every step
+            recs = []
+            cfg = StreamingConfig(steps=1, batch_size=args.batch, velocity=args.velocity, lr=lr, pipeline=False)
+            for t in range(step, step + chunk_steps):
+                prof = idle.at(t)
+                k = int(opts.get("buffer_size", args.buffer)) if name == "titan" else args.velocity  # type: ignore[call-overload]
+                if auto:
+                    k = auto_buffer_size(prof, forward_flops=fwd, block_flops=block, batch_size=args.batch,
+                                         velocity=args.velocity, buffer_max=args.buffer_max)
+                    selector.filter.budget = k  # type: ignore[union-attr]
+                (r,) = train_streaming(model, stream, selector, cfg, rng)
+                recs.append(r)
+                buffers.append(k)
+                coarse = name == "titan"
+                cost = streaming_round(prof, forward_flops=fwd, block_flops=block, steps=1, batch_size=args.batch,
+                                       velocity=args.velocity, candidates=k, model_bytes=0.0, pipelined=True,
+                                       coarse=coarse, gradient_selection=name not in ("rs", "camel"),
+                                       coarse_samples=r.info.get("coarse_forwards") if coarse else None)
+                sim_s += cost.time_s
         step += chunk_steps
         sel_ms += sum(r.select_ms for r in recs)
         train_ms += sum(r.train_ms for r in recs)
         loss, acc = evaluate(model, eval_x, eval_y)
-        rows.append({"method": method, "seed": seed, "step": step, "accuracy": acc, "loss": loss,
-                     "select_ms_per_step": sel_ms / step, "train_ms_per_step": train_ms / step})
+        row = {"method": method, "seed": seed, "step": step, "accuracy": acc, "loss": loss,
+               "select_ms_per_step": sel_ms / step, "train_ms_per_step": train_ms / step}
+        if idle is not None:  # the simulated pipelined clock on --idle-device, and the buffer used
+            row.update(sim_time_s=sim_s, buffer_mean=float(np.mean(buffers)))
+        rows.append(row)
     return rows
 
 
@@ -75,6 +138,15 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--out", default="docs/results/single-device")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (as compute.device)")
+    ap.add_argument("--label-noise", type=float, default=0.0, help="fraction of streamed samples relabelled")
+    ap.add_argument("--feature-noise", type=float, default=0.0, help="fraction with Gaussian noise on the inputs")
+    ap.add_argument("--feature-sigma", type=float, default=1.0, help="sd of that noise (normalised units)")
+    ap.add_argument("--idle", choices=["none", "walk"], default="none",
+                    help="walk: the selecting unit's idle share follows a seeded random walk (Appendix B)")
+    ap.add_argument("--idle-device", default="jetson-nano-10w", help="device profile for --idle walk")
+    ap.add_argument("--idle-min", type=float, default=0.1)
+    ap.add_argument("--idle-sigma", type=float, default=0.3)
+    ap.add_argument("--buffer-max", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = ap.parse_args()
     if args.eval_every > 100:
@@ -91,9 +163,17 @@ def main() -> None:
     eval_x, eval_y = ds.tensor("test", ids).to(args.torch_device), ds.labels("test", ids).to(args.torch_device)
     rows: list[dict] = []
     methods = args.methods.split(";") if ";" in args.methods else args.methods.split(",")
+    done: set[tuple[str, int]] = set()
+    if (out / "curves.csv").exists():  # resume: keep the (method, seed) pairs that reached --steps
+        prev = pd.read_csv(out / "curves.csv")
+        finished = prev[prev.step == args.steps][["method", "seed"]].itertuples(index=False)
+        done = {(str(m), int(sd)) for m, sd in finished}
+        rows = [r for r in prev.to_dict("records") if (str(r["method"]), int(r["seed"])) in done]
     t0 = time.perf_counter()
     for seed in range(args.seeds):
         for m in methods:
+            if (m, seed) in done:
+                continue
             rows += run_one(ds, m, seed, args, eval_x, eval_y)
             done = len({(r["method"], r["seed"]) for r in rows})
             print(f"[{done}/{len(methods) * args.seeds}] {m} seed {seed}: acc {rows[-1]['accuracy']:.3f} "
