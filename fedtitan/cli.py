@@ -221,6 +221,14 @@ def _devices_trace(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
+    if args.data_cmd == "download":
+        from fedtitan.data.download import download
+
+        out = download(args.name, args.to, quiet=args.quiet)
+        print(f"{args.name}: ready in {out}")
+        return 0
+    if args.data_cmd != "summary":
+        raise FedtitanError("usage: fedtitan data {summary DATASET, download NAME [--to DIR]}")
     from fedtitan.data import load_dataset, partition, summary
 
     ds = load_dataset(args.dataset, data_dir=args.data_dir, path=args.path, seed=args.seed)
@@ -342,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--classes-per-client", type=int, default=2)
     sm.add_argument("--seed", type=int, default=0)
     sm.add_argument("--heatmap", help="write a seaborn heatmap (PNG/PDF) to this path")
+    dl = dasub.add_parser("download", help="fetch a dataset from its official source (checked, resumable)")
+    dl.add_argument("name", help="cifar10, femnist, uci-har, speech-commands or mnist")
+    dl.add_argument("--to", help="data folder (default: $FEDTITAN_DATA or ~/.fedtitan/data)")
+    dl.add_argument("--quiet", action="store_true", help="no progress bar")
     da.set_defaults(func=_cmd_data)
     return ap
 

@@ -15,7 +15,6 @@ import os
 import pickle
 import struct
 import tarfile
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,6 +53,7 @@ def _find(name: str, candidates: list[str], data_dir: str | os.PathLike[str] | N
 
 
 def _missing(name: str, candidates: list[str], data_dir: str | os.PathLike[str] | None, how: str) -> DataError:
+    how = f"get it with `fedtitan data download {name}` (--to DIR), or {how}"
     looked = ", ".join(str(d / candidates[0]) for d in data_dirs(data_dir))
     return DataError(f"dataset '{name}' not found (looked for {looked}); {how}")
 
@@ -142,7 +142,9 @@ def load_cifar10(data_dir: str | os.PathLike[str] | None = None, download: bool 
                                  "cifar-10-python.tar.gz", "cifar10/cifar-10-python.tar.gz"], data_dir)
     pack = _find("cifar10", ["cifar10/cifar10-jpeg.npz", "cifar10-jpeg.npz"], data_dir)
     if official is None and pack is None and download:
-        official = _download(CIFAR10_URL, data_dir, "cifar-10-python.tar.gz")
+        from fedtitan.data.download import download as fetch_dataset
+
+        official = fetch_dataset("cifar10", data_dir)
     if official is not None:
         arrays = _cached("cifar10-official", official, lambda: _read_cifar_official(official))
     elif pack is not None:
@@ -158,7 +160,7 @@ def load_cifar10(data_dir: str | os.PathLike[str] | None = None, download: bool 
     else:
         raise _missing("cifar10", ["cifar-10-batches-py"], data_dir,
                        f"put the official python version (cifar-10-python.tar.gz from {CIFAR10_URL}) "
-                       "or cifar10/cifar10-jpeg.npz there, or pass download=True")
+                       "or cifar10/cifar10-jpeg.npz there")
     return Dataset(
         name="cifar10",
         x_train=arrays["x_train"].transpose(0, 3, 1, 2),
@@ -202,21 +204,6 @@ def _read_cifar_official(path: Path) -> dict[str, np.ndarray]:
     xs, ys = zip(*(read(n) for n in names), strict=True)
     xt, yt = read("test_batch")
     return {"x_train": np.concatenate(xs), "y_train": np.concatenate(ys), "x_test": xt, "y_test": yt}
-
-
-def _download(url: str, data_dir: str | os.PathLike[str] | None, filename: str) -> Path:
-    target = data_dirs(data_dir)[0] / filename
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".part")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as fh:  # noqa: S310
-            while chunk := resp.read(1 << 20):
-                fh.write(chunk)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"download of {url} failed ({exc}); fetch it by hand into {target.parent}") from None
-    os.replace(tmp, target)
-    return target
 
 
 # --------------------------------------------------------------------------- femnist
@@ -339,16 +326,22 @@ def load_speech_commands(
     """
     pack = _find("speech-commands", ["speech-commands/speech-commands-spectrogram-jpeg.npz",
                                      "speech-commands-spectrogram-jpeg.npz"], data_dir)
-    if pack is None:
-        raise _missing("speech-commands", ["speech-commands/speech-commands-spectrogram-jpeg.npz"], data_dir,
+    converted = _find("speech-commands", ["speech-commands/speech-commands-spectrogram.npz"], data_dir)
+    if pack is None and converted is None:
+        raise _missing("speech-commands", ["speech-commands/speech-commands-spectrogram.npz"], data_dir,
                        "place the spectrogram pack there (see docs/datasets.md)")
+    if converted is not None:  # what `fedtitan data download` writes: uint8 log-mel images
+        raw = _load_npz(converted)
+        arrays = {"x": raw["x"], "y": raw["labels"], "speaker": raw["speaker"], "classes": raw["classes"]}
+    else:
+        assert pack is not None
 
-    def build() -> dict[str, np.ndarray]:
-        raw = _load_npz(pack)
-        return {"x": _decode_jpegs(raw["jpeg"], raw["offsets"], "L"), "y": raw["labels"],
-                "speaker": raw["speaker"], "classes": raw["classes"]}
+        def build() -> dict[str, np.ndarray]:
+            raw = _load_npz(pack)
+            return {"x": _decode_jpegs(raw["jpeg"], raw["offsets"], "L"), "y": raw["labels"],
+                    "speaker": raw["speaker"], "classes": raw["classes"]}
 
-    arrays = _cached("speech-commands", pack, build)
+        arrays = _cached("speech-commands", pack, build)
     held = _holdout_groups(arrays["speaker"], test_fraction, seed)
     x = arrays["x"][:, None]
     return Dataset(
