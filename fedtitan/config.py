@@ -22,7 +22,7 @@ class _Section(BaseModel):
 
 
 class RunSection(_Section):
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     rounds: int = Field(10, ge=1)
     pipeline: bool = False
     name: str = "run"

@@ -52,7 +52,7 @@ def test_npz_errors(tmp_path):
 def test_missing_dataset_message(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDTITAN_DATA", str(tmp_path))
     monkeypatch.setenv("HOME", str(tmp_path))
-    with pytest.raises(DataError, match="dataset 'cifar10' not found .*download=True"):
+    with pytest.raises(DataError, match="dataset 'cifar10' not found .*fedtitan data download cifar10"):
         load_dataset("cifar10", data_dir=tmp_path)
     with pytest.raises(DataError, match="unknown dataset"):
         load_dataset("imagenet")
