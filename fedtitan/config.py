@@ -158,6 +158,16 @@ class ComputeSection(_Section):
         return v
 
 
+class TrackingSection(_Section):
+    """An experiment tracker fed as rounds land (``fedtitan.results.tracking``)."""
+
+    backend: Literal["none", "mlflow", "tensorboard", "wandb"] = "none"
+    uri: str | None = None  # MLflow tracking URI; TensorBoard log root; W&B files folder
+    project: str = "fedtitan"  # MLflow experiment; W&B project
+    mode: Literal["offline", "online"] = "offline"  # W&B only
+    report: bool = True  # write the run's report.html at the end and log it
+
+
 class FaultSection(_Section):
     """Injected faults for testing robustness (fractions of client calls, seeded)."""
 
@@ -181,6 +191,7 @@ class Config(_Section):
     simulation: SimulationSection = SimulationSection()
     compute: ComputeSection = ComputeSection()
     faults: FaultSection = FaultSection()
+    tracking: TrackingSection = TrackingSection()
 
     @property
     def regime(self) -> str:
@@ -345,6 +356,9 @@ def _check_names(cfg: Config) -> None:
                    device_names(fleet_spec(cfg), cfg.run.seed, extra), cfg.fleet.trace)
     if cfg.data.partition == "shards" and cfg.data.classes_per_client < 1:
         raise ConfigError("config data.classes_per_client must be >= 1")
+    from fedtitan.results.tracking import check_backend
+
+    check_backend(cfg.tracking.backend, cfg.tracking.uri)
 
 
 def load_config(preset: str | None = "quickstart", overrides: list[str] | None = None) -> Config:

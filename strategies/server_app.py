@@ -18,6 +18,7 @@ run keeps its finished rounds.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import pandas as pd
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -41,6 +43,8 @@ from fedtitan.devices.catalog import CATALOG
 from fedtitan.errors import FedtitanError
 from fedtitan.paths import RESULTS_ROOT_ENV, inside_root
 from fedtitan.results import RunWriter
+from fedtitan.results.analysis import tier_costs
+from fedtitan.results.tracking import make_tracker
 from fedtitan.status import Status
 from fedtitan.training.client import build_global_model, dataset_for, partition_for
 from fedtitan.training.common import evaluate
@@ -138,6 +142,9 @@ class FleetServer:
         ids = eval_indices(cfg, len(ds.y_test))
         self.x_eval, self.y_eval = ds.tensor("test", ids).to(self.device), ds.labels("test", ids).to(self.device)
         self.nodes: list[int] = []
+        t = cfg.tracking
+        self.tracker = make_tracker(t.backend, t.uri, t.project, t.mode)
+        self.tracker.start(self.writer.dir, json.loads(self.cfg_json), self.writer.dir.name)
         self.partition_of: dict[int, int] = {}
         self.dynamics = fleet_dynamics(cfg)
         self.aggregator: Aggregator = make_aggregator(None, "fedavg")
@@ -255,6 +262,7 @@ class FleetServer:
             "aggregation_error": why if not updated else "",
         }
         self.writer.add_round(row, client_rows, fleet)
+        self.tracker.log_round(rnd, row)
         if self.progress is not None:
             self.progress(row)
         return row
@@ -292,7 +300,22 @@ class FleetServer:
         if self.cfg.run.save_model:
             self.writer.save_arrays("model.npz", self.global_state)
         self.writer.finish(summary)
+        self.finish_tracking(summary)
         return summary
+
+    def finish_tracking(self, summary: dict[str, Any]) -> None:
+        """The tracker's last entries: tier costs, the summary, the run's files and report."""
+        if self.cfg.tracking.backend == "none":
+            return
+        if self.cfg.tracking.report and self.writer.rounds:
+            try:
+                from fedtitan.results.report import build_report
+
+                build_report(self.writer.dir)
+            except Exception as exc:  # the report is a convenience; the run's files are the record
+                log.warning("tracking: no report.html for %s (%s)", self.writer.dir, exc)
+        clients = pd.DataFrame(self.writer.clients)
+        self.tracker.finish(self.writer.dir, summary, tier_costs(clients, []) if "device" in clients else pd.DataFrame())
 
 
 _ROW_FIRST = ("sim_time_s", "sim_energy_j", "num-examples", "partition_id", "device_id", "status")
