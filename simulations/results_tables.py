@@ -86,7 +86,11 @@ def sweep(root: Path, name: str) -> None:
         return
     by = [p for p in params if rounds[p].nunique() > 1]
     print(f"### {name}\n")
-    if "selection.method" in by:
+    if "server.strategy" in by:
+        strategies(root, name, rounds, by)
+    elif "server.policy" in by:
+        policies(root, name, rounds, clients, by)
+    elif "selection.method" in by:
         table, target = analysis.tta_table(rounds, by)
         print(f"target accuracy = {target:.4f} (random selection's final accuracy)\n")
         table = table.sort_values("final_acc_mean", ascending=False)
@@ -97,13 +101,15 @@ def sweep(root: Path, name: str) -> None:
         per_run = rounds.groupby("run_id")[by].first().assign(rounds_to_target=pd.Series(rtt))
         table = table.merge(per_run.groupby(by).rounds_to_target.mean().reset_index(), on=by, how="left")
         ok = clients[clients.status == "ok"]
-        phases = ok.groupby(by)[["sim_train_s", "sim_select_s", "sim_comm_s"]].mean().reset_index()
+        cols = ["sim_train_s", "sim_select_s", "sim_comm_s", *(["buffer_size"] if "buffer_size" in ok else [])]
+        phases = ok.groupby(by, dropna=False)[cols].mean().reset_index()
         table = table.merge(phases, on=by, how="left")
         table["final_acc"] = [_pm(m, c) for m, c in zip(table.final_acc_mean, table.final_acc_ci95, strict=True)]
         print(_md(table[[*by, "final_acc", "final_acc_sd", "runs", "tta_s", "energy_to_target_j", "reached",
                          "speedup_vs_rs"]]))
         print("\nper client round (simulated seconds, mean): where the time goes; rounds_to_target ignores cost\n")
-        print(_md(table[[*by, "rounds_to_target", "sim_train_s", "sim_select_s", "sim_comm_s"]]))
+        print(_md(table[[*by, "rounds_to_target", *cols]]))
+        print("\n" + analysis.verdict(table, by, target))
         if "titan" in set(table["selection.method"]):
             others = table[table["selection.method"] != "titan"]
             best = others.sort_values("tta_s").iloc[0]
@@ -141,10 +147,90 @@ def sweep(root: Path, name: str) -> None:
     print()
 
 
+def strategies(root: Path, name: str, rounds: pd.DataFrame, by: list[str]) -> None:
+    """Selector x aggregation strategy: final accuracy, and Titan's time to random selection's
+    final accuracy under the same strategy."""
+    from fedtitan.results import plots
+
+    final = analysis.final_accuracy(rounds, by)
+    final["acc"] = [_pm(m, c) for m, c in zip(final.final_acc_mean, final.final_acc_ci95, strict=True)]
+    wide = final.pivot(index="server.strategy", columns="selection.method", values="acc").reset_index()
+    print(f"final accuracy, mean ± 95% CI over {int(final.runs.max())} seed(s)\n")
+    print(_md(wide.astype(object).fillna("")))
+    rows = []
+    for strategy, r in rounds.groupby("server.strategy"):
+        table, target = analysis.tta_table(r, ["selection.method"])
+        for _, t in table.iterrows():
+            rows.append({"server.strategy": strategy, "selection.method": t["selection.method"], "target": target,
+                         "tta_s": t.tta_s, "reached": f"{int(t.reached)}/{int(t.runs)}",
+                         "speedup_vs_rs": t.speedup_vs_rs})
+    print("\ntime to random selection's final accuracy under the same strategy (virtual s, mean of runs that got there)\n")
+    print(_md(pd.DataFrame(rows)))
+    hue = rounds[by].astype(str).agg(" ".join, axis=1)
+    plots.accuracy_vs_time(rounds.assign(method=hue), "method").savefig(root / f"{name}-accuracy-vs-time.png", dpi=120)
+
+
+def policies(root: Path, name: str, rounds: pd.DataFrame, clients: pd.DataFrame, by: list[str]) -> None:
+    """Deadline policies on a living fleet: accuracy, virtual time, energy, who was left out."""
+    from fedtitan.results import plots
+
+    table, target = analysis.tta_table(rounds, by, baseline=("server.policy", "wait-all"))
+    last = rounds.sort_values("server_round").groupby("run_id").tail(1)
+    ends = last.groupby(by).agg(virtual_time_end_s=("virtual_time_s", "mean"), energy_end_j=("energy_cum_j", "mean"))
+    counts = clients.groupby(by).status.value_counts(normalize=True).unstack(fill_value=0.0)
+    table = table.merge(ends.reset_index(), on=by).merge(counts.add_prefix("share_").reset_index(), on=by)
+    table["final_acc"] = [_pm(m, c) for m, c in zip(table.final_acc_mean, table.final_acc_ci95, strict=True)]
+    share = [c for c in table.columns if c.startswith("share_")]
+    print(f"target accuracy = {target:.4f} (wait-all's final accuracy); shares are of sampled client rounds\n")
+    print(_md(table[[*by, "final_acc", "runs", "virtual_time_end_s", "energy_end_j", "tta_s", "speedup_vs_wait-all",
+                     *share]]))
+    print("\n" + analysis.verdict(table, by, target))
+    hue = rounds[by].astype(str).agg(" ".join, axis=1)
+    plots.accuracy_vs_time(rounds.assign(method=hue), "method", target=target).savefig(
+        root / f"{name}-accuracy-vs-time.png", dpi=120)
+
+
+def single_device_conditions(root: Path) -> None:
+    """Noisy streams and fluctuating idle compute (``single_device.py`` folders): final accuracy
+    per condition and method, and the simulated pipelined clock where it was kept."""
+    for name in ("single-device-noise", "single-device-idle"):
+        files = sorted((root / name).glob("**/curves.csv"))
+        if not files:
+            continue
+        frames = [pd.read_csv(f).assign(condition=f.parent.name if f.parent.name != name else "walk") for f in files]
+        df = pd.concat(frames)
+        last = df[df.step == df.step.max()]
+        agg = {"final_acc_mean": ("accuracy", "mean"), "final_acc_sd": ("accuracy", "std"), "seeds": ("seed", "nunique")}
+        agg |= {c: (c, "mean") for c in ("sim_time_s", "buffer_mean") if c in last.columns}
+        g = last.groupby(["condition", "method"]).agg(**agg).reset_index()
+        print(f"### {name}\n")
+        print(_md(g.sort_values(["condition", "final_acc_mean"], ascending=[True, False])))
+        print()
+
+
+def cis_variance(root: Path) -> None:
+    """``simulations.cis_variance``: C-IS's exact variance on logged buffers, per training phase."""
+    f = root / "cis-variance" / "buffers.csv"
+    if not f.exists():
+        return
+    df = pd.read_csv(f).dropna(subset=["cis"])
+    df["phase"] = pd.cut(df.step, bins=[-1, 99, 499, df.step.max()], labels=["steps 0-99", "100-499", "500-end"])
+    g = df.assign(**{f"{k}/uniform": df[k] / df.uniform for k in ("cis", "is", "uniform_no_replacement")}).groupby(
+        "phase", observed=True)[["cis/uniform", "is/uniform", "uniform_no_replacement/uniform"]].median()
+    print("### cis-variance\n\nmedian ratio of the batch gradient's total variance to uniform draws, per phase "
+          f"({len(df)} buffers, {df.seed.nunique()} seeds)\n")
+    print(_md(g.reset_index()))
+    print(f"\nC-IS below a uniform subset on {100 * (df.cis < df.uniform_no_replacement).mean():.0f}% of buffers\n")
+
+
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results")
     single_device(root)
-    for name in ("fl-titan-cifar10", "fl-titan-cifar10-150", "pruning-cifar10", "pruning-cifar10-longer", "har-selection", "har-pruning"):
+    single_device_conditions(root)
+    cis_variance(root)
+    for name in ("fl-titan-cifar10", "fl-titan-cifar10-150", "fl-titan-cifar10-full", "fl-strategies",
+                 "fl-idle-compute", "fl-diurnal-policies", "pruning-cifar10", "pruning-cifar10-longer",
+                 "pruning-cifar10-full", "har-selection", "har-pruning"):
         sweep(root, name)
 
 

@@ -37,6 +37,13 @@ def load_sweep(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]
     rounds, clients = [], []
     for run_dir, info in runs:
         keys = {k: info[k] for k in ["run_id", "seed", *params]}
+        missing = [k for k in params if pd.isna(keys[k])]
+        if missing and (run_dir / "config.json").exists():  # a grid key another call of the sweep did not vary
+            cfg = json.loads((run_dir / "config.json").read_text())
+            for k in missing:
+                section, _, name = k.partition(".")
+                value = cfg.get(section, {}).get(name)
+                keys[k] = value if value is None or isinstance(value, (str, int, float)) else str(value)
         r = pd.read_csv(run_dir / "rounds.csv").assign(**keys)
         rounds.append(r)
         if (run_dir / "clients.csv").exists():

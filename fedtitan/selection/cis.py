@@ -142,3 +142,42 @@ def is_draw(
     rows = rng.choice(n, size=batch_size, replace=True, p=p)
     w = 1.0 / (n * batch_size * p[rows]) if weighting else np.full(batch_size, 1.0 / batch_size)
     return rows, w
+
+
+def estimator_variances(labels: np.ndarray, norms: np.ndarray, gram: np.ndarray, batch_size: int) -> dict[str, float]:
+    """Exact total variance ``E||estimate - mean gradient||^2`` of one batch's gradient estimate
+    over a candidate set, from the Gram matrix alone, for four samplers of ``batch_size``:
+
+    * ``uniform``: i.i.d. uniform draws, weights 1/B;
+    * ``uniform_no_replacement``: a uniform subset (what random selection does), ``x (n-B)/(n-1)``;
+    * ``is``: plain importance sampling, ``P(i) ∝ n_i``;
+    * ``cis``: C-IS as :func:`cis_draw` draws (its class allocation, ``P_y``, weights).
+
+    For i.i.d. draws with weights ``1/(n B P(i))`` the variance is ``(1/B)(sum_i ||g_i||^2 /
+    (n^2 P(i)) - ||mean g||^2)``; C-IS adds that up per class with ``b_y`` draws and its class's
+    share of the mean. ``cis`` is NaN when the batch cannot cover every class (biased)."""
+    n = len(labels)
+    sq = np.diag(gram).astype(np.float64)
+    mean_sq = float(gram.sum()) / n**2
+    out = {"uniform": (sq.mean() - mean_sq) / batch_size}
+    out["uniform_no_replacement"] = out["uniform"] * (n - batch_size) / (n - 1) if n > 1 else 0.0
+    total = norms.sum()
+    p = norms / total if total > 0 else np.full(n, 1.0 / n)
+    out["is"] = (float(np.sum(sq[p > 0] / (n**2 * p[p > 0]))) - mean_sq) / batch_size
+    classes, imp = class_importance(labels, norms, gram)
+    counts = np.array([(labels == c).sum() for c in classes])
+    sizes = allocate(imp, counts, batch_size)
+    if (sizes == 0).any():
+        out["cis"] = float("nan")
+        return out
+    probs = intra_class_probs(labels, norms)
+    var = 0.0
+    for c, b in zip(classes, sizes, strict=True):
+        rows = np.flatnonzero(labels == c)
+        pr = probs[rows]
+        keep = pr > 0
+        second = float(np.sum(sq[rows][keep] / (n**2 * pr[keep])))
+        class_mean_sq = float(gram[np.ix_(rows, rows)].sum()) / n**2
+        var += (second - class_mean_sq) / b
+    out["cis"] = var
+    return out

@@ -90,3 +90,24 @@ def test_resume_refuses_runs_made_with_other_settings(tmp_path):
     with pytest.raises(ConfigError, match=r"other settings \(run.rounds: 2 -> 3\)"):
         sweep("quickstart", ["selection.method=rs"], 1, ["run.rounds=3"], tmp_path, quiet=True)
     assert not (tmp_path / "sweep.json").exists() and not (tmp_path / "index.csv").exists()  # folder untouched
+
+
+def test_load_sweep_fills_keys_another_call_did_not_vary(tmp_path):
+    """Two sweep calls into one folder (titan x buffer sizes, then rs): each run's missing grid
+    key comes from its config.json, so the methods stay apart in tables."""
+    import json
+
+    rows = []
+    for rid, method, buf in [("selection.buffer_size=auto__seed=0", "titan", "auto"),
+                             ("selection.method=rs__seed=0", "rs", None)]:
+        d = tmp_path / rid
+        d.mkdir()
+        pd.DataFrame({"server_round": [1], "accuracy": [0.5]}).to_csv(d / "rounds.csv", index=False)
+        (d / "config.json").write_text(json.dumps({"selection": {"method": method, "buffer_size": buf or 30}}))
+        rows.append({"run_id": rid, "selection.method": None if buf else method, "seed": 0, "status": "done",
+                     "path": rid, "selection.buffer_size": buf})
+    pd.DataFrame(rows).to_csv(tmp_path / "index.csv", index=False)
+    rounds, _, params = analysis.load_sweep(tmp_path)
+    got = rounds.set_index("run_id")[["selection.method", "selection.buffer_size"]].astype(str).to_dict("index")
+    assert got["selection.buffer_size=auto__seed=0"] == {"selection.method": "titan", "selection.buffer_size": "auto"}
+    assert got["selection.method=rs__seed=0"] == {"selection.method": "rs", "selection.buffer_size": "30"}

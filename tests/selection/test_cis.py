@@ -173,3 +173,31 @@ def test_weighting_off_gives_plain_mean():
     norms, gram = _norms_gram(g)
     d = cis_draw(labels, norms, gram, 6, np.random.default_rng(0), weighting=False)
     np.testing.assert_allclose(d.weights, np.full(6, 1 / 6))
+
+
+def test_exact_estimator_variances_match_monte_carlo():
+    """The closed forms used on logged buffers (docs/results.md) against sampling itself."""
+    from fedtitan.selection.cis import estimator_variances
+
+    rng = np.random.default_rng(7)
+    n, d, b = 30, 6, 10
+    labels = rng.integers(0, 4, n)
+    g = rng.normal(size=(n, d)) * rng.uniform(0.2, 3.0, size=(n, 1)) + labels[:, None] * 0.5
+    norms = np.linalg.norm(g, axis=1)
+    gram = g @ g.T
+    exact = estimator_variances(labels, norms, gram, b)
+    trials = 20000
+    mc = {
+        "cis": _total_variance(_batch_grads(lambda r: _cis_rows(labels, norms, gram, b, r), g, trials, 31)),
+        "is": _total_variance(_batch_grads(lambda r: is_draw(norms, b, r), g, trials, 32)),
+        "uniform": _total_variance(_batch_grads(lambda r: (r.choice(n, b), np.full(b, 1.0 / b)), g, trials, 33)),
+        "uniform_no_replacement": _total_variance(_batch_grads(_uniform(n, b), g, trials, 34)),
+    }
+    for key, value in mc.items():
+        assert abs(value / exact[key] - 1) < 0.06, (key, value, exact[key])
+    assert exact["cis"] < exact["uniform"]  # gradient-norm-proportional draws help on this set
+
+
+def _cis_rows(labels, norms, gram, b, rng):
+    draw = cis_draw(labels, norms, gram, b, rng)
+    return draw.rows, draw.weights
