@@ -46,6 +46,11 @@ class FleetPolicy:
     def target(self, available: int) -> int:
         return min(available, max(self.min_clients, int(round(self.fraction * available))))
 
+    def keep(self, available: int, population: int | None = None) -> int:
+        """How many replies a round aggregates: ``fraction`` of the fleet (``population``, or
+        the ``available`` devices), at least ``min_clients``, at most what is available."""
+        return min(available, self.target(population if population is not None else available))
+
     def sample(self, node_ids: list[int], server_round: int, population: int | None = None) -> list[int]:
         """Seeded by (seed, round) over ``node_ids`` in the given order (the server orders them
         by partition id, so a seed picks the same partitions in every run); first-k over-commits.
@@ -53,15 +58,17 @@ class FleetPolicy:
         ``population``: the fleet's size when ``node_ids`` are only the devices available now;
         the sample is then ``fraction`` of the fleet, or all that are available if fewer."""
         nodes = list(node_ids)
-        k = min(len(nodes), self.target(population if population is not None else len(nodes)))
+        k = self.keep(len(nodes), population)
         if self.policy == "first-k":
             k = min(len(nodes), math.ceil(k * (1.0 + self.over_commit)))
         rng = np.random.default_rng([self.seed, server_round, 0x5A3B1E])
         picks = np.sort(rng.choice(len(nodes), size=k, replace=False))  # indices: node ids can exceed int64
         return [nodes[int(i)] for i in picks]
 
-    def include(self, results: list[ClientResult], sampled: int) -> tuple[list[ClientResult], float]:
-        """Mark stragglers, return (included results, round duration on the virtual clock)."""
+    def include(self, results: list[ClientResult], keep: int) -> tuple[list[ClientResult], float]:
+        """Mark stragglers, return (included results, round duration on the virtual clock).
+        ``keep``: what :meth:`keep` gave at sampling (first-k aggregates the ``keep`` fastest
+        of its over-committed sample)."""
         trained = [r for r in results if r.trained]
         others = [r for r in results if not r.trained and r.status not in (Status.FAILED, Status.DROPPED)]
         waited = max([r.time_s for r in trained + others], default=0.0)
@@ -72,11 +79,10 @@ class FleetPolicy:
             included = [r for r in trained if r.status != Status.STRAGGLER]
             return included, (self.deadline_s if late else waited)
         if self.policy == "first-k":
-            k = self.target(round(sampled / (1.0 + self.over_commit)))
             ordered = sorted(trained, key=lambda r: (r.time_s, r.node_id))
-            for r in ordered[k:]:
+            for r in ordered[keep:]:
                 r.status = Status.STRAGGLER
-            included = ordered[:k]
+            included = ordered[:keep]
             return included, (included[-1].time_s if included else waited)
         return trained, waited
 

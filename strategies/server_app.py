@@ -142,6 +142,7 @@ class FleetServer:
         ids = eval_indices(cfg, len(ds.y_test))
         self.x_eval, self.y_eval = ds.tensor("test", ids).to(self.device), ds.labels("test", ids).to(self.device)
         self.nodes: list[int] = []
+        self.keep = 0  # how many replies this round aggregates (set when sampling)
         t = cfg.tracking
         self.tracker = make_tracker(t.backend, t.uri, t.project, t.mode)
         self.tracker.start(self.writer.dir, json.loads(self.cfg_json), self.writer.dir.name)
@@ -175,8 +176,10 @@ class FleetServer:
         """Among the devices available at the round's start (the fleet's dynamics and trace,
         on the virtual clock): unavailable devices are never sampled."""
         if self.dynamics.is_static:
+            self.keep = self.policy.keep(len(self.nodes))
             return self.policy.sample(self.nodes, rnd)
         up = [n for n in self.nodes if self.dynamics.factors(self.partition_of[n], self.virtual_s).available]
+        self.keep = self.policy.keep(len(up), len(self.nodes))
         return self.policy.sample(up, rnd, population=len(self.nodes))
 
     def broadcast(self, rnd: int, sampled: list[int]) -> list[Message]:
@@ -191,7 +194,7 @@ class FleetServer:
                 for n in sampled]
 
     def include(self, results: list[ClientResult], sampled: list[int]) -> tuple[list[ClientResult], float]:
-        return self.policy.include(results, len(sampled))
+        return self.policy.include(results, self.keep)
 
     def aggregate(self, rnd: int, included: list[ClientResult]) -> tuple[bool, str]:
         """Update the global model from the included replies; (updated, why not)."""
