@@ -40,6 +40,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         data = path.read_bytes()
         start = 0
         rng = self.headers.get("Range")
+        self.server.requests.append((path.name, rng))  # type: ignore[attr-defined]  # before the body: the client may finish first
         if rng and self.server.ranges:  # type: ignore[attr-defined]
             start = int(rng.split("=")[1].split("-")[0])
             self.send_response(206)
@@ -51,7 +52,6 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self.end_headers()
         cut = self.server.cut.pop(path.name, None)  # type: ignore[attr-defined]
         self.wfile.write(body[:cut] if cut else body)
-        self.server.requests.append((path.name, rng))  # type: ignore[attr-defined]
 
 
 @pytest.fixture
