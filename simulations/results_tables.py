@@ -117,9 +117,7 @@ def sweep(root: Path, name: str) -> None:
             print(f"\ntitan: {100 * (t.final_acc_mean - others.final_acc_mean.max()):+.2f} points vs the best other "
                   f"final accuracy; time to target {best.tta_s / t.tta_s:.2f}x the fastest other method "
                   f"({best['selection.method']})")
-        hue = rounds[by].astype(str).agg(" ".join, axis=1)
-        fig = plots.accuracy_vs_time(rounds.assign(method=hue), "method", target=target)
-        fig.savefig(root / f"{name}-accuracy-vs-time.png", dpi=120)
+        _curves(root, name, rounds, by, target)
     else:
         pruning = {"pruning.method", "pruning.ratio"} <= set(rounds.columns)
         final = analysis.final_accuracy(rounds, ["pruning.method", "pruning.ratio"] if pruning else by)
@@ -147,10 +145,18 @@ def sweep(root: Path, name: str) -> None:
     print()
 
 
+def _curves(root: Path, name: str, rounds: pd.DataFrame, by: list[str], target: float | None = None) -> None:
+    """``NAME-accuracy-vs-time.png``: one curve per group (seeds averaged per evaluated round)."""
+    from fedtitan.results import plots
+
+    hue = rounds[by].astype(str).agg(" ".join, axis=1)
+    plots.accuracy_vs_time(rounds.assign(method=hue), "method", target=target).savefig(
+        root / f"{name}-accuracy-vs-time.png", dpi=120)
+
+
 def strategies(root: Path, name: str, rounds: pd.DataFrame, by: list[str]) -> None:
     """Selector x aggregation strategy: final accuracy, and Titan's time to random selection's
     final accuracy under the same strategy."""
-    from fedtitan.results import plots
 
     final = analysis.final_accuracy(rounds, by)
     final["acc"] = [_pm(m, c) for m, c in zip(final.final_acc_mean, final.final_acc_ci95, strict=True)]
@@ -166,13 +172,11 @@ def strategies(root: Path, name: str, rounds: pd.DataFrame, by: list[str]) -> No
                          "speedup_vs_rs": t.speedup_vs_rs})
     print("\ntime to random selection's final accuracy under the same strategy (virtual s, mean of runs that got there)\n")
     print(_md(pd.DataFrame(rows)))
-    hue = rounds[by].astype(str).agg(" ".join, axis=1)
-    plots.accuracy_vs_time(rounds.assign(method=hue), "method").savefig(root / f"{name}-accuracy-vs-time.png", dpi=120)
+    _curves(root, name, rounds, by)
 
 
 def policies(root: Path, name: str, rounds: pd.DataFrame, clients: pd.DataFrame, by: list[str]) -> None:
     """Deadline policies on a living fleet: accuracy, virtual time, energy, who was left out."""
-    from fedtitan.results import plots
 
     table, target = analysis.tta_table(rounds, by, baseline=("server.policy", "wait-all"))
     last = rounds.sort_values("server_round").groupby("run_id").tail(1)
@@ -185,9 +189,7 @@ def policies(root: Path, name: str, rounds: pd.DataFrame, clients: pd.DataFrame,
     print(_md(table[[*by, "final_acc", "runs", "virtual_time_end_s", "energy_end_j", "tta_s", "speedup_vs_wait-all",
                      *share]]))
     print("\n" + analysis.verdict(table, by, target))
-    hue = rounds[by].astype(str).agg(" ".join, axis=1)
-    plots.accuracy_vs_time(rounds.assign(method=hue), "method", target=target).savefig(
-        root / f"{name}-accuracy-vs-time.png", dpi=120)
+    _curves(root, name, rounds, by, target)
 
 
 def single_device_conditions(root: Path) -> None:

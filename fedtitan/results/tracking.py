@@ -22,6 +22,8 @@ import json
 import logging
 import math
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +90,7 @@ class Tracker:
     def __init__(self) -> None:
         self.alive = True
 
-    def _guard(self, what: str, fn: Any, *args: Any) -> None:
+    def _guard(self, what: str, fn: Callable[..., None], *args: Any) -> None:
         if not self.alive:
             return
         try:
@@ -122,8 +124,9 @@ def _tier_metrics(tiers: pd.DataFrame) -> dict[str, float]:
     for _, r in tiers.iterrows():
         for col in ("client_rounds", "time_s_mean", "energy_j_mean", "energy_j_total"):
             value = float(r[col])
+            device = r["device"] if isinstance(r["device"], str) and r["device"] else "unknown"
             if math.isfinite(value):
-                out[f"tier/{r['device'] or 'unknown'}/{col}"] = value
+                out[f"tier/{device}/{col}"] = value
     return out
 
 
@@ -166,16 +169,12 @@ class MlflowTracker(Tracker):
             self.client.log_batch(self.run_id, params=params[i:i + 100])
 
     def _log_round(self, step: int, metrics: dict[str, float]) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
 
     def _finish(self, run_dir: Path, summary: dict[str, Any], tiers: pd.DataFrame) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -218,7 +217,7 @@ class TensorboardTracker(Tracker):
         for key, value in _tier_metrics(tiers).items():
             self.writer.add_scalar(key, value, step)
         if not tiers.empty:
-            self.writer.add_text("tiers", tiers.to_markdown(index=False) if _has_tabulate() else tiers.to_string(), step)
+            self.writer.add_text("tiers", "```\n" + tiers.to_string(index=False) + "\n```", step)
         self.writer.add_text("summary", "```\n" + json.dumps(summary, indent=2, default=str) + "\n```", step)
         report = run_dir / "report.html"
         if report.is_file():
@@ -226,10 +225,6 @@ class TensorboardTracker(Tracker):
         hparams = {k: v for k, v in self.config.items() if isinstance(v, (bool, int, float, str))}
         self.writer.add_hparams(hparams, {f"final/{k}": v for k, v in _scalars(summary).items()}, run_name=".")
         self.writer.close()
-
-
-def _has_tabulate() -> bool:
-    return importlib.util.find_spec("tabulate") is not None
 
 
 class WandbTracker(Tracker):
