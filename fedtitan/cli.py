@@ -22,6 +22,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     summary = run(cfg, out, ray_address=args.ray_address, quiet=args.quiet)
     _print_summary(out, summary)
+    if summary.get("failed"):
+        print(f"fedtitan: run failed: {summary['failed']}; its rounds are in {out}", file=sys.stderr)
+        return 1
     if summary.get("interrupted"):
         print(f"fedtitan: interrupted after {summary['rounds']} rounds; they are in {out}", file=sys.stderr)
         return _interrupted_status()

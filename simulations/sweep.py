@@ -109,6 +109,14 @@ def _write_index(root: Path, specs: list[RunSpec], status: dict[str, str], walls
     atomic_write_text(root / "index.csv", pd.DataFrame(rows).to_csv(index=False))
 
 
+def _done(run_dir: Path) -> bool:
+    """A finished run that measured something (a run where no round updated the model is redone)."""
+    try:
+        return not json.loads((run_dir / "summary.json").read_text()).get("failed")
+    except (OSError, ValueError):
+        return False
+
+
 def sweep(preset: str, grid_items: list[str], seeds: int, overrides: list[str], out: str | Path,
           ray_address: str | None = None, quiet: bool = False) -> tuple[Path, list[RunSpec]]:
     """Run (or resume) a sweep; returns its folder and run list."""
@@ -120,7 +128,7 @@ def sweep(preset: str, grid_items: list[str], seeds: int, overrides: list[str], 
     for cfg in configs.values():
         check_strategy(cfg)
     root = prepare_dir(out)
-    status = {s.run_id: "done" if (root / s.run_id / "summary.json").exists() else "pending" for s in specs}
+    status = {s.run_id: "done" if _done(root / s.run_id) else "pending" for s in specs}
     for s in specs:  # before anything in the folder changes
         if status[s.run_id] == "done":
             _check_same_settings(root / s.run_id, configs[s.run_id])
@@ -143,7 +151,7 @@ def sweep(preset: str, grid_items: list[str], seeds: int, overrides: list[str], 
                  if pd.notna(r.get("wall_s")) and status.get(str(r["run_id"]), "done") == "done"}
         mine = {s.run_id for s in specs}
         for _, r in prev.iterrows():
-            if r["run_id"] not in mine and (root / str(r["run_id"]) / "summary.json").exists():
+            if r["run_id"] not in mine and _done(root / str(r["run_id"])):
                 params = {k: str(r[k]) for k in prev.columns if k not in ("run_id", "seed", "status", "path", "wall_s")
                           and pd.notna(r[k])}
                 extra.append(RunSpec(str(r["run_id"]), params, int(r["seed"]), ()))
@@ -165,7 +173,14 @@ def sweep(preset: str, grid_items: list[str], seeds: int, overrides: list[str], 
             if target.exists():
                 shutil.rmtree(target)
             partial.rename(target)
-            status[spec.run_id] = "done"
+            summary = json.loads((target / "summary.json").read_text())
+            status[spec.run_id] = "failed" if summary.get("failed") else "done"
+            if summary.get("failed"):
+                prog.console.print(f"sweep: {spec.run_id} failed ({summary['failed']}); "
+                                   "it is redone when the sweep is run again", markup=False)
+            elif summary.get("client_rounds_failed"):
+                prog.console.print(f"sweep: {spec.run_id}: {summary['client_rounds_failed']} client rounds failed "
+                                   f"(first: {summary.get('first_client_error', '')}); see its clients.csv", markup=False)
             walls[spec.run_id] = wall_s
             _write_index(root, all_specs, status, walls)
             prog.update(task, advance=1)

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -93,12 +94,22 @@ def ask_partition_ids(grid: Grid, n: int, timeout_s: float) -> dict[int, int]:
     return {node: int(v) for node, v in _ask(grid, nodes, content, "query", "partition_id", timeout_s).items()}
 
 
+def error_gist(error: str) -> str:
+    """The line of a client's error a person needs: Flower's ``Message: ...`` of the client's
+    own exception when there is one (Ray wraps it in lines of actor ids), else the first line."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", error).splitlines() if ln.strip()]
+    for ln in lines:
+        if "Message: " in ln:
+            return ln.split("Message: ", 1)[1][:300]
+    return lines[0][:300] if lines else ""
+
+
 def parse_reply(reply: Message, node_id: int) -> ClientResult:
     """A reply (or its error) as the policy sees it; non-finite weights are marked."""
     if reply.has_error():
         reason = str(reply.error.reason)
         dropped = "InjectedDrop" in reason or "dropped mid-round" in reason
-        return ClientResult(node_id, Status.DROPPED if dropped else Status.FAILED, error=reason[:500])
+        return ClientResult(node_id, Status.DROPPED if dropped else Status.FAILED, error=error_gist(reason))
     metrics_rec = reply.content["metrics"]
     assert isinstance(metrics_rec, MetricRecord)
     metrics = {k: float(v) for k, v in metrics_rec.items() if isinstance(v, int | float)}
@@ -299,12 +310,28 @@ class FleetServer:
                 break
         summary = {"rounds": len(self.writer.rounds), "final_accuracy": acc, "final_loss": loss,
                    "virtual_time_s": self.virtual_s, "energy_j": self.energy_cum,
-                   "wall_s": time.perf_counter() - t_start, "target_reached_round": reached, "interrupted": interrupted}
+                   "wall_s": time.perf_counter() - t_start, "target_reached_round": reached, "interrupted": interrupted,
+                   **self.failures()}
         if self.cfg.run.save_model:
             self.writer.save_arrays("model.npz", self.global_state)
         self.writer.finish(summary)
         self.finish_tracking(summary)
         return summary
+
+    def failures(self) -> dict[str, Any]:
+        """How many client rounds failed, and ``failed`` (the reason) when no round updated the
+        global model at all: such a run measured nothing, and a sweep redoes it."""
+        failed = sum(int(r["clients_failed"]) for r in self.writer.rounds)
+        out: dict[str, Any] = {"client_rounds_failed": failed}
+        errors = [str(c["error"]) for c in self.writer.clients if c.get("error")]
+        if errors:
+            out["first_client_error"] = errors[0]
+        if self.writer.rounds and not any(r["updated"] for r in self.writer.rounds) and not STOP.is_set():
+            why = next((str(r["aggregation_error"]) for r in self.writer.rounds if r["aggregation_error"]), "")
+            out["failed"] = f"no round updated the global model ({why})" + (
+                f"; first client error: {out['first_client_error']}" if errors else "")
+            log.error("run failed: %s", out["failed"])
+        return out
 
     def finish_tracking(self, summary: dict[str, Any]) -> None:
         """The tracker's last entries: tier costs, the summary, the run's files and report."""

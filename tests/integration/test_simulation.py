@@ -87,6 +87,17 @@ def test_failing_client_is_recorded_and_round_completes(tmp_path):
     assert not clients[clients.status == "nonfinite"].included.any()
 
 
+def test_a_run_where_every_client_fails_is_a_failed_run(tmp_path, capsys):
+    """Every client raising (here injected; in the wild e.g. Ray's out-of-memory killer) leaves
+    a run that measured nothing: exit 1 with the first client error, summary.json says so."""
+    sets = sum((["--set", o] for o in [*BASE, "run.rounds=1", "faults.exception=1.0"]), [])
+    assert cli_main(["run", "--quiet", "--out", str(tmp_path), *sets]) == 1
+    err = capsys.readouterr().err
+    assert "run failed: no round updated the global model" in err and "first client error" in err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["client_rounds_failed"] == 3 and "injected" in summary["first_client_error"].lower()
+
+
 def test_cli_run_and_bad_input(tmp_path, capsys):
     assert cli_main(["run", "--quiet", "--out", str(tmp_path), *sum((["--set", o] for o in BASE), [])]) == 0
     assert (tmp_path / "rounds.csv").exists()

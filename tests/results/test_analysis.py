@@ -111,3 +111,17 @@ def test_load_sweep_fills_keys_another_call_did_not_vary(tmp_path):
     got = rounds.set_index("run_id")[["selection.method", "selection.buffer_size"]].astype(str).to_dict("index")
     assert got["selection.buffer_size=auto__seed=0"] == {"selection.method": "titan", "selection.buffer_size": "auto"}
     assert got["selection.method=rs__seed=0"] == {"selection.method": "rs", "selection.buffer_size": "30"}
+
+
+def test_sweep_redoes_failed_runs(tmp_path):
+    """A run whose summary says it failed (no round updated the model) is not done."""
+    import json
+
+    from simulations.sweep import _done
+
+    for name, summary in [("ok", {"rounds": 2}), ("bad", {"rounds": 2, "failed": "no round updated the global model"})]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "summary.json").write_text("{")
+    assert [_done(tmp_path / n) for n in ("ok", "bad", "torn", "absent")] == [True, False, False, False]

@@ -41,3 +41,13 @@ def test_deadline_and_wait_all():
     assert [r.node_id for r in included] == [0, 2] and round_s == 1.2 and results[1].status == Status.STRAGGLER
     included, round_s = FleetPolicy(0.2, 1, "wait-all").include(_replies([0.5, 2.0, 1.0]), 3)
     assert len(included) == 3 and round_s == 2.0
+
+
+def test_error_gist_finds_the_clients_own_message():
+    from strategies.server_app import error_gist
+
+    ray = ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::ClientAppActor.run()\x1b[39m (pid=1)\n"
+           "  Traceback ...\nException ClientAppException occurred. Message: injected client failure (partition 1)\n")
+    assert error_gist(ray) == "injected client failure (partition 1)"
+    oom = "<class 'ray.exceptions.OutOfMemoryError'>:<'1 worker(s) were killed due to the node running low on memory.\nmore"
+    assert error_gist(oom).endswith("running low on memory.") and error_gist("") == ""
