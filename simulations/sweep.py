@@ -67,6 +67,7 @@ def _flat(d: dict[str, object], prefix: str = "") -> dict[str, object]:
 
 # Settings that do not change what a run computes: a sweep may be resumed with them changed.
 _RESUME_MAY_CHANGE = frozenset({"data.data_dir"})
+_RESUME_MAY_CHANGE_SECTIONS = ("tracking.",)
 
 
 def _check_same_settings(run_dir: Path, cfg: Config) -> None:
@@ -75,9 +76,12 @@ def _check_same_settings(run_dir: Path, cfg: Config) -> None:
         stored = _flat(json.loads((run_dir / "config.json").read_text()))
     except (OSError, ValueError):
         return  # no readable config: nothing to compare (older runs)
+    # a key newer than the run was made with its default (new keys default to the old behaviour)
+    stored = {**_flat(json.loads(Config().to_json())), **stored}
     now = _flat(json.loads(cfg.to_json()))
     diff = [f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(stored) | set(now))
-            if k not in _RESUME_MAY_CHANGE and stored.get(k) != now.get(k)]
+            if k not in _RESUME_MAY_CHANGE and not k.startswith(_RESUME_MAY_CHANGE_SECTIONS)
+            and stored.get(k) != now.get(k)]
     if diff:
         shown = "; ".join(diff[:3]) + (f" (+{len(diff) - 3} more)" if len(diff) > 3 else "")
         raise ConfigError(f"{run_dir} was made with other settings ({shown}); resume with the same --set "

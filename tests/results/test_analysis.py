@@ -92,6 +92,25 @@ def test_resume_refuses_runs_made_with_other_settings(tmp_path):
     assert not (tmp_path / "sweep.json").exists() and not (tmp_path / "index.csv").exists()  # folder untouched
 
 
+def test_resume_accepts_runs_older_than_new_keys_and_other_tracking(tmp_path):
+    """A run made before a config key existed was made with its default; trackers do not
+    change what a run computes."""
+    import json
+
+    from fedtitan.config import load_config
+    from simulations.sweep import sweep
+
+    d = tmp_path / "selection.method=rs__seed=0"
+    d.mkdir()
+    old = json.loads(load_config("quickstart", ["run.rounds=2", "selection.method=rs"]).to_json())
+    del old["tracking"], old["compute"]  # sections added by later versions
+    (d / "config.json").write_text(json.dumps(old))
+    (d / "summary.json").write_text("{}")
+    sweep("quickstart", ["selection.method=rs"], 1, ["run.rounds=2", "tracking.backend=tensorboard"], tmp_path,
+          quiet=True)
+    assert "done" in (tmp_path / "index.csv").read_text()
+
+
 def test_load_sweep_fills_keys_another_call_did_not_vary(tmp_path):
     """Two sweep calls into one folder (titan x buffer sizes, then rs): each run's missing grid
     key comes from its config.json, so the methods stay apart in tables."""
