@@ -156,7 +156,8 @@ class FleetServer:
         self.keep = 0  # how many replies this round aggregates (set when sampling)
         t = cfg.tracking
         self.tracker = make_tracker(t.backend, t.uri, t.project, t.mode)
-        self.tracker.start(self.writer.dir, json.loads(self.cfg_json), self.writer.dir.name)
+        # a sweep's run is written in .partial-RUN_ID and renamed when it has finished
+        self.tracker.start(self.writer.dir, json.loads(self.cfg_json), self.writer.dir.name.removeprefix(".partial-"))
         self.partition_of: dict[int, int] = {}
         self.dynamics = fleet_dynamics(cfg)
         self.aggregator: Aggregator = make_aggregator(None, "fedavg")

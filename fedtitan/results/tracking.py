@@ -162,7 +162,8 @@ class MlflowTracker(Tracker):
         exp = self.client.get_experiment_by_name(self.project)
         exp_id = (exp.experiment_id if exp is not None
                   else self.client.create_experiment(self.project, artifact_location=artifacts))
-        run = self.client.create_run(exp_id, run_name=run_name, tags={"fedtitan.run_dir": str(run_dir.resolve())})
+        run = self.client.create_run(exp_id, run_name=run_name,
+                                     tags={"fedtitan.run_dir": str(run_dir.resolve().parent / run_name)})
         self.run_id = run.info.run_id
         params = [Param(k, str(v)[:6000]) for k, v in flatten(config).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params a batch

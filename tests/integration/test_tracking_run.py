@@ -37,3 +37,17 @@ def test_quickstart_logs_to_tracker(backend, tmp_path, monkeypatch):
     else:
         assert glob.glob(str(out / "wandb" / "offline-run-*" / "run-*.wandb"))
         assert not glob.glob(str(out / "wandb" / "offline-run-*" / "logs" / "*error*"))
+
+
+def test_sweep_runs_are_tracked_under_their_run_ids(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from simulations.sweep import sweep
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sweep("quickstart", ["selection.method=rs"], 1, ["run.rounds=1", "tracking.backend=mlflow", "tracking.report=false"],
+          tmp_path / "sw", quiet=True)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'sw' / 'mlflow.db'}")  # one database per sweep
+    (r,) = client.search_runs([client.get_experiment_by_name("fedtitan").experiment_id])
+    assert r.info.run_name == "selection.method=rs__seed=0"  # not the .partial- folder it was written in
+    assert r.data.tags["fedtitan.run_dir"] == str((tmp_path / "sw" / "selection.method=rs__seed=0").resolve())
