@@ -175,8 +175,8 @@ def main() -> None:
             if (m, seed) in done:
                 continue
             rows += run_one(ds, m, seed, args, eval_x, eval_y)
-            done = len({(r["method"], r["seed"]) for r in rows})
-            print(f"[{done}/{len(methods) * args.seeds}] {m} seed {seed}: acc {rows[-1]['accuracy']:.3f} "
+            finished_pairs = len({(r["method"], r["seed"]) for r in rows})
+            print(f"[{finished_pairs}/{len(methods) * args.seeds}] {m} seed {seed}: acc {rows[-1]['accuracy']:.3f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
             pd.DataFrame(rows).to_csv(out / "curves.csv", index=False)
     df = pd.DataFrame(rows)
