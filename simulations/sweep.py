@@ -76,8 +76,10 @@ def _check_same_settings(run_dir: Path, cfg: Config) -> None:
         stored = _flat(json.loads((run_dir / "config.json").read_text()))
     except (OSError, ValueError):
         return  # no readable config: nothing to compare (older runs)
-    # a key newer than the run was made with its default (new keys default to the old behaviour)
-    stored = {**_flat(json.loads(Config().to_json())), **stored}
+    # a setting newer than the run was made with its default (new keys default to the old
+    # behaviour); compared per setting (section.key), so a dict-valued one is not merged
+    have = {".".join(k.split(".")[:2]) for k in stored}
+    stored |= {k: v for k, v in _flat(json.loads(Config().to_json())).items() if ".".join(k.split(".")[:2]) not in have}
     now = _flat(json.loads(cfg.to_json()))
     diff = [f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(stored) | set(now))
             if k not in _RESUME_MAY_CHANGE and not k.startswith(_RESUME_MAY_CHANGE_SECTIONS)
