@@ -78,8 +78,11 @@ def _check_same_settings(run_dir: Path, cfg: Config) -> None:
         return  # no readable config: nothing to compare (older runs)
     # a setting newer than the run was made with its default (new keys default to the old
     # behaviour); compared per setting (section.key), so a dict-valued one is not merged
-    have = {".".join(k.split(".")[:2]) for k in stored}
-    stored |= {k: v for k, v in _flat(json.loads(Config().to_json())).items() if ".".join(k.split(".")[:2]) not in have}
+    def setting(key: str) -> str:
+        return ".".join(key.split(".")[:2])
+
+    have = {setting(k) for k in stored}
+    stored |= {k: v for k, v in _flat(json.loads(Config().to_json())).items() if setting(k) not in have}
     now = _flat(json.loads(cfg.to_json()))
     diff = [f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(stored) | set(now))
             if k not in _RESUME_MAY_CHANGE and not k.startswith(_RESUME_MAY_CHANGE_SECTIONS)
