@@ -71,6 +71,12 @@ def _pm(mean: float, ci: float) -> str:
     return f"{mean:.3f}" if pd.isna(ci) else f"{mean:.3f} ± {ci:.3f}"
 
 
+def _seeds(final: pd.DataFrame) -> str:
+    """How many seeds the cells of a final-accuracy table average (a sweep under way has fewer in some)."""
+    lo, hi = int(final.runs.min()), int(final.runs.max())
+    return f"{hi} seed(s)" if lo == hi else f"{lo}–{hi} seeds (no ± where one)"
+
+
 def sweep(root: Path, name: str) -> None:
     """Tables (printed) and figures (``NAME-*.png`` next to the folder) of one sweep."""
     from fedtitan.results import plots
@@ -127,8 +133,7 @@ def sweep(root: Path, name: str) -> None:
             gap = pruning_gap(final)
             wide = wide.merge(gap.assign(gap_points=(gap.gap * 100).round(1)).drop(columns="gap"),
                               on="pruning.ratio", how="left")
-            runs = int(final.runs.max())
-            print(f"final accuracy, mean ± 95% CI over {runs} seed(s); gap = warm-up-loss minus random, points\n")
+            print(f"final accuracy, mean ± 95% CI over {_seeds(final)}; gap = warm-up-loss minus random, points\n")
             print(_md(wide.astype(object).fillna("")))
             plots.accuracy_vs_ratio(final).savefig(root / f"{name}-accuracy-vs-rho.png", dpi=120)
         else:
@@ -138,8 +143,11 @@ def sweep(root: Path, name: str) -> None:
             print()
             print(_md(fits))
             if "seed" in clients.columns and clients.seed.nunique() > 1:  # seeds differ in partitions
-                r2 = [analysis.cost_vs_ratio(g).r2.min() for _, g in clients.groupby("seed")]
-                print(f"\nfitted per seed (one partition each): lowest R^2 = {min(r2):.4f}")
+                per_seed = [analysis.cost_vs_ratio(g) for _, g in clients.groupby("seed")]
+                r2 = [f.r2.min() for f in per_seed if len(f)]  # a seed with one ratio so far has no fit
+                if r2:
+                    print(f"\nfitted per seed (one partition each, {len(r2)} with two ratios or more): "
+                          f"lowest R^2 = {min(r2):.4f}")
             per_run = analysis.cost_per_run(clients)
             plots.cost_vs_ratio(per_run, fits).savefig(root / f"{name}-cost-vs-rho.png", dpi=120)
     print()
@@ -161,7 +169,7 @@ def strategies(root: Path, name: str, rounds: pd.DataFrame, by: list[str]) -> No
     final = analysis.final_accuracy(rounds, by)
     final["acc"] = [_pm(m, c) for m, c in zip(final.final_acc_mean, final.final_acc_ci95, strict=True)]
     wide = final.pivot(index="server.strategy", columns="selection.method", values="acc").reset_index()
-    print(f"final accuracy, mean ± 95% CI over {int(final.runs.max())} seed(s)\n")
+    print(f"final accuracy, mean ± 95% CI over {_seeds(final)}\n")
     print(_md(wide.astype(object).fillna("")))
     rows = []
     for strategy, r in rounds.groupby("server.strategy"):

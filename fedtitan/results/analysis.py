@@ -137,9 +137,15 @@ def verdict(tta: pd.DataFrame, by: list[str], target: float) -> str:
     if got.empty:
         return f"No configuration reached the target accuracy {target:.3f} within the rounds run."
     first = got.iloc[0]
-    runs = int(first.get("runs", first.get("reached", 1)) or 1)
+
+    def runs(row: pd.Series) -> int:
+        return int(row.get("runs", row.get("reached", 1)) or 1)
+
+    reached = int(first.reached)
+    of = (f"mean of {reached} run{'s' if reached != 1 else ''}" if reached >= runs(first)
+          else f"mean of the {reached} of {runs(first)} runs that reached it")
     head = (f"{name(first)} reached the target accuracy {target:.3f} first, after {first.tta_s:.0f} s of virtual "
-            f"time (mean of {int(first.reached)} run{'s' if first.reached != 1 else ''})")
+            f"time ({of})")
     if len(got) == 1:
         missed = ", ".join(name(r) for _, r in tta[tta.tta_s.isna()].iterrows())
         return head + (f"; {missed} did not reach it." if missed else ".")
@@ -147,7 +153,10 @@ def verdict(tta: pd.DataFrame, by: list[str], target: float) -> str:
     diff = second.tta_s - first.tta_s
     head += f", {second.tta_s / first.tta_s:.2f}x sooner than {name(second)} ({second.tta_s:.0f} s)"
     spreads = [v for v in (first.get("tta_sd"), second.get("tta_sd")) if v is not None and not pd.isna(v)]
-    if runs < 2 or len(spreads) < 2:
+    if len(spreads) < 2 and min(runs(first), runs(second)) >= 2:  # seeds enough, but some runs never got there
+        return head + ("; not every run reached the target, so these times average only the runs that did and "
+                       "have no seed-to-seed spread to compare: read the final accuracies too.")
+    if runs(first) < 2 or len(spreads) < 2:
         return head + ("; with one seed per configuration there is no estimate of the seed-to-seed spread, so this "
                        "difference may be chance (run more seeds with --seeds 3).")
     spread = max(spreads)

@@ -83,3 +83,29 @@ def test_verdict_reads_the_table_honestly():
     assert verdict(nobody, by, 0.5).startswith("No configuration reached the target accuracy 0.500")
     only = one_seed.assign(tta_s=[100.0, float("nan")])
     assert verdict(only, by, 0.5).endswith("; rs did not reach it.")
+
+
+def test_verdict_when_only_some_runs_reach_the_target():
+    from fedtitan.results.analysis import verdict
+
+    by = ["selection.method"]
+    tta = pd.DataFrame({"selection.method": ["titan", "rs"], "tta_s": [90.0, 100.0], "tta_sd": [None, 4.0],
+                        "reached": [1, 2], "runs": [2, 2]})
+    v = verdict(tta, by, 0.5)
+    assert "(mean of the 1 of 2 runs that reached it)" in v and "not every run reached the target" in v
+    assert "one seed" not in v  # two seeds each: the missing spread is a run that never got there
+
+
+def test_results_tables_on_a_pruning_sweep_under_way(tmp_path, capsys):
+    from simulations import results_tables
+
+    sweep = tmp_path / "pruning-cifar10-full"
+    _fake_sweep(sweep)
+    index = pd.read_csv(sweep / "index.csv")
+    index = index[(index.seed == 0) | (index["pruning.ratio"] == 0.1)]  # seed 1 has only rho = 0.1 so far
+    index.to_csv(sweep / "index.csv", index=False)
+    results_tables.sweep(tmp_path, "pruning-cifar10-full")
+    out = capsys.readouterr().out
+    assert "mean ± 95% CI over 1–2 seeds (no ± where one)" in out
+    assert "fitted per seed (one partition each, 1 with two ratios or more)" in out
+    assert (tmp_path / "pruning-cifar10-full-accuracy-vs-rho.png").exists()
