@@ -83,6 +83,7 @@ for section in $SECTIONS; do
         --quiet --no-report --set run.rounds=300 --set server.eval_every=10 --set server.eval_samples=2000 \
         --set "data.data_dir=$DATA" --out "$OUT/fl-titan-cifar10-full"
     done
+    fedtitan report "$OUT/fl-titan-cifar10-full"   # report.html + report-tables.json
     ;;
   pruning-full)
     # 2 (paper scale). Pruning: 15 devices, Dirichlet 0.5 over the full CIFAR-10 training set, small
@@ -97,6 +98,7 @@ for section in $SECTIONS; do
         --quiet --no-report --set run.rounds=40 --set server.eval_every=2 --set server.eval_samples=2000 \
         --set "data.data_dir=$DATA" --out "$OUT/pruning-cifar10-full"
     done
+    fedtitan report "$OUT/pruning-cifar10-full"
     ;;
   strategies)
     # Titan and random selection under FedAvg, FedProx (mu 0.01) and FedAdam (server lr 0.01), at
