@@ -3,9 +3,9 @@
 # Usage: bash simulations/reproduce.sh [DATA_DIR] [OUT_DIR] [SECTIONS]
 #   SECTIONS: any of "har pruning fl long pruning-long" (the scaled studies, about 1.5 h on 2 cores;
 #   the default), "strategies dynamics noise idle" (about 4 h) and "fl-full pruning-full" (the
-#   papers' scale: about 10 h and 8 h on 2 cores for 3 seeds). Seeds are added one at a time (--seeds 1, 2, 3
-#   into the same folder: each call resumes the last), so a stopped script leaves complete seeds
-#   behind; re-run to go on (single_device.py resumes finished method/seed pairs too).
+#   papers' scale: about 10 h and 8 h on 2 cores for 3 seeds). Seeds are added one at a time
+#   (--seeds 1, 2, 3 into the same folder: each call resumes the last), so a stopped script leaves
+#   complete seeds behind; re-run to go on (single_device.py resumes finished method/seed pairs too).
 set -euo pipefail
 DATA="${1:-../shared/data}"
 OUT="${2:-docs/results}"
