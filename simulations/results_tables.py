@@ -115,6 +115,9 @@ def sweep(root: Path, name: str) -> None:
                          "speedup_vs_rs"]]))
         print("\nper client round (simulated seconds, mean): where the time goes; rounds_to_target ignores cost\n")
         print(_md(table[[*by, "rounds_to_target", *cols]]))
+        print("\nper seed, and the mean accuracy over the last sixth of the rounds (a final accuracy is one "
+              "evaluation)\n")
+        print(_md(analysis.per_seed(rounds, by)))
         print("\n" + analysis.verdict(table, by, target))
         if "titan" in set(table["selection.method"]):
             others = table[table["selection.method"] != "titan"]
@@ -135,6 +138,9 @@ def sweep(root: Path, name: str) -> None:
                               on="pruning.ratio", how="left")
             print(f"final accuracy, mean ± 95% CI over {_seeds(final)}; gap = warm-up-loss minus random, points\n")
             print(_md(wide.astype(object).fillna("")))
+            print("\nper seed, and the mean accuracy over the last sixth of the rounds\n")
+            print(_md(analysis.per_seed(rounds, ["pruning.ratio", "pruning.method"]).sort_values(
+                ["pruning.ratio", "pruning.method"])))
             plots.accuracy_vs_ratio(final).savefig(root / f"{name}-accuracy-vs-rho.png", dpi=120)
         else:
             print(_md(final))

@@ -74,6 +74,37 @@ def final_accuracy(rounds: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return out
 
 
+def per_seed(rounds: pd.DataFrame, by: list[str], window: float = 1 / 6) -> pd.DataFrame:
+    """Per group: each seed's final accuracy (in seed order) and the mean evaluated accuracy over
+    the last ``window`` of the rounds (e.g. rounds 251-300 of 300), averaged over the group's runs.
+
+    A final accuracy is one noisy evaluation; the late-window mean says whether a gap between two
+    methods holds over the end of training or is one evaluation's luck.
+    """
+    if not 0 < window <= 1:
+        raise FedtitanError(f"window must be a fraction of the rounds in (0, 1], got {window}")
+    evald = rounds.dropna(subset=["accuracy"]).sort_values(["run_id", "server_round"])
+    last = evald.groupby("run_id").server_round.transform("max")
+    first = last - (last * window).round().clip(lower=1) + 1
+    late = evald[evald.server_round >= first].groupby("run_id").accuracy.mean().rename("late_acc")
+    per_run = evald.groupby("run_id").agg(**{k: (k, "first") for k in [*by, "seed"]}, final=("accuracy", "last"))
+    per_run["from_round"] = first.groupby(evald.run_id).first()
+    per_run["to_round"] = last.groupby(evald.run_id).first()
+    per_run = per_run.join(late).sort_values("seed")
+
+    def rounds_span(g: pd.DataFrame) -> str:
+        lo, hi = int(g.from_round.min()), int(g.to_round.max())
+        span = f"{lo}–{hi}" if lo < hi else str(hi)
+        return span if g.from_round.nunique() == 1 and g.to_round.nunique() == 1 else f"last {window:.0%}"
+
+    out = per_run.groupby(by, dropna=False).apply(
+        lambda g: pd.Series({"seeds": ", ".join(str(int(s)) for s in g.seed),
+                             "final_per_seed": ", ".join(f"{a:.3f}" for a in g.final),
+                             "late_acc_mean": g.late_acc.mean(),
+                             "late_rounds": rounds_span(g)}), include_groups=False)
+    return out.reset_index()
+
+
 def time_to_accuracy(curve: pd.DataFrame, target: float, x: str = "virtual_time_s",
                      also: str | None = "energy_cum_j") -> tuple[float, float]:
     """First ``x`` at which accuracy reaches ``target``, linearly interpolated between the

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedtitan.errors import ConfigError
+from fedtitan.errors import ConfigError, FedtitanError
 from fedtitan.results import analysis
 from simulations.sweep import expand, parse_grid
 
@@ -74,6 +74,22 @@ def test_final_accuracy_and_tta_table():
     assert t.loc["titan", "tta_s"] == pytest.approx((21.0 + (10 + 10 * (0.61 - 0.42) / 0.2)) / 2)
     assert t.loc["titan", "speedup_vs_rs"] > 1.0
     assert t.loc["rs", "speedup_vs_rs"] == pytest.approx(1.0)
+
+
+def test_per_seed_finals_and_late_window_mean():
+    rounds = _rounds()
+    rounds = rounds[~((rounds.run_id == "rs-1") & (rounds.server_round == 2))]  # one missed evaluation
+    ps = analysis.per_seed(rounds, ["selection.method"], window=2 / 3).set_index("selection.method")
+    # seeds in seed order; final = last evaluated accuracy; the late window is rounds 2-3 of 3
+    assert ps.loc["titan", "seeds"] == "0, 1"
+    assert ps.loc["titan", "final_per_seed"] == "0.700, 0.720"
+    assert ps.loc["titan", "late_acc_mean"] == pytest.approx(((0.6 + 0.7) / 2 + (0.62 + 0.72) / 2) / 2)
+    assert ps.loc["rs", "late_acc_mean"] == pytest.approx(((0.5 + 0.6) / 2 + 0.62) / 2)  # rs-1 has only round 3
+    assert ps.loc["rs", "late_rounds"] == "2–3"
+    assert analysis.per_seed(rounds, ["selection.method"]).set_index("selection.method").loc[
+        "titan", "late_rounds"] == "3"  # a sixth of 3 rounds rounds to 1: the last one
+    with pytest.raises(FedtitanError, match="window"):
+        analysis.per_seed(rounds, ["selection.method"], window=0)
 
 
 def test_resume_refuses_runs_made_with_other_settings(tmp_path):
