@@ -115,9 +115,9 @@ def sweep(root: Path, name: str) -> None:
                          "speedup_vs_rs"]]))
         print("\nper client round (simulated seconds, mean): where the time goes; rounds_to_target ignores cost\n")
         print(_md(table[[*by, "rounds_to_target", *cols]]))
-        print("\nper seed, and the mean accuracy over the last sixth of the rounds (a final accuracy is one "
-              "evaluation)\n")
-        print(_md(analysis.per_seed(rounds, by)))
+        print("\nper seed, the mean accuracy over the last sixth of the rounds (a final accuracy is one evaluation), "
+              "and the simulated cost of the whole run (mean over seeds)\n")
+        print(_md(analysis.per_seed(rounds, by).merge(_ends(rounds, by).reset_index(), on=by)))
         print("\n" + analysis.verdict(table, by, target))
         if "titan" in set(table["selection.method"]):
             others = table[table["selection.method"] != "titan"]
@@ -138,9 +138,11 @@ def sweep(root: Path, name: str) -> None:
                               on="pruning.ratio", how="left")
             print(f"final accuracy, mean ± 95% CI over {_seeds(final)}; gap = warm-up-loss minus random, points\n")
             print(_md(wide.astype(object).fillna("")))
-            print("\nper seed, and the mean accuracy over the last sixth of the rounds\n")
-            print(_md(analysis.per_seed(rounds, ["pruning.ratio", "pruning.method"]).sort_values(
-                ["pruning.ratio", "pruning.method"])))
+            keys = ["pruning.ratio", "pruning.method"]
+            print("\nper seed, the mean accuracy over the last sixth of the rounds, and the simulated cost (mean "
+                  "over seeds of the virtual time and the fleet's energy at the end)\n")
+            print(_md(analysis.per_seed(rounds, keys).merge(_ends(rounds, keys).reset_index(), on=keys)
+                      .sort_values(keys)))
             plots.accuracy_vs_ratio(final).savefig(root / f"{name}-accuracy-vs-rho.png", dpi=120)
         else:
             print(_md(final))
@@ -157,6 +159,12 @@ def sweep(root: Path, name: str) -> None:
             per_run = analysis.cost_per_run(clients)
             plots.cost_vs_ratio(per_run, fits).savefig(root / f"{name}-cost-vs-rho.png", dpi=120)
     print()
+
+
+def _ends(rounds: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Mean over seeds of each run's virtual time and cumulative energy at its last round."""
+    last = rounds.sort_values("server_round").groupby("run_id").tail(1)
+    return last.groupby(by).agg(virtual_time_end_s=("virtual_time_s", "mean"), energy_end_j=("energy_cum_j", "mean"))
 
 
 def _curves(root: Path, name: str, rounds: pd.DataFrame, by: list[str], target: float | None = None) -> None:
@@ -193,8 +201,7 @@ def policies(root: Path, name: str, rounds: pd.DataFrame, clients: pd.DataFrame,
     """Deadline policies on a living fleet: accuracy, virtual time, energy, who was left out."""
 
     table, target = analysis.tta_table(rounds, by, baseline=("server.policy", "wait-all"))
-    last = rounds.sort_values("server_round").groupby("run_id").tail(1)
-    ends = last.groupby(by).agg(virtual_time_end_s=("virtual_time_s", "mean"), energy_end_j=("energy_cum_j", "mean"))
+    ends = _ends(rounds, by)
     counts = clients.groupby(by).status.value_counts(normalize=True).unstack(fill_value=0.0)
     table = table.merge(ends.reset_index(), on=by).merge(counts.add_prefix("share_").reset_index(), on=by)
     table["final_acc"] = [_pm(m, c) for m, c in zip(table.final_acc_mean, table.final_acc_ci95, strict=True)]
