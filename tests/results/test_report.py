@@ -108,4 +108,7 @@ def test_results_tables_on_a_pruning_sweep_under_way(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "mean ± 95% CI over 1–2 seeds (no ± where one)" in out
     assert "fitted per seed (one partition each, 1 with two ratios or more)" in out
+    # per seed (seed order), late-window mean (2 rounds: the last one), virtual time and energy at the end
+    assert "| 0.1 | warmup-loss | 0, 1 | 0.440, 0.450 | 0.445 | 2 | 2 | 1 |" in out
+    assert "| 0.5 | random | 0 | 0.500 | 0.5 | 2 | 10 | 5 |" in out
     assert (tmp_path / "pruning-cifar10-full-accuracy-vs-rho.png").exists()
