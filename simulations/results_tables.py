@@ -246,11 +246,31 @@ def cis_variance(root: Path) -> None:
     print(f"\nC-IS below a uniform subset on {100 * (df.cis < df.uniform_no_replacement).mean():.0f}% of buffers\n")
 
 
+def pruning_kept(root: Path) -> None:
+    """``simulations.pruning_kept``: the label mix warm-up-loss pruning keeps on each client vs a random subset."""
+    from simulations import pruning_kept as pk
+
+    d = root / "pruning-kept"
+    if not (d / "clients.csv").exists():
+        return
+    clients, classes, fleet = (pd.read_csv(d / f"{n}.csv") for n in ("clients", "classes", "fleet"))
+    s = pk.summarise(clients, classes, fleet)
+    print(f"### pruning-kept\n\nmean over {clients.seed.nunique()} seed(s) x {clients.client.nunique()} clients: "
+          "total-variation distance of the kept label mix from the client's (tv) and of the fleet's pooled kept "
+          "set from the training set; shares of the client's rare classes (under 10% of its data) and of its "
+          "top class, before and after\n")
+    print(_md(pd.DataFrame(s["per_rho_method"])))
+    r = s["spearman_share_vs_loss"]
+    print(f"\nrank correlation of a class's share of a client's data with its mean warm-up loss: median "
+          f"{r['median']:.2f}, negative on {r['negative_share']:.0%} of {r['clients']} clients\n")
+
+
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results")
     single_device(root)
     single_device_conditions(root)
     cis_variance(root)
+    pruning_kept(root)
     for name in ("fl-titan-cifar10", "fl-titan-cifar10-150", "fl-titan-cifar10-full", "fl-strategies",
                  "fl-idle-compute", "fl-diurnal-policies", "pruning-cifar10", "pruning-cifar10-longer",
                  "pruning-cifar10-full", "har-selection", "har-pruning"):

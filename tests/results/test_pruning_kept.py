@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from fedtitan.errors import FedtitanError
-from simulations import pruning_kept
+from simulations import pruning_kept, results_tables
 
 
 def test_label_shift_by_hand():
@@ -36,13 +36,19 @@ def test_summary_rank_correlation_sign():
 
 
 def test_pruning_kept_end_to_end_on_cifar10(shared_data, tmp_path, capsys):
+    out = tmp_path / "pruning-kept"
     rc = pruning_kept.main(["--data-dir", str(shared_data), "--seeds", "1", "--max-train", "600", "--ratios", "0.5",
-                            "--out", str(tmp_path)])
+                            "--out", str(out)])
     assert rc == 0
-    clients = pd.read_csv(tmp_path / "clients.csv")
+    clients = pd.read_csv(out / "clients.csv")
     assert len(clients) == 15 * 2 and set(clients.method) == {"warmup-loss", "random"}
     assert (clients.classes_kept <= clients.classes).all() and clients.tv.between(0, 1).all()
-    assert json.loads((tmp_path / "summary.json").read_text())["spearman_share_vs_loss"]["clients"] > 0
+    assert json.loads((out / "summary.json").read_text())["spearman_share_vs_loss"]["clients"] > 0
+    capsys.readouterr()
+    results_tables.pruning_kept(tmp_path)  # docs' table comes from the saved CSVs
+    table = capsys.readouterr().out
+    assert "### pruning-kept" in table and "over 1 seed(s) x 15 clients" in table
+    assert "| 0.5 | random |" in table and "| 0.5 | warmup-loss |" in table and "negative on" in table
 
 
 def test_pruning_kept_bad_data_dir_is_one_line(tmp_path, capsys):
