@@ -99,6 +99,9 @@ for section in $SECTIONS; do
         --set "data.data_dir=$DATA" --out "$OUT/pruning-cifar10-full"
     done
     fedtitan report "$OUT/pruning-cifar10-full"
+    # Which samples warm-up-loss pruning keeps on these clients vs a random subset (label shift;
+    # round-1 warm-up epoch from the seed's initial model, no training rounds): about 45 min, 2 seeds.
+    python -m simulations.pruning_kept --data-dir "$DATA" --seeds 2 --out "$OUT/pruning-kept"
     ;;
   strategies)
     # Titan and random selection under FedAvg, FedProx (mu 0.01) and FedAdam (server lr 0.01), at
