@@ -85,7 +85,7 @@ class SelectionSection(_Section):
 
 
 class PruningSection(_Section):
-    method: Literal["none", "warmup-loss", "random", "random-warmup", "full"] = "none"
+    method: Literal["none", "warmup-loss", "warmup-loss-stratified", "random", "random-warmup", "full"] = "none"
     ratio: float = 1.0
     adaptive: bool = False
     warmup_epochs: float = Field(1.0, gt=0)

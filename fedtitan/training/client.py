@@ -290,7 +290,7 @@ def _prune(cfg: Config, profile: DeviceProfile, setup: Setup, state: dict[str, A
     if p.adaptive:
         rho = adaptive_ratio(profile, rho=rho, n_samples=n, epochs=p.epochs, forward_flops=setup.forward_flops,
                              model_bytes=setup.model_bytes)
-    kept = prune(p.method, n, rho, scores=scores, rng=rng)
+    kept = prune(p.method, n, rho, scores=scores, rng=rng, labels=setup.dataset.y_train[idx])
     state["kept"] = idx[kept]
     state["rho"] = rho
 

@@ -112,6 +112,29 @@ def test_random_warmup_pays_the_warmup_and_keeps_a_random_subset():
     assert not np.array_equal(wl.state["kept"], rw.state["kept"])
 
 
+def test_stratified_warmup_loss_keeps_the_clients_label_mix():
+    """``warmup-loss-stratified`` pays the same warm-up and keeps each class's share of the
+    client's data (to one sample), where plain ``warmup-loss`` shifts the mix."""
+    from fedtitan.config import load_config
+    from fedtitan.selection.pruning import class_quotas
+    from fedtitan.training.client import client_round, setup_for
+
+    out = {}
+    for method in ("warmup-loss", "warmup-loss-stratified"):
+        cfg = load_config("quickstart", ["data.num_clients=3", "model.name=cnn", "model.width=8",
+                                         f"pruning.method={method}", "pruning.ratio=0.3"])
+        setup = setup_for(cfg)
+        g = {k: v.clone() for k, v in setup.model.state_dict().items()}
+        out[method] = client_round(cfg, 0, g, {}, 1)
+    y, part = setup.dataset.y_train, setup.parts[0]
+    classes, counts = np.unique(y[part], return_counts=True)
+    kept = out["warmup-loss-stratified"].state["kept"]
+    want = class_quotas(counts, len(kept))
+    assert [int((y[kept] == c).sum()) for c in classes] == list(want)
+    assert out["warmup-loss"].metrics["sim_train_s"] == pytest.approx(out["warmup-loss-stratified"].metrics["sim_train_s"])
+    assert len(out["warmup-loss"].state["kept"]) == len(kept)
+
+
 def test_the_pipeline_repeats_bit_for_bit_too(digits):
     """The worker thread selects on its own snapshot with its own draws: the one-round-delay
     pipeline is as reproducible as the sequential mode."""
