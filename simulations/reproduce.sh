@@ -98,9 +98,14 @@ for section in $SECTIONS; do
         --quiet --no-report --set run.rounds=40 --set server.eval_every=2 --set server.eval_samples=2000 \
         --set "data.data_dir=$DATA" --out "$OUT/pruning-cifar10-full"
     done
+    # Ablation (2 seeds): the top warm-up losses within each class, so the kept label mix is the
+    # client's (warmup-loss-stratified): is it the hard samples or the label shift that costs?
+    fedtitan sweep pruning-cifar10 --grid pruning.method=warmup-loss-stratified --grid pruning.ratio=0.1,0.2,0.5 \
+      --seeds 2 --quiet --no-report --set run.rounds=40 --set server.eval_every=2 --set server.eval_samples=2000 \
+      --set "data.data_dir=$DATA" --out "$OUT/pruning-cifar10-full"
     fedtitan report "$OUT/pruning-cifar10-full"
     # Which samples warm-up-loss pruning keeps on these clients vs a random subset (label shift;
-    # round-1 warm-up epoch from the seed's initial model, no training rounds): about 45 min, 2 seeds.
+    # round-1 warm-up epoch from the seed's initial model, no training rounds): about 20 min, 2 seeds.
     python -m simulations.pruning_kept --data-dir "$DATA" --seeds 2 --out "$OUT/pruning-kept"
     ;;
   strategies)

@@ -220,7 +220,7 @@ def _streaming(cfg: Config, setup: Setup, data: DeviceData, select_dev: torch.de
 def _static(cfg: Config, setup: Setup, data: DeviceData, pid: int, profile: DeviceProfile, state: dict[str, Any],
             server_round: int, rng: np.random.Generator, metrics: dict[str, float],
             prox: Proximal | None = None, budget_j: float | None = None) -> None:
-    """Pruned epochs. The warm-up (warm-up-loss and random-warmup pruning) runs in the first
+    """Pruned epochs. The warm-up (``WARMUP_PRUNERS``) runs in the first
     rounds the client is sampled: all of it when the round's budget allows, else as many
     iterations as fit, round after round (the loss sums wait in the client's state) until it
     is complete; then the client prunes and trains on the kept subset with what the budget
