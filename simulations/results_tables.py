@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -118,6 +119,8 @@ def sweep(root: Path, name: str) -> None:
         print("\nper seed, the mean accuracy over the last sixth of the rounds (a final accuracy is one evaluation), "
               "and the simulated cost of the whole run (mean over seeds)\n")
         print(_md(analysis.per_seed(rounds, by).merge(_ends(rounds, by).reset_index(), on=by)))
+        if by == ["selection.method"] and {"titan", "rs"} <= set(table["selection.method"]):
+            _paired(rounds, "selection.method", "titan", "rs")
         print("\n" + analysis.verdict(table, by, target))
         if "titan" in set(table["selection.method"]):
             others = table[table["selection.method"] != "titan"]
@@ -143,6 +146,10 @@ def sweep(root: Path, name: str) -> None:
                   "over seeds of the virtual time and the fleet's energy at the end)\n")
             print(_md(analysis.per_seed(rounds, keys).merge(_ends(rounds, keys).reset_index(), on=keys)
                       .sort_values(keys)))
+            for rho, at in rounds.groupby("pruning.ratio"):
+                for a, b in (("warmup-loss", "random"), ("warmup-loss", "random-warmup"),
+                             ("warmup-loss-stratified", "random-warmup"), ("warmup-loss-stratified", "warmup-loss")):
+                    _paired(at, "pruning.method", a, b, f"rho {rho:g}: ")
             plots.accuracy_vs_ratio(final).savefig(root / f"{name}-accuracy-vs-rho.png", dpi=120)
         else:
             print(_md(final))
@@ -159,6 +166,23 @@ def sweep(root: Path, name: str) -> None:
             per_run = analysis.cost_per_run(clients)
             plots.cost_vs_ratio(per_run, fits).savefig(root / f"{name}-cost-vs-rho.png", dpi=120)
     print()
+
+
+def _paired(rounds: pd.DataFrame, key: str, a: str, b: str, prefix: str = "") -> None:
+    """One line: ``a`` minus ``b`` paired by seed, in accuracy points (nothing if no seed has both)."""
+    g = analysis.paired_gap(rounds, key, a, b)
+    if g is None:
+        return
+
+    def pts(xs: list[float]) -> str:
+        return ", ".join(f"{100 * x:+.1f}" for x in xs)
+
+    def mean(m: float, h: float) -> str:
+        return f"{100 * m:+.1f}" + ("" if math.isnan(h) else f" ± {100 * h:.1f}")
+
+    print(f"\n{prefix}{a} minus {b}, paired by seed ({', '.join(map(str, g['seeds']))}), points: final "
+          f"{pts(g['final'])} (mean {mean(g['final_mean'], g['final_ci95'])}); last sixth of the rounds "
+          f"{pts(g['late'])} (mean {mean(g['late_mean'], g['late_ci95'])})")
 
 
 def _ends(rounds: pd.DataFrame, by: list[str]) -> pd.DataFrame:

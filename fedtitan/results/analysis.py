@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -74,13 +75,10 @@ def final_accuracy(rounds: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return out
 
 
-def per_seed(rounds: pd.DataFrame, by: list[str], window: float = 1 / 6) -> pd.DataFrame:
-    """Per group: each seed's final accuracy (in seed order) and the mean evaluated accuracy over
-    the last ``window`` of the rounds (e.g. rounds 251-300 of 300), averaged over the group's runs.
-
-    A final accuracy is one noisy evaluation; the late-window mean says whether a gap between two
-    methods holds over the end of training or is one evaluation's luck.
-    """
+def _final_and_late(rounds: pd.DataFrame, by: list[str], window: float) -> pd.DataFrame:
+    """Per run: ``by``, seed, the last evaluated accuracy (``final``) and the mean evaluated
+    accuracy over the last ``window`` of the rounds (``late_acc``, from ``from_round`` to
+    ``to_round``), in seed order."""
     if not 0 < window <= 1:
         raise FedtitanError(f"window must be a fraction of the rounds in (0, 1], got {window}")
     evald = rounds.dropna(subset=["accuracy"]).sort_values(["run_id", "server_round"])
@@ -90,7 +88,35 @@ def per_seed(rounds: pd.DataFrame, by: list[str], window: float = 1 / 6) -> pd.D
     per_run = evald.groupby("run_id").agg(**{k: (k, "first") for k in [*by, "seed"]}, final=("accuracy", "last"))
     per_run["from_round"] = first.groupby(evald.run_id).first()
     per_run["to_round"] = last.groupby(evald.run_id).first()
-    per_run = per_run.join(late).sort_values("seed")
+    return per_run.join(late).sort_values("seed")
+
+
+def paired_gap(rounds: pd.DataFrame, key: str, a: str, b: str, window: float = 1 / 6) -> dict[str, Any] | None:
+    """``a`` minus ``b`` (values of column ``key``), paired by seed: a seed fixes the partition
+    and the device draws, so the per-seed difference removes what the two runs share. Returns the
+    seeds both have, the per-seed differences of the final accuracy and of the late-window mean
+    (``window`` as in :func:`per_seed`), and each one's mean and 95% CI half-width (t with
+    n - 1 degrees of freedom; NaN for one seed); None when no seed has both."""
+    runs = _final_and_late(rounds[rounds[key].isin([a, b])], [key], window)
+    wide = runs.pivot_table(index="seed", columns=key, values=["final", "late_acc"]).dropna()
+    if wide.empty or a not in wide["final"] or b not in wide["final"]:
+        return None
+    out: dict[str, Any] = {"seeds": [int(x) for x in wide.index]}
+    for col, name in (("final", "final"), ("late_acc", "late")):
+        diff = wide[col][a] - wide[col][b]
+        out[name] = [float(x) for x in diff]
+        out[f"{name}_mean"], out[f"{name}_ci95"] = float(diff.mean()), ci95(diff)
+    return out
+
+
+def per_seed(rounds: pd.DataFrame, by: list[str], window: float = 1 / 6) -> pd.DataFrame:
+    """Per group: each seed's final accuracy (in seed order) and the mean evaluated accuracy over
+    the last ``window`` of the rounds (e.g. rounds 251-300 of 300), averaged over the group's runs.
+
+    A final accuracy is one noisy evaluation; the late-window mean says whether a gap between two
+    methods holds over the end of training or is one evaluation's luck.
+    """
+    per_run = _final_and_late(rounds, by, window)
 
     def rounds_span(g: pd.DataFrame) -> str:
         lo, hi = int(g.from_round.min()), int(g.to_round.max())

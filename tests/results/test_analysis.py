@@ -92,6 +92,20 @@ def test_per_seed_finals_and_late_window_mean():
         analysis.per_seed(rounds, ["selection.method"], window=0)
 
 
+def test_paired_gap_by_seed_by_hand():
+    rounds = _rounds()
+    bump = (rounds["selection.method"] == "titan") & (rounds.seed == 1)
+    rounds.loc[bump, "accuracy"] += 0.04  # titan minus rs: 0.10 at seed 0, 0.14 at seed 1
+    extra = rounds[rounds.run_id == "titan-1"].assign(run_id="titan-2", seed=2)  # no rs partner: left out
+    g = analysis.paired_gap(pd.concat([rounds, extra]), "selection.method", "titan", "rs", window=2 / 3)
+    assert g is not None and g["seeds"] == [0, 1]
+    assert g["final"] == pytest.approx([0.10, 0.14]) and g["final_mean"] == pytest.approx(0.12)
+    assert g["final_ci95"] == pytest.approx(12.706 * 0.04 / 2 ** 0.5 / 2 ** 0.5, rel=1e-3)  # t(0.975, 1) sd / sqrt(n)
+    # late window = rounds 2-3: (0.65 - 0.55) at seed 0, (0.71 - 0.57) at seed 1
+    assert g["late"] == pytest.approx([0.10, 0.14])
+    assert analysis.paired_gap(rounds, "selection.method", "titan", "is") is None
+
+
 def test_resume_refuses_runs_made_with_other_settings(tmp_path):
     from fedtitan.config import load_config
     from simulations.sweep import sweep

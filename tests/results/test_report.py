@@ -111,4 +111,9 @@ def test_results_tables_on_a_pruning_sweep_under_way(tmp_path, capsys):
     # per seed (seed order), late-window mean (2 rounds: the last one), virtual time and energy at the end
     assert "| 0.1 | warmup-loss | 0, 1 | 0.440, 0.450 | 0.445 | 2 | 2 | 1 |" in out
     assert "| 0.5 | random | 0 | 0.500 | 0.5 | 2 | 10 | 5 |" in out
+    # warm-up loss minus random, paired by seed, where both ran; no line for pairs never run
+    assert ("rho 0.1: warmup-loss minus random, paired by seed (0, 1), points: final +10.0, +10.0 (mean +10.0 ± 0.0)"
+            in out)
+    assert "rho 0.5: warmup-loss minus random, paired by seed (0), points: final +10.0 (mean +10.0); last" in out
+    assert "random-warmup, paired" not in out
     assert (tmp_path / "pruning-cifar10-full-accuracy-vs-rho.png").exists()
