@@ -6,6 +6,7 @@ import glob
 import json
 import logging
 import struct
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -126,8 +127,18 @@ def test_wandb_offline_run_read_back(tmp_path, monkeypatch):
     run_dir = tmp_path / "run-a"
     _drive(make_tracker("wandb", project="proj", mode="offline"), run_dir)
     (path,) = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
-    records = _wandb_records(path)
-    kinds = [r.WhichOneof("record_type") for r in records]
+    # run.finish() can return before wandb-core's writer flushes the transaction log (CI saw a
+    # 7-byte header-only file; here it fills within about 50 ms), so wait for the exit record.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            records = _wandb_records(path)
+        except Exception:  # a record caught half-written
+            records = []
+        kinds = [r.WhichOneof("record_type") for r in records]
+        if (kinds and kinds[-1] == "exit") or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     config = {i.key: json.loads(i.value_json) for i in run.config.update}
     assert run.display_name == "run-a" and run.project == "proj"
