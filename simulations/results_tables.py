@@ -119,8 +119,11 @@ def sweep(root: Path, name: str) -> None:
         print("\nper seed, the mean accuracy over the last sixth of the rounds (a final accuracy is one evaluation), "
               "and the simulated cost of the whole run (mean over seeds)\n")
         print(_md(analysis.per_seed(rounds, by).merge(_ends(rounds, by).reset_index(), on=by)))
-        if by == ["selection.method"] and {"titan", "rs"} <= set(table["selection.method"]):
-            _paired(rounds, "selection.method", "titan", "rs")
+        if by == ["selection.method"] and "titan" in set(table["selection.method"]):
+            for other in sorted(set(table["selection.method"]) - {"titan"}, key=lambda m: (m != "rs", m)):
+                _paired(rounds, "selection.method", "titan", other)
+            if {"cis", "rs"} <= set(table["selection.method"]):  # Titan's fine stage alone vs random
+                _paired(rounds, "selection.method", "cis", "rs")
         print("\n" + analysis.verdict(table, by, target))
         if "titan" in set(table["selection.method"]):
             others = table[table["selection.method"] != "titan"]

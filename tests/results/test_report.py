@@ -117,3 +117,35 @@ def test_results_tables_on_a_pruning_sweep_under_way(tmp_path, capsys):
     assert "rho 0.5: warmup-loss minus random, paired by seed (0), points: final +10.0 (mean +10.0); last" in out
     assert "random-warmup, paired" not in out
     assert (tmp_path / "pruning-cifar10-full-accuracy-vs-rho.png").exists()
+
+
+def test_results_tables_pairs_titan_with_every_baseline(tmp_path, capsys):
+    from simulations import results_tables
+
+    sweep, rows = tmp_path / "fl", []
+    acc = {"titan": 0.40, "rs": 0.38, "cis": 0.41, "is": 0.30}
+    for method, seeds in (("titan", (0, 1)), ("rs", (0, 1)), ("cis", (0, 1)), ("is", (0,))):
+        for seed in seeds:
+            rid = f"selection.method={method}__seed={seed}"
+            d = sweep / rid
+            d.mkdir(parents=True)
+            final = acc[method] + 0.01 * seed * (method == "cis")
+            pd.DataFrame({"server_round": [1, 2], "accuracy": [0.1, final], "loss": [2.0, 1.5],
+                          "virtual_time_s": [10.0, 20.0], "energy_cum_j": [5.0, 10.0]}).to_csv(d / "rounds.csv", index=False)
+            pd.DataFrame({"server_round": [1, 2], "device": ["rpi4"] * 2, "status": ["ok"] * 2,
+                          "sim_time_s": [1.0] * 2, "sim_energy_j": [2.0] * 2, "sim_train_s": [0.5] * 2,
+                          "sim_select_s": [0.1] * 2, "sim_comm_s": [0.4] * 2}).to_csv(d / "clients.csv", index=False)
+            (d / "config.json").write_text(json.dumps({"run": {"seed": seed}}))
+            (d / "summary.json").write_text("{}")
+            rows.append({"run_id": rid, "selection.method": method, "seed": seed, "status": "done", "path": rid,
+                         "wall_s": 1.0})
+    pd.DataFrame(rows).to_csv(sweep / "index.csv", index=False)
+    results_tables.sweep(tmp_path, "fl")
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ", paired by seed" in ln]
+    assert [ln.split(", paired")[0] for ln in lines] == ["titan minus rs", "titan minus cis", "titan minus is",
+                                                          "cis minus rs"]
+    assert "titan minus rs, paired by seed (0, 1), points: final +2.0, +2.0 (mean +2.0 ± 0.0)" in out
+    assert "titan minus cis, paired by seed (0, 1), points: final -1.0, -2.0" in out
+    assert "titan minus is, paired by seed (0), points: final +10.0 (mean +10.0);" in out
+    assert "cis minus rs, paired by seed (0, 1), points: final +3.0, +4.0" in out
