@@ -119,13 +119,14 @@ def sweep(root: Path, name: str) -> None:
         print("\nper seed, the mean accuracy over the last sixth of the rounds (a final accuracy is one evaluation), "
               "and the simulated cost of the whole run (mean over seeds)\n")
         print(_md(analysis.per_seed(rounds, by).merge(_ends(rounds, by).reset_index(), on=by)))
-        if by == ["selection.method"] and "titan" in set(table["selection.method"]):
-            for other in sorted(set(table["selection.method"]) - {"titan"}, key=lambda m: (m != "rs", m)):
+        methods = set(table["selection.method"]) if "selection.method" in table else set()
+        if by == ["selection.method"] and "titan" in methods:
+            for other in sorted(methods - {"titan"}, key=lambda m: (m != "rs", m)):
                 _paired(rounds, "selection.method", "titan", other)
-            if {"cis", "rs"} <= set(table["selection.method"]):  # Titan's fine stage alone vs random
+            if {"cis", "rs"} <= methods:  # Titan's fine stage alone vs random
                 _paired(rounds, "selection.method", "cis", "rs")
         print("\n" + analysis.verdict(table, by, target))
-        if "titan" in set(table["selection.method"]):
+        if "titan" in methods and len(methods) > 1:  # a titan-only sweep has nothing to compare with
             others = table[table["selection.method"] != "titan"]
             best = others.sort_values("tta_s").iloc[0]
             t = table[table["selection.method"] == "titan"].iloc[0]
