@@ -151,7 +151,8 @@ def sweep(root: Path, name: str) -> None:
             print(_md(analysis.per_seed(rounds, keys).merge(_ends(rounds, keys).reset_index(), on=keys)
                       .sort_values(keys)))
             for rho, at in rounds.groupby("pruning.ratio"):
-                for a, b in (("warmup-loss", "random"), ("warmup-loss", "random-warmup"),
+                for a, b in (("random-warmup", "random"),  # the warm-up epoch alone
+                             ("warmup-loss", "random"), ("warmup-loss", "random-warmup"),
                              ("warmup-loss-stratified", "random-warmup"), ("warmup-loss-stratified", "warmup-loss")):
                     _paired(at, "pruning.method", a, b, f"rho {rho:g}: ")
             plots.accuracy_vs_ratio(final).savefig(root / f"{name}-accuracy-vs-rho.png", dpi=120)

@@ -119,6 +119,32 @@ def test_results_tables_on_a_pruning_sweep_under_way(tmp_path, capsys):
     assert (tmp_path / "pruning-cifar10-full-accuracy-vs-rho.png").exists()
 
 
+def test_results_tables_separates_the_warm_up_epoch_from_selection(tmp_path, capsys):
+    import shutil
+
+    from simulations import results_tables
+
+    sweep = tmp_path / "pruning-cifar10-full"
+    _fake_sweep(sweep)
+    index = pd.read_csv(sweep / "index.csv")
+    added = []
+    for seed in (0, 1):  # random pruning after the warm-up epoch: random + 3 points at rho = 0.1
+        src, rid = (f"pruning.method={m}__pruning.ratio=0.1__seed={seed}" for m in ("random", "random-warmup"))
+        shutil.copytree(sweep / src, sweep / rid)
+        r = pd.read_csv(sweep / rid / "rounds.csv")
+        r.assign(accuracy=r.accuracy + 0.03).to_csv(sweep / rid / "rounds.csv", index=False)
+        added.append({**index[index.run_id == src].iloc[0].to_dict(), "run_id": rid, "path": rid,
+                      "pruning.method": "random-warmup"})
+    pd.concat([index, pd.DataFrame(added)]).to_csv(sweep / "index.csv", index=False)
+    results_tables.sweep(tmp_path, "pruning-cifar10-full")
+    out = capsys.readouterr().out
+    # the three columns of docs/results.md's paired table: warm-up alone, selection after it, and both
+    assert "rho 0.1: random-warmup minus random, paired by seed (0, 1), points: final +3.0, +3.0 (mean +3.0" in out
+    assert "rho 0.1: warmup-loss minus random-warmup, paired by seed (0, 1), points: final +7.0, +7.0" in out
+    assert "rho 0.1: warmup-loss minus random, paired by seed (0, 1), points: final +10.0, +10.0" in out
+    assert "rho 0.5: random-warmup minus random" not in out  # never run at rho = 0.5
+
+
 def test_results_tables_pairs_titan_with_every_baseline(tmp_path, capsys):
     from simulations import results_tables
 
