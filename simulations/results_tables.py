@@ -91,13 +91,15 @@ def sweep(root: Path, name: str) -> None:
     except FedtitanError as exc:
         print(f"### {name}\n\n({exc})\n")
         return
-    by = [p for p in params if rounds[p].nunique() > 1]
+    by = [p for p in params if rounds[p].nunique() > 1] or list(params)  # one method, several seeds: keep it
+    if not by:  # seeds only (no --grid): the sweep is one group
+        rounds, by = rounds.assign(sweep=name), ["sweep"]
     print(f"### {name}\n")
     if "server.strategy" in by:
         strategies(root, name, rounds, by)
     elif "server.policy" in by:
         policies(root, name, rounds, clients, by)
-    elif "selection.method" in by:
+    elif "selection.method" in by and "rs" in set(rounds["selection.method"]):  # rs sets the target
         table, target = analysis.tta_table(rounds, by)
         print(f"target accuracy = {target:.4f} (random selection's final accuracy)\n")
         table = table.sort_values("final_acc_mean", ascending=False)
@@ -126,7 +128,7 @@ def sweep(root: Path, name: str) -> None:
             if {"cis", "rs"} <= methods:  # Titan's fine stage alone vs random
                 _paired(rounds, "selection.method", "cis", "rs")
         print("\n" + analysis.verdict(table, by, target))
-        if "titan" in methods and len(methods) > 1:  # a titan-only sweep has nothing to compare with
+        if "titan" in methods:
             others = table[table["selection.method"] != "titan"]
             best = others.sort_values("tta_s").iloc[0]
             t = table[table["selection.method"] == "titan"].iloc[0]

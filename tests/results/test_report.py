@@ -145,12 +145,10 @@ def test_results_tables_separates_the_warm_up_epoch_from_selection(tmp_path, cap
     assert "rho 0.5: random-warmup minus random" not in out  # never run at rho = 0.5
 
 
-def test_results_tables_pairs_titan_with_every_baseline(tmp_path, capsys):
-    from simulations import results_tables
-
-    sweep, rows = tmp_path / "fl", []
-    acc = {"titan": 0.40, "rs": 0.38, "cis": 0.41, "is": 0.30}
-    for method, seeds in (("titan", (0, 1)), ("rs", (0, 1)), ("cis", (0, 1)), ("is", (0,))):
+def _fake_fl_sweep(sweep, seeds_of, acc):
+    """A selection sweep: for each method, the given seeds; final accuracy acc[method] (+1 point a seed for cis)."""
+    rows = []
+    for method, seeds in seeds_of.items():
         for seed in seeds:
             rid = f"selection.method={method}__seed={seed}"
             d = sweep / rid
@@ -166,6 +164,26 @@ def test_results_tables_pairs_titan_with_every_baseline(tmp_path, capsys):
             rows.append({"run_id": rid, "selection.method": method, "seed": seed, "status": "done", "path": rid,
                          "wall_s": 1.0})
     pd.DataFrame(rows).to_csv(sweep / "index.csv", index=False)
+
+
+def test_results_tables_on_one_method_and_on_seeds_only(tmp_path, capsys):
+    from simulations import results_tables
+
+    _fake_fl_sweep(tmp_path / "titan-only", {"titan": (0, 1)}, {"titan": 0.40})  # no rs to take a target from
+    results_tables.sweep(tmp_path, "titan-only")
+    assert "| titan | 0.4 | 0 | 2 | 0 |" in capsys.readouterr().out
+    _fake_fl_sweep(tmp_path / "seeds-only", {"titan": (0, 1, 2)}, {"titan": 0.40})
+    index = pd.read_csv(tmp_path / "seeds-only" / "index.csv")
+    index.drop(columns=["selection.method"]).to_csv(tmp_path / "seeds-only" / "index.csv", index=False)  # no --grid
+    results_tables.sweep(tmp_path, "seeds-only")
+    assert "| seeds-only | 0.4 | 0 | 3 |" in capsys.readouterr().out  # one group of 3 runs
+
+
+def test_results_tables_pairs_titan_with_every_baseline(tmp_path, capsys):
+    from simulations import results_tables
+
+    _fake_fl_sweep(tmp_path / "fl", {"titan": (0, 1), "rs": (0, 1), "cis": (0, 1), "is": (0,)},
+                   {"titan": 0.40, "rs": 0.38, "cis": 0.41, "is": 0.30})
     results_tables.sweep(tmp_path, "fl")
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ", paired by seed" in ln]
