@@ -94,12 +94,13 @@ def sweep(root: Path, name: str) -> None:
     by = [p for p in params if rounds[p].nunique() > 1] or list(params)  # one method, several seeds: keep it
     if not by:  # seeds only (no --grid): the sweep is one group
         rounds, by = rounds.assign(sweep=name), ["sweep"]
+    methods = set(rounds["selection.method"]) if "selection.method" in by else set()
     print(f"### {name}\n")
     if "server.strategy" in by:
         strategies(root, name, rounds, by)
     elif "server.policy" in by:
         policies(root, name, rounds, clients, by)
-    elif "selection.method" in by and "rs" in set(rounds["selection.method"]):  # rs sets the target
+    elif "rs" in methods:  # a selection sweep; random selection sets the target
         table, target = analysis.tta_table(rounds, by)
         print(f"target accuracy = {target:.4f} (random selection's final accuracy)\n")
         table = table.sort_values("final_acc_mean", ascending=False)
@@ -121,7 +122,6 @@ def sweep(root: Path, name: str) -> None:
         print("\nper seed, the mean accuracy over the last sixth of the rounds (a final accuracy is one evaluation), "
               "and the simulated cost of the whole run (mean over seeds)\n")
         print(_md(analysis.per_seed(rounds, by).merge(_ends(rounds, by).reset_index(), on=by)))
-        methods = set(table["selection.method"]) if "selection.method" in table else set()
         if by == ["selection.method"] and "titan" in methods:
             for other in sorted(methods - {"titan"}, key=lambda m: (m != "rs", m)):
                 _paired(rounds, "selection.method", "titan", other)
