@@ -3,25 +3,35 @@
 The run config travels in every train/evaluate message (``config`` key of the ConfigRecord),
 so simulated clients and real SuperNodes need nothing but their node config:
 ``partition-id``, ``num-partitions`` and optionally ``device`` (catalog name or profile TOML)
-and ``meter`` (``simulated`` or ``measured``). Datasets and models are cached per process;
-the client's persistent state (stream position, selector buffer, pruning subset, battery)
-lives in ``Context.state``.
+and ``meter`` (``simulated`` or ``measured``). Datasets and models are cached per process.
+
+The client's persistent state (stream position, selector buffer, pruning subset, battery) is
+data that fedtitan owns (:mod:`fedtitan.checkpoint`, no pickle). Without a state folder it
+travels with the work: the train message brings the partition's last state and the reply
+carries the new one (``fedtitan-state`` ConfigRecord: ``npz`` bytes and the ``round``), so the
+server keeps it in the run folder and its checkpoints. With ``state-dir`` in the node config
+(``fedtitan supernode --state-dir``) it stays on this machine's disk instead, one folder per
+run, each state tagged with the round that made it; a node that restarts continues from the
+newest state made before the round it is asked to train.
 """
 
 from __future__ import annotations
 
 import functools
-import pickle
+import os
+import signal
+from pathlib import Path
 from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import adaptiveclipping_mod
 
+from fedtitan.checkpoint import ClientStateStore, pack, unpack
 from fedtitan.config import Config
 from fedtitan.training.client import client_evaluate, client_round
 
-STATE_KEY = "fedtitan-state"
+STATE_RECORD = "fedtitan-state"  # in a train message and its reply: {"npz": bytes, "round": int}
 
 app = ClientApp()
 
@@ -37,17 +47,26 @@ def _config(msg: Message) -> tuple[Config, ConfigRecord]:
     return _parse(str(rec["config"])), rec
 
 
-def _load_state(context: Context, token: str) -> dict[str, Any]:
-    """This node's state for the run ``token`` names; another run's (a sweep runs many in one
-    simulation, on the same nodes) is not this run's, so it starts fresh."""
-    rec = context.state.config_records.get(STATE_KEY)
-    if rec is None or "blob" not in rec or str(rec.get("token", "")) != token:
+def local_store(context: Context, cfg: Config, token: str) -> ClientStateStore | None:
+    """This node's own state folder for the run ``token`` names (``state-dir`` in the node
+    config), keeping as many rounds as a server resuming from its previous checkpoint needs."""
+    root = context.node_config.get("state-dir")
+    if not root:
+        return None
+    keep = max(2, cfg.run.checkpoint_every + 1)
+    return ClientStateStore(Path(str(root)).expanduser() / (token or "no-token"), keep=keep)
+
+
+def load_state(msg: Message, store: ClientStateStore | None, partition_id: int, server_round: int) -> dict[str, Any]:
+    """The state this round starts from: the newest one the node made before ``server_round``
+    (a node with a state folder), else the one the server sent (none on a first round)."""
+    if store is not None:
+        found = store.get(partition_id, before=server_round)
+        return dict(found[1]) if found else {}
+    rec = msg.content.config_records.get(STATE_RECORD)
+    if rec is None or "npz" not in rec:
         return {}
-    return pickle.loads(cast(bytes, rec["blob"]))  # noqa: S301 - written by this client itself
-
-
-def _save_state(context: Context, state: dict[str, Any], token: str) -> None:
-    context.state.config_records[STATE_KEY] = ConfigRecord({"blob": pickle.dumps(state), "token": token})
+    return dict(unpack(cast(bytes, rec["npz"]), f"the client state sent for partition {partition_id}"))
 
 
 def _global_weights(msg: Message) -> dict[str, Any]:
@@ -70,16 +89,37 @@ KEY_CLIPPING_NORM = "clipping_norm"
 _OWN_KEYS = ("config", "server-round", "run-token", "round-start-s")
 
 
+# Tests only: "ROUND:PARTITION:MARKER" SIGKILLs the process training that partition in that
+# round, once (it creates the file MARKER first): a Ray worker killed mid-round, as the
+# out-of-memory killer does.
+KILL_ENV = "FEDTITAN_TEST_KILL_CLIENT"
+
+
+def _test_kill(server_round: object, partition_id: int) -> None:
+    rnd, _, rest = os.environ.get(KILL_ENV, "").partition(":")
+    pid, _, marker = rest.partition(":")
+    if rnd == str(server_round) and pid == str(partition_id) and marker and not os.path.exists(marker):
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _train(msg: Message, context: Context) -> Message:
     cfg, rec = _config(msg)
     pid, device, meter = _node(context)
+    if KILL_ENV in os.environ:
+        _test_kill(rec["server-round"], pid)
     strategy_config = {k: v for k, v in rec.items() if k not in _OWN_KEYS}
     token = str(rec.get("run-token", ""))
-    out = client_round(cfg, pid, _global_weights(msg), _load_state(context, token), int(cast(int, rec["server-round"])),
+    server_round = int(cast(int, rec["server-round"]))
+    store = local_store(context, cfg, token)
+    out = client_round(cfg, pid, _global_weights(msg), load_state(msg, store, pid, server_round), server_round,
                        device=device, meter=meter, strategy_config=strategy_config,
                        round_start_s=float(cast(float, rec.get("round-start-s", 0.0))))
-    _save_state(context, out.state, token)
     content = RecordDict({"arrays": ArrayRecord(out.state_dict), "metrics": MetricRecord(cast(dict[str, Any], out.metrics))})
+    if store is not None:
+        store.put(pid, server_round, out.state)
+    else:
+        content[STATE_RECORD] = ConfigRecord({"npz": pack(out.state), "round": server_round})
     return Message(content=content, reply_to=msg)
 
 

@@ -179,14 +179,29 @@ def run_superlink(plan: SuperLinkPlan) -> int:
     return 0 if proc.returncode in (0, -signal.SIGTERM, None) else int(proc.returncode)
 
 
+DEFAULT_STATE_DIR = "~/.fedtitan/state"
+
+
 def supernode_command(superlink: str, certs: str | None, insecure: bool, key: str | None, partition_id: int,
                       num_partitions: int, device: str | None = None, meter: str = "measured",
-                      port: int = 9094) -> list[str]:
+                      port: int = 9094, state_dir: str | None = DEFAULT_STATE_DIR) -> list[str]:
+    """The ``flower-supernode`` command for one board. ``state_dir``: where the board keeps its
+    client state (one folder per run, the newest rounds of it), so a board that restarts goes
+    on with its stream and buffer; None sends the state to the server with every reply instead."""
     if not 0 <= partition_id < num_partitions:
         raise FedtitanError(f"--partition-id must be in 0..{num_partitions - 1}, got {partition_id}")
     if meter not in ("measured", "simulated"):
         raise FedtitanError(f"--meter must be 'measured' or 'simulated', got {meter!r}")
     node_config = f"partition-id={partition_id} num-partitions={num_partitions} meter=\"{meter}\""
+    if state_dir:
+        folder = Path(state_dir).expanduser().resolve()
+        if '"' in str(folder) or "\\" in str(folder):
+            raise FedtitanError(f"--state-dir {folder}: a path with quotes or backslashes cannot go in a node config")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FedtitanError(f"--state-dir {folder}: cannot create it ({exc.strerror or exc})") from None
+        node_config += f' state-dir="{folder}"'
     if device:
         from fedtitan.devices import get_profile
 

@@ -26,7 +26,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"fedtitan: run failed: {summary['failed']}; its rounds are in {out}", file=sys.stderr)
         return 1
     if summary.get("interrupted"):
-        print(f"fedtitan: interrupted after {summary['rounds']} rounds; they are in {out}", file=sys.stderr)
+        print(f"fedtitan: interrupted after {summary['rounds']} rounds; they are in {out} "
+              f"(`fedtitan resume {out}` goes on)", file=sys.stderr)
+        return _interrupted_status()
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from simulations.run import resume
+
+    summary = resume(args.dir, args.set, ray_address=args.ray_address, quiet=args.quiet)
+    if summary.get("already_finished"):
+        print(f"fedtitan: {args.dir} has finished all its {summary.get('rounds')} rounds; extend it with "
+              "--set run.rounds=N")
+        return 0
+    _print_summary(args.dir, summary)
+    if summary.get("failed"):
+        print(f"fedtitan: run failed: {summary['failed']}; its rounds are in {args.dir}", file=sys.stderr)
+        return 1
+    if summary.get("interrupted"):
+        print(f"fedtitan: interrupted after {summary['rounds']} rounds; `fedtitan resume {args.dir}` goes on",
+              file=sys.stderr)
         return _interrupted_status()
     return 0
 
@@ -153,7 +173,8 @@ def _cmd_supernode(args: argparse.Namespace) -> int:
     from clients.deploy import exec_or_print, supernode_command
 
     cmd = supernode_command(args.superlink, args.certs, args.insecure, args.key, args.partition_id,
-                            args.num_partitions, args.device, args.meter, args.port)
+                            args.num_partitions, args.device, args.meter, args.port,
+                            None if args.state_on_server else args.state_dir)
     return exec_or_print(cmd, args.dry_run)
 
 
@@ -262,6 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bar or client logs")
     r.set_defaults(func=_cmd_run)
 
+    rs = sub.add_parser("resume", help="continue a cut-off run from its last checkpoint (or extend a finished one)")
+    rs.add_argument("dir", help="the run's folder (its --out)")
+    rs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="run.rounds=N extends the run; settings that do not change results may also change")
+    rs.add_argument("--ray-address", help="attach to an existing Ray cluster (e.g. auto or HOST:6379)")
+    rs.add_argument("--quiet", action="store_true", help="no progress bar or client logs")
+    rs.set_defaults(func=_cmd_resume)
+
     sw = sub.add_parser("sweep", help="grid x seeds of simulations, resumable, then a report")
     sw.add_argument("preset", help="preset name or TOML file")
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="a swept config key")
@@ -320,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     sn.add_argument("--device", help="catalog profile or profile TOML (e.g. orin-nano)")
     sn.add_argument("--meter", default="measured", help="measured (real hardware) or simulated (emulated device)")
     sn.add_argument("--port", type=int, default=9094, help="local port of this SuperNode's API")
+    sn.add_argument("--state-dir", default="~/.fedtitan/state",
+                    help="where the board keeps its client state (stream, buffer, pruning subset, battery) so a "
+                         "restart goes on where it was (default ~/.fedtitan/state)")
+    sn.add_argument("--state-on-server", action="store_true",
+                    help="keep no state here: it travels with each reply and the server keeps it in the run folder")
     sn.add_argument("--dry-run", action="store_true")
     sn.set_defaults(func=_cmd_supernode)
 

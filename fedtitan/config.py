@@ -8,6 +8,7 @@ import difflib
 import json
 import math
 import tomllib
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +29,7 @@ class RunSection(_Section):
     name: str = "run"
     deterministic: bool = False
     save_model: bool = False  # write the final global weights to model.npz
+    checkpoint_every: int = Field(1, ge=0)  # rounds between checkpoints (0: none; the last round always)
 
 
 class DataSection(_Section):
@@ -137,6 +139,7 @@ class FleetSection(_Section):
 
 
 class SimulationSection(_Section):
+    engine: Literal["ray", "local"] = "ray"  # local: every client in the server's process, one after another
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
     ray_address: str | None = None
@@ -359,6 +362,30 @@ def _check_names(cfg: Config) -> None:
     from fedtitan.results.tracking import check_backend
 
     check_backend(cfg.tracking.backend, cfg.tracking.uri)
+
+
+def _settings(doc: dict[str, Any]) -> dict[str, Any]:
+    """``{"run": {"seed": 0}}`` -> ``{"run.seed": 0}`` (a table such as fleet.mix stays one value)."""
+    return {f"{section}.{key}": value for section, table in doc.items() if isinstance(table, dict)
+            for key, value in table.items()}
+
+
+# Settings that do not change what a run computes: a finished run is reused, and a cut-off
+# run resumed, with any of these changed (``section.`` covers a whole section).
+RESULT_NEUTRAL = ("data.data_dir", "tracking.", "simulation.", "run.checkpoint_every", "server.timeout_s")
+
+
+def changed_settings(stored: str | dict[str, Any], cfg: Config, may_change: Iterable[str] = ()) -> list[str]:
+    """``key: old -> new`` for every setting of ``cfg`` that differs from the stored config
+    (a run's config.json), except keys in ``may_change`` (``section.`` prefixes allowed). A
+    setting the stored config lacks (made by an older fedtitan) counts as its default, which
+    is the old behaviour."""
+    old = _settings(json.loads(stored) if isinstance(stored, str) else stored)
+    old = {**_settings(json.loads(Config().to_json())), **old}
+    now = _settings(json.loads(cfg.to_json()))
+    allowed = tuple(may_change)
+    return [f"{k}: {old.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(old) | set(now))
+            if old.get(k) != now.get(k) and not any(k == a or (a.endswith(".") and k.startswith(a)) for a in allowed)]
 
 
 def load_config(preset: str | None = "quickstart", overrides: list[str] | None = None) -> Config:

@@ -33,15 +33,20 @@ def file_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+def atomic_writer(path: str | os.PathLike[str], fsync: bool = False) -> Iterator[IO[bytes]]:
     """A binary file handle whose content replaces ``path`` only once complete (temp file in
     the same folder + rename: readers never see half a file). The file gets the usual mode
-    under the umask; a full disk becomes :class:`DiskFullError` and leaves ``path`` as it was."""
+    under the umask; a full disk becomes :class:`DiskFullError` and leaves ``path`` as it was.
+    ``fsync``: the content reaches the disk before the rename (a power cut cannot leave an
+    empty file under the final name)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException as exc:
@@ -51,4 +56,18 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
         raise
 
 
-__all__ = ["DiskFullError", "atomic_writer", "file_mode"]
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make the renames inside folder ``path`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+__all__ = ["DiskFullError", "atomic_writer", "file_mode", "fsync_dir"]

@@ -33,9 +33,9 @@ def progress_bar(fields: str, quiet: bool) -> Any:
                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=quiet)
 
 
-def _progress(cfg: Config, quiet: bool) -> tuple[Any, Any]:
+def _progress(cfg: Config, quiet: bool, done: int = 0) -> tuple[Any, Any]:
     prog = progress_bar("acc {task.fields[acc]}  virtual {task.fields[vt]}", quiet)
-    task = prog.add_task(cfg.run.name, total=cfg.run.rounds, acc="-", vt="0 s")
+    task = prog.add_task(cfg.run.name, total=cfg.run.rounds, completed=done, acc="-", vt="0 s")
 
     def update(row: dict[str, Any]) -> None:
         acc = row["accuracy"]
@@ -85,7 +85,11 @@ def client_resources(cfg: Config, attach: bool) -> dict[str, float]:
 
             processes = max(1, int((os.cpu_count() or 1) // sim.num_cpus))
             gpus = min(1.0, torch.cuda.device_count() / processes)
-    return {"num_cpus": sim.num_cpus, "num_gpus": gpus}
+    # A client process that dies (the out-of-memory killer, a crash) is restarted by Ray, and the
+    # server sends its message again (strategies.server_app.FleetServer.collect): a client round
+    # is a pure function of its message (weights, state, round), so the retry gives what the
+    # first try would have.
+    return {"num_cpus": sim.num_cpus, "num_gpus": gpus, "max_restarts": -1}
 
 
 def check_resources(cfg: Config, attach: bool) -> None:
@@ -159,6 +163,9 @@ def simulate(server_main: Callable[[Any], object], cfg: Config, num_supernodes: 
     from clients.client_app import app as client_app
     from strategies.server_app import STOP
 
+    if cfg.simulation.engine == "local":
+        _simulate_local(server_main, num_supernodes, quiet)
+        return
     address = ray_address or cfg.simulation.ray_address
     errors: list[BaseException] = []
     server_app = ServerApp()
@@ -194,18 +201,53 @@ def simulate(server_main: Callable[[Any], object], cfg: Config, num_supernodes: 
         raise errors[0]
 
 
-def run(cfg: Config, out: str | Path, ray_address: str | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Simulate ``cfg`` with ``data.num_clients`` virtual SuperNodes; results go to ``out``."""
+def _simulate_local(server_main: Callable[[Any], object], num_supernodes: int, quiet: bool) -> None:
+    """``simulation.engine = "local"``: the clients run in this process (no Ray); Ctrl-C and
+    SIGTERM behave as with Ray."""
+    from clients.client_app import app as client_app
+    from strategies.local_grid import LocalGrid
+    from strategies.server_app import STOP
+
+    STOP.clear()
+    previous = _install_stop_handlers(STOP, quiet)
+    try:
+        server_main(LocalGrid(client_app, num_supernodes))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run(cfg: Config, out: str | Path, ray_address: str | None = None, quiet: bool = False,
+        resume_from: Any = None) -> dict[str, Any]:
+    """Simulate ``cfg`` with ``data.num_clients`` virtual SuperNodes; results go to ``out``.
+    ``resume_from``: a checkpoint of the run in ``out`` to go on from (see :func:`resume`)."""
     out_dir = prepare_dir(out)
     # Fail fast on data and resource problems in this process, before Ray starts.
     check_resources(cfg, attach=bool(ray_address or cfg.simulation.ray_address))
     from strategies.server_app import run_server
 
-    prog, update = _progress(cfg, quiet)
+    prog, update = _progress(cfg, quiet, done=resume_from.server_round if resume_from is not None else 0)
     t0 = time.perf_counter()
     with prog:
-        simulate(lambda grid: run_server(grid, cfg, out_dir, update), cfg, cfg.data.num_clients, ray_address, quiet)
+        simulate(lambda grid: run_server(grid, cfg, out_dir, update, resume_from), cfg, cfg.data.num_clients,
+                 ray_address, quiet)
     return read_summary(out_dir, time.perf_counter() - t0)
+
+
+def resume(run_dir: str | Path, overrides: list[str] | None = None, ray_address: str | None = None,
+           quiet: bool = False) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its last valid checkpoint, with its own config
+    (``overrides`` may raise ``run.rounds`` to extend a finished run, or change settings that do
+    not affect results). A finished run is left as it is: its summary comes back with
+    ``already_finished``."""
+    from strategies.server_app import resume_config
+
+    cfg, ckpt = resume_config(run_dir, overrides)
+    if ckpt is None:
+        summary = read_summary(Path(run_dir), 0.0)
+        summary["already_finished"] = True
+        return summary
+    return run(cfg, run_dir, ray_address=ray_address, quiet=quiet, resume_from=ckpt)
 
 
 def read_summary(out_dir: Path, wall_s: float) -> dict[str, Any]:

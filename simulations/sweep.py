@@ -2,7 +2,8 @@
 
 A run writes into ``.partial-RUN_ID`` and is renamed to ``RUN_ID`` only when it has finished,
 so a finished run appears atomically and a killed one leaves no half result; re-running the
-same command skips finished runs and redoes unfinished ones. ``index.csv`` lists every run
+same command skips finished runs and resumes a cut-off one from its last checkpoint (a run
+cut off before its first checkpoint is redone). ``index.csv`` lists every run
 with its parameters and status and is rewritten atomically after each run.
 """
 
@@ -19,7 +20,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedtitan.config import Config, _known_keys, is_known_key, load_config
+from fedtitan.checkpoint import Checkpoint
+from fedtitan.config import (
+    RESULT_NEUTRAL,
+    Config,
+    _known_keys,
+    changed_settings,
+    is_known_key,
+    load_config,
+)
 from fedtitan.errors import ConfigError
 from fedtitan.results import atomic_write_text, prepare_dir
 
@@ -55,38 +64,13 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     return grid
 
 
-def _flat(d: dict[str, object], prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-# Settings that do not change what a run computes: a sweep may be resumed with them changed.
-_RESUME_MAY_CHANGE = frozenset({"data.data_dir"})
-_RESUME_MAY_CHANGE_SECTIONS = ("tracking.",)
-
-
 def _check_same_settings(run_dir: Path, cfg: Config) -> None:
     """A finished run is only reused when it was made with the settings asked for now."""
     try:
-        stored = _flat(json.loads((run_dir / "config.json").read_text()))
+        stored = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
         return  # no readable config: nothing to compare (older runs)
-    # a setting newer than the run was made with its default (new keys default to the old
-    # behaviour); compared per setting (section.key), so a dict-valued one is not merged
-    def setting(key: str) -> str:
-        return ".".join(key.split(".")[:2])
-
-    have = {setting(k) for k in stored}
-    stored |= {k: v for k, v in _flat(json.loads(Config().to_json())).items() if setting(k) not in have}
-    now = _flat(json.loads(cfg.to_json()))
-    diff = [f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(stored) | set(now))
-            if k not in _RESUME_MAY_CHANGE and not k.startswith(_RESUME_MAY_CHANGE_SECTIONS)
-            and stored.get(k) != now.get(k)]
+    diff = changed_settings(stored, cfg, RESULT_NEUTRAL)
     if diff:
         shown = "; ".join(diff[:3]) + (f" (+{len(diff) - 3} more)" if len(diff) > 3 else "")
         raise ConfigError(f"{run_dir} was made with other settings ({shown}); resume with the same --set "
@@ -148,8 +132,10 @@ def sweep(preset: str, grid_items: list[str], seeds: int, overrides: list[str], 
         # a resumed sweep may add runs; record the union of what was asked
         spec_doc["history"] = [*old.get("history", []), {k: old[k] for k in ("preset", "grid", "seeds", "overrides")}]
     atomic_write_text(sweep_file, json.dumps(spec_doc, indent=2) + "\n")
-    for stale in root.glob(".partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # unfinished runs of a killed sweep are redone
+    wanted = {f".partial-{s.run_id}" for s in specs if status[s.run_id] != "done"}
+    for stale in root.glob(".partial-*"):  # a cut-off run of this sweep resumes from its checkpoint
+        if stale.name not in wanted:
+            shutil.rmtree(stale, ignore_errors=True)
     # runs of earlier invocations that are not in this grid stay listed in the index
     old_index = root / "index.csv"
     extra: list[RunSpec] = []
@@ -206,6 +192,21 @@ def _shared_resources(cfg: Config) -> tuple[object, ...]:
     return (cfg.simulation.num_cpus, cfg.simulation.num_gpus, cfg.simulation.ray_address, cfg.compute.device)
 
 
+def _checkpoint_to_resume(partial: Path, cfg: Config) -> Checkpoint | None:
+    """The checkpoint a cut-off run of this sweep goes on from: none when the folder holds none,
+    or was made with settings that change results (it is then redone from round 1)."""
+    from strategies.server_app import find_checkpoint
+
+    if not (partial / "config.json").is_file():
+        return None
+    try:
+        if changed_settings((partial / "config.json").read_text(), cfg, RESULT_NEUTRAL):
+            return None
+    except ValueError:
+        return None
+    return find_checkpoint(partial)
+
+
 def _run_all(todo: list[RunSpec], configs: dict[str, Config], root: Path, ray_address: str | None,
              started: Callable[[RunSpec], None], finished: Callable[[RunSpec, Path, float], None]) -> str | None:
     """Run ``todo`` one after another; returns the id of the run an interrupt stopped, if any.
@@ -243,9 +244,13 @@ def _run_all(todo: list[RunSpec], configs: dict[str, Config], root: Path, ray_ad
                     return
                 started(spec)
                 partial = root / f".partial-{spec.run_id}"
-                shutil.rmtree(partial, ignore_errors=True)
+                ckpt = _checkpoint_to_resume(partial, configs[spec.run_id])
+                if ckpt is None:
+                    shutil.rmtree(partial, ignore_errors=True)
+                else:
+                    (partial / "summary.json").unlink(missing_ok=True)
                 t0 = time.perf_counter()
-                summary = FleetServer(grid, configs[spec.run_id], partial).run(pids)  # type: ignore[arg-type]
+                summary = FleetServer(grid, configs[spec.run_id], partial, resume_from=ckpt).run(pids)  # type: ignore[arg-type]
                 if summary.get("interrupted"):
                     stopped.append(spec.run_id)
                     return

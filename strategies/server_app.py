@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import sys
 import threading
@@ -37,6 +38,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from fedtitan.checkpoint import Checkpoint, CheckpointStore, ClientStateStore, StateError, unpack
 from fedtitan.compute import describe, resolve_device, set_deterministic
 from fedtitan.config import Config, load_config
 from fedtitan.data import summary as partition_summary
@@ -53,11 +55,18 @@ from fedtitan.training.setup import fleet_dynamics
 from strategies.aggregate import AggregationFailed, Aggregator, make_aggregator, to_arrays
 from strategies.fleet import ClientResult, FleetPolicy, finite
 from strategies.registry import build_strategy
+from strategies.state import load_strategy_state, strategy_state, unsaved
 
 log = logging.getLogger("fedtitan")
 DEVICE_NAMES = list(CATALOG)
 ProgressFn = Callable[[dict[str, Any]], None]
 STOP = threading.Event()  # set (e.g. by Ctrl-C or SIGTERM) to end the run cleanly after the current round
+STATE_RECORD = "fedtitan-state"  # a client's state in a train message / reply (clients.client_app)
+CHECKPOINTS = "checkpoints"  # a run's checkpoints and its clients' states, inside the run folder
+KEEP_CHECKPOINTS = 2
+# Tests only: SIGKILL this process mid-round N (after the clients replied, before anything of
+# the round is written), the harshest place a crash can land.
+KILL_AT_ENV = "FEDTITAN_TEST_KILL_AT_ROUND"
 
 
 def eval_indices(cfg: Config, n_test: int) -> np.ndarray:
@@ -92,6 +101,12 @@ def ask_partition_ids(grid: Grid, n: int, timeout_s: float) -> dict[int, int]:
     nodes = _wait_for_nodes(grid, n, timeout_s)
     content = RecordDict({"config": ConfigRecord({"what": "partition-id"})})
     return {node: int(v) for node, v in _ask(grid, nodes, content, "query", "partition_id", timeout_s).items()}
+
+
+def worker_died(reason: str) -> bool:
+    """A reply error that says the client's process died (not that the client raised)."""
+    return any(s in reason for s in ("ActorDiedError", "RayActorError", "ActorUnavailableError",
+                                     "actor died unexpectedly", "actor is temporarily unavailable"))
 
 
 def error_gist(error: str) -> str:
@@ -133,18 +148,23 @@ class Evaluation:
 class FleetServer:
     """One run on a grid: the steps of a round, each small enough to read and test alone."""
 
-    def __init__(self, grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressFn | None = None) -> None:
+    def __init__(self, grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressFn | None = None,
+                 resume_from: Checkpoint | None = None) -> None:
         self.grid, self.cfg, self.progress = grid, cfg, progress
         s = cfg.server
         self.policy = FleetPolicy(s.fraction, s.min_clients, s.policy, s.deadline_s, s.over_commit, cfg.run.seed)
         self.writer = RunWriter(out_dir)
         self.cfg_json = cfg.to_json()
-        # names this run's client state (a sweep runs many runs on the same simulated nodes)
-        self.token = hashlib.sha1(f"{self.cfg_json}|{Path(out_dir).resolve()}|{time.time_ns()}".encode()).hexdigest()[:16]
+        self.resume_from = resume_from
+        # names this run's client state on boards that keep it (a checkpoint carries it on)
+        self.token = str(resume_from.state["token"]) if resume_from else hashlib.sha1(
+            f"{self.cfg_json}|{Path(out_dir).resolve()}|{time.time_ns()}".encode()).hexdigest()[:16]
         mode = set_deterministic(cfg.run.deterministic)
         self.device = resolve_device(cfg.compute.device)
+        resumed = _resumed_history(self.writer.dir) + ([resume_from.server_round] if resume_from else [])
         self.writer.write_config(self.cfg_json, cfg.run.seed,
-                                 extra={"compute": {**describe(self.device), "mode": mode}})
+                                 extra={"compute": {**describe(self.device), "mode": mode},
+                                        **({"resumed_from_rounds": resumed} if resumed else {})})
         ds = dataset_for(cfg)
         self.writer.write_partition(partition_summary(partition_for(cfg, ds), ds.y_train, ds.num_classes))
         self.model = build_global_model(cfg, ds)
@@ -157,12 +177,27 @@ class FleetServer:
         t = cfg.tracking
         self.tracker = make_tracker(t.backend, t.uri, t.project, t.mode)
         # a sweep's run is written in .partial-RUN_ID and renamed when it has finished
-        self.tracker.start(self.writer.dir, json.loads(self.cfg_json), self.writer.dir.name.removeprefix(".partial-"))
+        run_name = self.writer.dir.name.removeprefix(".partial-")
+        if resume_from is not None:
+            self.tracker.resume(self.writer.dir, json.loads(self.cfg_json), run_name,
+                                dict(resume_from.state.get("tracker") or {}), resume_from.server_round)
+        else:
+            self.tracker.start(self.writer.dir, json.loads(self.cfg_json), run_name)
         self.partition_of: dict[int, int] = {}
         self.dynamics = fleet_dynamics(cfg)
         self.aggregator: Aggregator = make_aggregator(None, "fedavg")
         self.virtual_s = 0.0
         self.energy_cum = 0.0
+        # client state (simulation): the round of each partition's newest state in the store (-1: none)
+        self.checkpoints = CheckpointStore(self.writer.dir / CHECKPOINTS, keep=KEEP_CHECKPOINTS)
+        self.states = ClientStateStore(self.writer.dir / CHECKPOINTS / "clients", keep=1)
+        self.client_rounds = np.full(cfg.data.num_clients, -1, dtype=np.int64)
+        self.retained: list[np.ndarray] = []  # client_rounds of the checkpoints on disk (their states stay)
+        self.state_io = [0.0, 0]  # seconds and bytes spent storing client states this round
+        if resume_from is None:  # every RNG the server's side draws from (e.g. DP noise) starts from the seed
+            random.seed(cfg.run.seed)
+            np.random.seed(cfg.run.seed % 2**32)  # noqa: NPY002 - Flower's DP noise draws from it
+            torch.manual_seed(cfg.run.seed)
 
     # -------------------------------------------------------------------------- set-up
     def connect(self, partition_ids: dict[int, int] | None = None) -> list[int]:
@@ -195,15 +230,51 @@ class FleetServer:
         return self.policy.sample(up, rnd, population=len(self.nodes))
 
     def broadcast(self, rnd: int, sampled: list[int]) -> list[Message]:
+        """The aggregator's train messages, each with its partition's last state (if any)."""
         config = ConfigRecord({"config": self.cfg_json, "run-token": self.token, "round-start-s": self.virtual_s})
-        return self.aggregator.configure(rnd, to_arrays(self.global_state), config, self.grid, sampled)
+        messages = self.aggregator.configure(rnd, to_arrays(self.global_state), config, self.grid, sampled)
+        for m in messages:  # a strategy may share one content between its messages: give each its own
+            pid = self.partition_of.get(m.metadata.dst_node_id, -1)
+            if 0 <= pid < len(self.client_rounds) and self.client_rounds[pid] >= 0:
+                r = int(self.client_rounds[pid])
+                state = ConfigRecord({"npz": self.states.read(pid, r), "round": r})
+                m.content = RecordDict({**dict(m.content.items()), STATE_RECORD: state})
+        return messages
 
-    def collect(self, messages: list[Message], sampled: list[int]) -> list[ClientResult]:
-        replies = {m.metadata.src_node_id: m for m in self.grid.send_and_receive(messages, timeout=self.cfg.server.timeout_s)}
+    def collect(self, rnd: int, messages: list[Message], sampled: list[int]) -> list[ClientResult]:
+        """Every reply; the work of a client whose process died mid-round (Ray restarts it) is
+        sent once more, so a killed worker costs time, not a different run."""
+        timeout = self.cfg.server.timeout_s
+        replies = {m.metadata.src_node_id: m for m in self.grid.send_and_receive(messages, timeout=timeout)}
+        died = [m for m in messages if (r := replies.get(m.metadata.dst_node_id)) is not None and r.has_error()
+                and worker_died(str(r.error.reason))]
+        if died:
+            log.warning("round %d: %d client process(es) died mid-round; sending their work again", rnd, len(died))
+            again = [Message(m.content, dst_node_id=m.metadata.dst_node_id, message_type=m.metadata.message_type,
+                             group_id=m.metadata.group_id) for m in died]
+            replies.update({m.metadata.src_node_id: m for m in self.grid.send_and_receive(again, timeout=timeout)})
         sent = {m.metadata.dst_node_id for m in messages}
+        self.state_io = [0.0, 0]
+        for node, reply in replies.items():
+            self.keep_state(rnd, node, reply)
         return [parse_reply(replies[n], n) if n in replies
                 else ClientResult(n, Status.FAILED, error="no reply (timeout)" if n in sent else "not sent by the strategy")
                 for n in sampled]
+
+    def keep_state(self, rnd: int, node: int, reply: Message) -> None:
+        """Store the state a client sent back (simulation; boards keep theirs), keeping what
+        the checkpoints on disk still refer to."""
+        if reply.has_error() or node not in self.partition_of:
+            return
+        rec = reply.content.config_records.get(STATE_RECORD)
+        if rec is None or "npz" not in rec:
+            return
+        pid = self.partition_of[node]
+        t0 = time.perf_counter()
+        referenced = {int(c[pid]) for c in self.retained if c[pid] >= 0}
+        self.state_io[1] += self.states.put(pid, rnd, cast(bytes, rec["npz"]), keep_rounds=referenced)
+        self.state_io[0] += time.perf_counter() - t0
+        self.client_rounds[pid] = rnd
 
     def include(self, results: list[ClientResult], sampled: list[int]) -> tuple[list[ClientResult], float]:
         return self.policy.include(results, self.keep)
@@ -275,6 +346,7 @@ class FleetServer:
             "measured_energy_missing": sum(r.metrics.get("measured", 0) >= 0.5 and r.metrics.get("energy_available", 1) < 0.5
                                            for r in results),
             "aggregation_error": why if not updated else "",
+            "checkpoint_s": self.state_io[0], "checkpoint_bytes": self.state_io[1],
         }
         self.writer.add_round(row, client_rows, fleet)
         self.tracker.log_round(rnd, row)
@@ -286,20 +358,72 @@ class FleetServer:
         t0 = time.perf_counter()
         sampled = self.sample(rnd)
         messages = self.broadcast(rnd, sampled)
-        results = self.collect(messages, sampled)
+        results = self.collect(rnd, messages, sampled)
+        if os.environ.get(KILL_AT_ENV) == str(rnd):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
         included, round_s = self.include(results, sampled)
         updated, why = self.aggregate(rnd, included)
         ev = self.evaluate(rnd, sampled)
         return self.record(rnd, sampled, results, included, round_s, updated, why, ev, time.perf_counter() - t0)
 
+    # -------------------------------------------------------------------------- checkpoints
+    def checkpoint(self, rnd: int, reached: int | None) -> None:
+        """Everything the run needs to go on from after round ``rnd``, as data, atomically;
+        its cost (and the client states stored this round) goes to rounds.csv."""
+        strategy = getattr(self.aggregator, "strategy", None)
+        state = {
+            "config": self.cfg_json, "token": self.token, "model": self.global_state,
+            "strategy": strategy_state(strategy), "virtual_s": self.virtual_s, "energy_cum_j": self.energy_cum,
+            "rows": {"rounds": len(self.writer.rounds), "clients": len(self.writer.clients),
+                     "fleet": len(self.writer.fleet)},
+            "client_rounds": self.client_rounds.copy(), "tracker": self.tracker.resume_info(),
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),  # noqa: NPY002 - global, as Flower uses it
+                    "torch": torch.get_rng_state()},
+            "target_reached_round": reached,
+        }
+        with self.writer.safe():
+            seconds, size = self.checkpoints.save(rnd, state)
+        self.retained = [*self.retained, self.client_rounds.copy()][-KEEP_CHECKPOINTS:]
+        self.writer.update_last_round(checkpoint_s=self.state_io[0] + seconds, checkpoint_bytes=self.state_io[1] + size)
+
+    def restore(self, ckpt: Checkpoint) -> int:
+        """Put the run back as it was after ``ckpt``'s round; returns that round."""
+        st = ckpt.state
+        self.global_state = {k: np.asarray(v) for k, v in st["model"].items()}
+        load_strategy_state(getattr(self.aggregator, "strategy", None), st.get("strategy") or {})
+        self.virtual_s, self.energy_cum = float(st["virtual_s"]), float(st["energy_cum_j"])
+        rows = st["rows"]
+        self.writer.restore(int(rows["rounds"]), int(rows["clients"]), int(rows["fleet"]))
+        self.client_rounds = np.asarray(st["client_rounds"], dtype=np.int64).copy()
+        self.retained = [*older_client_rounds(self.checkpoints, ckpt.server_round), self.client_rounds.copy()]
+        rng = st["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])  # noqa: NPY002
+        torch.set_rng_state(rng["torch"])
+        return ckpt.server_round
+
+    def should_checkpoint(self, rnd: int, last: bool) -> bool:
+        every = self.cfg.run.checkpoint_every
+        return every > 0 and (last or rnd % every == 0)
+
     # -------------------------------------------------------------------------- the run
     def run(self, partition_ids: dict[int, int] | None = None) -> dict[str, Any]:
         self.connect(partition_ids)
+        strategy = getattr(self.aggregator, "strategy", None)
+        missing = unsaved(strategy) if self.cfg.run.checkpoint_every else []
+        if missing:
+            log.warning("strategy %s keeps attributes fedtitan cannot save (%s): a resumed run starts them afresh; "
+                        "give it state_dict()/load_state_dict() (docs/extending.md)", self.aggregator.name,
+                        ", ".join(missing))
+        first = 1 if self.resume_from is None else self.restore(self.resume_from) + 1
         t_start = time.perf_counter()
         target = self.cfg.server.target_accuracy
         reached, interrupted = None, False
-        acc, loss = math.nan, math.nan
-        for rnd in range(1, self.cfg.run.rounds + 1):
+        last_row = self.writer.rounds[-1] if self.writer.rounds else {}
+        acc, loss = float(last_row.get("accuracy", math.nan)), float(last_row.get("loss", math.nan))
+        for rnd in range(first, self.cfg.run.rounds + 1):
             if STOP.is_set():
                 interrupted = True
                 log.warning("stopping before round %d as asked; finished rounds are on disk", rnd)
@@ -308,10 +432,14 @@ class FleetServer:
             acc, loss = row["accuracy"], row["loss"]
             if target is not None and not math.isnan(acc) and acc >= target:
                 reached = rnd
+            if self.should_checkpoint(rnd, rnd == self.cfg.run.rounds or reached is not None or STOP.is_set()):
+                self.checkpoint(rnd, reached)
+            if reached is not None:
                 break
         summary = {"rounds": len(self.writer.rounds), "final_accuracy": acc, "final_loss": loss,
                    "virtual_time_s": self.virtual_s, "energy_j": self.energy_cum,
                    "wall_s": time.perf_counter() - t_start, "target_reached_round": reached, "interrupted": interrupted,
+                   **({"resumed_from_round": self.resume_from.server_round} if self.resume_from else {}),
                    **self.failures()}
         if self.cfg.run.save_model:
             self.writer.save_arrays("model.npz", self.global_state)
@@ -324,11 +452,11 @@ class FleetServer:
         global model at all: such a run measured nothing, and a sweep redoes it."""
         failed = sum(int(r["clients_failed"]) for r in self.writer.rounds)
         out: dict[str, Any] = {"client_rounds_failed": failed}
-        errors = [str(c["error"]) for c in self.writer.clients if c.get("error")]
+        errors = [text(c.get("error")) for c in self.writer.clients if text(c.get("error"))]
         if errors:
             out["first_client_error"] = errors[0]
         if self.writer.rounds and not any(r["updated"] for r in self.writer.rounds) and not STOP.is_set():
-            why = next((str(r["aggregation_error"]) for r in self.writer.rounds if r["aggregation_error"]), "")
+            why = next((text(r["aggregation_error"]) for r in self.writer.rounds if text(r["aggregation_error"])), "")
             out["failed"] = f"no round updated the global model ({why})" + (
                 f"; first client error: {out['first_client_error']}" if errors else "")
             log.error("run failed: %s", out["failed"])
@@ -349,6 +477,86 @@ class FleetServer:
         self.tracker.finish(self.writer.dir, summary, tier_costs(clients, []) if "device" in clients else pd.DataFrame())
 
 
+def text(value: Any) -> str:
+    """A text cell of a row: rows read back from CSV on resume hold NaN where the text was empty."""
+    return value if isinstance(value, str) else ""
+
+
+def _resumed_history(run_dir: Path) -> list[int]:
+    try:
+        return [int(r) for r in json.loads((run_dir / "meta.json").read_text()).get("resumed_from_rounds", [])]
+    except (OSError, ValueError, TypeError):
+        return []
+
+
+def older_client_rounds(store: CheckpointStore, server_round: int) -> list[np.ndarray]:
+    """The client-state rounds that the checkpoints older than ``server_round`` refer to (their
+    client states must stay on disk while they do)."""
+    out = []
+    for r in store.rounds():
+        if r < server_round:
+            try:
+                out.append(np.asarray(unpack(store.path(r), "checkpoint")["client_rounds"], dtype=np.int64))
+            except (StateError, KeyError, TypeError):
+                continue
+    return out[-(KEEP_CHECKPOINTS - 1):] if KEEP_CHECKPOINTS > 1 else []
+
+
+def find_checkpoint(run_dir: str | Path) -> Checkpoint | None:
+    """The newest valid checkpoint of a run folder whose client states are all on disk (a
+    corrupt, truncated or incomplete one is refused with one warning line, the previous one used)."""
+    run_dir = Path(run_dir)
+    store = CheckpointStore(run_dir / CHECKPOINTS, keep=KEEP_CHECKPOINTS)
+    states = ClientStateStore(run_dir / CHECKPOINTS / "clients")
+    at_most: int | None = None
+    while True:
+        ckpt = store.latest(at_most)
+        if ckpt is None:
+            return None
+        rounds = np.asarray(ckpt.state.get("client_rounds", []), dtype=np.int64)
+        gone = [pid for pid, r in enumerate(rounds) if r >= 0 and not states.path(pid, int(r)).is_file()]
+        if not gone:
+            return ckpt
+        log.warning("checkpoint %s refers to client states that are missing (partition %d, round %d); "
+                    "using the previous checkpoint", ckpt.path, gone[0], rounds[gone[0]])
+        at_most = ckpt.server_round - 1
+
+
+RESUME_MAY_CHANGE = ("run.rounds",)  # beside the result-neutral settings (fedtitan.config.RESULT_NEUTRAL)
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> tuple[Config, Checkpoint | None]:
+    """The config a cut-off run goes on with (its own config.json plus ``overrides``, of which
+    only ``run.rounds`` and settings that do not change results may differ) and the checkpoint
+    it goes on from (None when the run already finished every round). One-line errors."""
+    from fedtitan.config import RESULT_NEUTRAL, apply_overrides, changed_settings, validate
+
+    run_dir = Path(run_dir)
+    try:
+        stored = json.loads((run_dir / "config.json").read_text())
+    except FileNotFoundError:
+        raise FedtitanError(f"{run_dir} is not a fedtitan run folder (no config.json)") from None
+    except (OSError, ValueError) as exc:
+        raise FedtitanError(f"cannot read {run_dir / 'config.json'}: {exc}") from None
+    cfg = validate(apply_overrides(json.loads(json.dumps(stored)), list(overrides or [])))
+    changed = changed_settings(stored, cfg, (*RESULT_NEUTRAL, *RESUME_MAY_CHANGE))
+    if changed:
+        raise FedtitanError(f"cannot resume {run_dir} with {changed[0]}: that setting changes what the run computes "
+                            f"(only run.rounds, to extend a run, and {', '.join(RESULT_NEUTRAL)} may change); "
+                            "start a new run with another --out")
+    ckpt = find_checkpoint(run_dir)
+    if ckpt is None:
+        every = int(stored.get("run", {}).get("checkpoint_every", 1))
+        why = "it was made with run.checkpoint_every=0" if every == 0 else "it ended before its first checkpoint"
+        raise FedtitanError(f"no valid checkpoint in {run_dir / CHECKPOINTS} ({why}); start it again with fedtitan run")
+    if cfg.run.rounds < ckpt.server_round:
+        raise FedtitanError(f"run.rounds={cfg.run.rounds} but {run_dir} has already finished {ckpt.server_round} rounds; "
+                            f"give run.rounds > {ckpt.server_round} to extend it")
+    finished = (run_dir / "summary.json").is_file() and (
+        ckpt.server_round >= cfg.run.rounds or ckpt.state.get("target_reached_round") is not None)
+    return cfg, None if finished else ckpt
+
+
 _ROW_FIRST = ("sim_time_s", "sim_energy_j", "num-examples", "partition_id", "device_id", "status")
 
 
@@ -366,8 +574,11 @@ def client_row(rnd: int, r: ClientResult, included: bool, client_accuracy: float
     }
 
 
-def run_server(grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressFn | None = None) -> dict[str, Any]:
-    return FleetServer(grid, cfg, out_dir, progress).run()
+def run_server(grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressFn | None = None,
+               resume_from: Checkpoint | None = None) -> dict[str, Any]:
+    if resume_from is not None:  # the run is unfinished again until it ends
+        (Path(out_dir) / "summary.json").unlink(missing_ok=True)
+    return FleetServer(grid, cfg, out_dir, progress, resume_from).run()
 
 
 def make_server_app(cfg: Config, out_dir: str | Path, progress: ProgressFn | None = None) -> ServerApp:
@@ -386,20 +597,37 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Entry point for ``flwr run .``: reads ``preset`` / ``overrides`` / ``out`` from the run config.
+    """Entry point for ``flwr run .``: reads ``preset`` / ``overrides`` / ``out`` from the run config;
+    ``resume=true`` continues the run in ``out`` from its last checkpoint (``overrides`` may then
+    extend ``run.rounds``).
 
     Under ``fedtitan superlink`` the output must stay inside its ``--results-root``."""
     rc = context.run_config
+    ckpt = None
     try:
         overrides = [o for o in str(rc.get("overrides", "")).split() if o]
-        cfg = load_config(str(rc.get("preset", "quickstart")), overrides)
-        out: str | Path = str(rc.get("out", "")) or f"runs/{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        resume = str(rc.get("resume", "false")).lower() in ("true", "1", "yes")
+        if resume and not str(rc.get("out", "")):
+            raise FedtitanError("resume=true needs out=RUN_DIR (the folder of the run to continue)")
+        out: str | Path = str(rc.get("out", ""))
         root = os.environ.get(RESULTS_ROOT_ENV)
-        if root:
+        if root and out:
             out = inside_root(root, out)
+        if resume:
+            cfg, ckpt = resume_config(out, overrides)
+            if ckpt is None:
+                print(f"fedtitan: {out} has finished all its rounds; extend it with overrides=\"run.rounds=N\"",
+                      file=sys.stderr, flush=True)
+                return
+        else:
+            cfg = load_config(str(rc.get("preset", "quickstart")), overrides)
+        if not out:
+            out = f"runs/{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            if root:
+                out = inside_root(root, out)
     except FedtitanError as exc:
         # one line in the run's log (`flwr run --stream`, `flwr log`); raising an ordinary
         # exception lets Flower mark the run failed with this message as its detail
         print(f"fedtitan: error: {exc}", file=sys.stderr, flush=True)
         raise
-    run_server(grid, cfg, out)
+    run_server(grid, cfg, out, resume_from=ckpt)

@@ -72,7 +72,7 @@ class RunWriter:
         self.fleet: list[dict[str, Any]] = []
 
     def write_config(self, config_json: str, seed: int, extra: dict[str, Any] | None = None) -> None:
-        with self._safe():
+        with self.safe():
             self._write_config(config_json, seed, extra)
 
     def _write_config(self, config_json: str, seed: int, extra: dict[str, Any] | None) -> None:
@@ -83,7 +83,7 @@ class RunWriter:
 
     def write_partition(self, table: pd.DataFrame) -> None:
         """Per-client sample counts and label histogram (``fedtitan.data.summary``)."""
-        with self._safe():
+        with self.safe():
             atomic_write_text(self.dir / "partition.csv", table.to_csv())
 
     def add_round(self, row: dict[str, Any], client_rows: list[dict[str, Any]],
@@ -93,7 +93,7 @@ class RunWriter:
         round whose clients are not on disk."""
         clients = self.clients + client_rows
         fleet = self.fleet + (fleet_rows or [])
-        with self._safe():
+        with self.safe():
             atomic_write_text(self.dir / "clients.csv", pd.DataFrame(clients).to_csv(index=False))
             if fleet_rows is not None:
                 atomic_write_text(self.dir / "fleet.csv", pd.DataFrame(fleet).to_csv(index=False))
@@ -102,24 +102,57 @@ class RunWriter:
         self.clients = clients
         self.fleet = fleet
 
+    def update_last_round(self, **fields: Any) -> None:
+        """Set ``fields`` of the newest round (e.g. its checkpoint cost) and rewrite rounds.csv."""
+        self.rounds[-1].update(fields)
+        with self.safe():
+            atomic_write_text(self.dir / "rounds.csv", pd.DataFrame(self.rounds).to_csv(index=False))
+
+    def restore(self, rounds: int, clients: int, fleet: int) -> None:
+        """Take back the first ``rounds`` / ``clients`` / ``fleet`` rows of the tables on disk
+        (what a checkpoint recorded; rows written after it are dropped, on disk too)."""
+        from fedtitan.errors import FedtitanError
+
+        tables = []
+        for name, n in (("rounds.csv", rounds), ("clients.csv", clients), ("fleet.csv", fleet)):
+            path = self.dir / name
+            rows: list[dict[str, Any]] = []
+            if n:
+                try:
+                    rows = pd.read_csv(path).to_dict("records")
+                except (OSError, ValueError) as exc:
+                    raise FedtitanError(f"cannot resume: {path} is unreadable ({exc})") from None
+                if len(rows) < n:
+                    raise FedtitanError(f"cannot resume: {path} has {len(rows)} rows but the checkpoint recorded {n}")
+            tables.append((path, rows[:n]))
+        with self.safe():
+            for path, rows in tables:
+                if rows:
+                    atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))
+                elif path.name != "rounds.csv":
+                    path.unlink(missing_ok=True)
+        (_, self.rounds), (_, self.clients), (_, self.fleet) = tables
+
     def save_arrays(self, name: str, arrays: dict[str, Any]) -> Path:
         """``name`` (e.g. model.npz) holding named numpy arrays, written atomically."""
         import numpy as np
 
         path = self.dir / name
-        with self._safe(), atomic_writer(path) as fh:
+        with self.safe(), atomic_writer(path) as fh:
             np.savez(fh, **arrays)
         return path
 
     @contextlib.contextmanager
-    def _safe(self) -> Iterator[None]:
+    def safe(self) -> Iterator[None]:
         """A full disk is one line saying where and how many rounds are safe."""
         try:
             yield
         except DiskFullError as exc:
             raise DiskFullError(f"{exc}; {len(self.rounds)} finished rounds are safe in {self.dir} (rounds.csv, "
-                                "clients.csv); free some space and run again (a sweep resumes)") from None
+                                f"clients.csv); free some space and `fedtitan resume {self.dir}` continues from "
+                                "its last checkpoint (a sweep resumes its runs)") from None
+
 
     def finish(self, summary: dict[str, Any]) -> None:
-        with self._safe():
+        with self.safe():
             atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")

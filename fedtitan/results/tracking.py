@@ -109,6 +109,26 @@ class Tracker:
     def finish(self, run_dir: Path, summary: dict[str, Any], tiers: pd.DataFrame) -> None:
         self._guard("finish", self._finish, run_dir, summary, tiers)
 
+    def resume_info(self) -> dict[str, Any]:
+        """What a checkpoint keeps so that a resumed run continues this tracker's run."""
+        return {"backend": self.name, **(self._resume_info() if self.alive else {})}
+
+    def resume(self, run_dir: Path, config: dict[str, Any], run_name: str, info: dict[str, Any], step: int) -> None:
+        """Continue the tracker run ``info`` names after round ``step`` (a new one if it names none)."""
+        if info.get("backend") != self.name or len(info) < 2:
+            if self.name != "none":
+                log.warning("tracking (%s): the checkpoint names no %s run to continue; starting a new one",
+                            self.name, self.name)
+            self.start(run_dir, config, run_name)
+            return
+        self._guard("resume", self._resume, run_dir, config, run_name, info, step)
+
+    def _resume_info(self) -> dict[str, Any]:
+        return {}
+
+    def _resume(self, run_dir: Path, config: dict[str, Any], run_name: str, info: dict[str, Any], step: int) -> None:
+        self._start(run_dir, config, run_name)
+
     def _start(self, run_dir: Path, config: dict[str, Any], run_name: str) -> None:
         pass
 
@@ -169,6 +189,18 @@ class MlflowTracker(Tracker):
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
             self.client.log_batch(self.run_id, params=params[i:i + 100])
 
+    def _resume_info(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "uri": self.uri}
+
+    def _resume(self, run_dir: Path, config: dict[str, Any], run_name: str, info: dict[str, Any], step: int) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = str(info.get("uri") or self.uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.run_id = str(info["run_id"])
+        self.client.get_run(self.run_id)  # it must exist
+        self.client.update_run(self.run_id, status="RUNNING")
+
     def _log_round(self, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
@@ -202,11 +234,22 @@ class TensorboardTracker(Tracker):
     def _start(self, run_dir: Path, config: dict[str, Any], run_name: str) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        logdir = Path(self.root) / run_name if self.root else run_dir / "tensorboard"
-        self.writer = SummaryWriter(log_dir=str(logdir))
+        self.logdir = Path(self.root) / run_name if self.root else run_dir / "tensorboard"
+        self.writer = SummaryWriter(log_dir=str(self.logdir))
         self.config = flatten(config)
         rows = "\n".join(f"| {k} | {v} |" for k, v in self.config.items())
         self.writer.add_text("config", "| key | value |\n|---|---|\n" + rows, 0)
+
+    def _resume_info(self) -> dict[str, Any]:
+        return {"logdir": str(self.logdir)}
+
+    def _resume(self, run_dir: Path, config: dict[str, Any], run_name: str, info: dict[str, Any], step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        # same folder; events of rounds after the checkpoint (logged before the cut) are purged
+        self.logdir = Path(str(info["logdir"]))
+        self.writer = SummaryWriter(log_dir=str(self.logdir), purge_step=step + 1)
+        self.config = flatten(config)
 
     def _log_round(self, step: int, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
@@ -246,6 +289,20 @@ class WandbTracker(Tracker):
         wdir = Path(self.dir) if self.dir else run_dir
         wdir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=self.project, name=run_name, config=config, dir=str(wdir), mode=self.mode,  # type: ignore[arg-type]
+                              reinit="create_new", settings=wandb.Settings(console="off", silent=True))
+        self.wdir = wdir
+
+    def _resume_info(self) -> dict[str, Any]:
+        return {"id": self.run.id, "dir": str(self.wdir)}
+
+    def _resume(self, run_dir: Path, config: dict[str, Any], run_name: str, info: dict[str, Any], step: int) -> None:
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self.wdir = Path(str(info.get("dir") or run_dir))
+        self.wdir.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(project=self.project, id=str(info["id"]), resume="allow", name=run_name, config=config,
+                              dir=str(self.wdir), mode=self.mode,  # type: ignore[arg-type]
                               reinit="create_new", settings=wandb.Settings(console="off", silent=True))
 
     def _log_round(self, step: int, metrics: dict[str, float]) -> None:

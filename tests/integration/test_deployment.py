@@ -126,10 +126,10 @@ def test_boards_side_cannot_register_list_or_run_and_the_operator_can(tmp_path, 
         procs.append(p)
         return p
 
-    def node(name, key, pid, device, meter):
+    def node(name, key, pid, device, meter, state=("--state-on-server",)):
         return start(name, [*fed, "supernode", "--superlink", f"{BOARDS}:{fleet_port}", "--certs", str(certs), "--key",
                             key, "--partition-id", str(pid), "--num-partitions", "2", "--device", device, "--meter",
-                            meter, "--port", str(free_port())])
+                            meter, "--port", str(free_port()), *state])
 
     try:
         start("superlink", [*fed, "superlink", "--certs", str(certs), "--host", BOARDS, "--port", str(fleet_port),
@@ -167,7 +167,9 @@ def test_boards_side_cannot_register_list_or_run_and_the_operator_can(tmp_path, 
             assert "Failed to activate SuperNode" in (logs / f"{name}.log").read_text()
 
         # two registered boards train through the proxy, and the run completes
-        node("node0", "supernode-0", 0, "jetson-nano-10w", "measured")
+        # (the board keeps its client state on its disk; the twin sends it to the server)
+        board_state = tmp_path / "board-state"
+        node("node0", "supernode-0", 0, "jetson-nano-10w", "measured", ("--state-dir", str(board_state)))
         node("node1", "supernode-1", 1, "rpi4", "simulated")
         run_config = 'overrides="data.num_clients=2 run.rounds=2 server.fraction=1.0" out="lab/run1"'
         res = flwr("operator", "run", ".", "operator", "--stream", "--run-config", run_config, cwd=ROOT, timeout=400)
@@ -186,6 +188,20 @@ def test_boards_side_cannot_register_list_or_run_and_the_operator_can(tmp_path, 
         for rnd, g in clients.groupby("server_round"):  # measured seconds for the board, simulated for the twin
             expect = max(g[g.partition_id == 0].wall_s.iloc[0], g[g.partition_id == 1].sim_time_s.iloc[0])
             assert rounds.loc[rounds.server_round == rnd, "round_time_s"].iloc[0] == pytest.approx(expect)
+
+        # the board's state is on its disk, tagged by round; the twin's is in the run folder
+        (run_states,) = board_state.iterdir()  # one folder per run
+        assert sorted(p.name for p in (run_states / "p000000").iterdir()) == ["r000001.npz", "r000002.npz"]
+        assert [p.name for p in (out / "checkpoints" / "clients").iterdir()] == ["p000001"]
+
+        # the finished run is extended by one round through the run config: the board goes on
+        # from its own state of round 2 and keeps the newest two
+        more = 'resume=true out="lab/run1" overrides="run.rounds=3"'
+        res = flwr("operator", "run", ".", "operator", "--stream", "--run-config", more, cwd=ROOT, timeout=400)
+        assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+        assert pd.read_csv(out / "rounds.csv").server_round.tolist() == [1, 2, 3]
+        assert sorted(p.name for p in (run_states / "p000000").iterdir()) == ["r000002.npz", "r000003.npz"]
+        assert json.loads((out / "meta.json").read_text())["resumed_from_rounds"] == [2]
 
         # an output outside the results root is refused, and nothing is written there
         escape = tmp_path / "escaped"
