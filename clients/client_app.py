@@ -7,9 +7,9 @@ and ``meter`` (``simulated`` or ``measured``). Datasets and models are cached pe
 
 The client's persistent state (stream position, selector buffer, pruning subset, battery) is
 data that fedtitan owns (:mod:`fedtitan.checkpoint`, no pickle). Without a state folder it
-travels with the work: the train message brings the partition's last state and the reply
-carries the new one (``fedtitan-state`` ConfigRecord: ``npz`` bytes and the ``round``), so the
-server keeps it in the run folder and its checkpoints. With ``state-dir`` in the node config
+travels with the work: the train message brings the partition's last state (``fedtitan-state``
+bytes in its config) and the reply carries the new one (a ``fedtitan-state`` ConfigRecord:
+``npz`` bytes and the ``round``), so the server keeps it in the run folder and its checkpoints. With ``state-dir`` in the node config
 (``fedtitan supernode --state-dir``) it stays on this machine's disk instead, one folder per
 run, each state tagged with the round that made it; a node that restarts continues from the
 newest state made before the round it is asked to train.
@@ -31,7 +31,9 @@ from fedtitan.checkpoint import ClientStateStore, pack, unpack
 from fedtitan.config import Config
 from fedtitan.training.client import client_evaluate, client_round
 
-STATE_RECORD = "fedtitan-state"  # in a train message and its reply: {"npz": bytes, "round": int}
+# A client's state travels as npz bytes: in the train message under this key of its config
+# (with "fedtitan-state-round"), in the reply as a ConfigRecord {"npz": bytes, "round": int}.
+STATE_RECORD = "fedtitan-state"
 
 app = ClientApp()
 
@@ -63,10 +65,11 @@ def load_state(msg: Message, store: ClientStateStore | None, partition_id: int, 
     if store is not None:
         found = store.get(partition_id, before=server_round)
         return dict(found[1]) if found else {}
-    rec = msg.content.config_records.get(STATE_RECORD)
-    if rec is None or "npz" not in rec:
+    rec = msg.content["config"]
+    assert isinstance(rec, ConfigRecord)
+    if STATE_RECORD not in rec:
         return {}
-    return dict(unpack(cast(bytes, rec["npz"]), f"the client state sent for partition {partition_id}"))
+    return dict(unpack(cast(bytes, rec[STATE_RECORD]), f"the client state sent for partition {partition_id}"))
 
 
 def _global_weights(msg: Message) -> dict[str, Any]:
@@ -86,7 +89,9 @@ def _node(context: Context) -> tuple[int, str | None, str | None]:
 # KEY_CLIPPING_NORM; spelled out here since Flower moves its internal modules between releases).
 KEY_CLIPPING_NORM = "clipping_norm"
 # Keys of the train config that are fedtitan's own; everything else came from the strategy.
-_OWN_KEYS = ("config", "server-round", "run-token", "round-start-s")
+PARTITION_KEY = "partition-id"
+_OWN_KEYS = ("config", "server-round", "run-token", "round-start-s", PARTITION_KEY, STATE_RECORD,
+             f"{STATE_RECORD}-round")
 
 
 # Tests only: "ROUND:PARTITION:MARKER" SIGKILLs the process training that partition in that
@@ -103,9 +108,16 @@ def _test_kill(server_round: object, partition_id: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _partition(rec: ConfigRecord, context: Context) -> int:
+    """The partition this message is for: the one it names (a simulation worker plays any
+    partition), else the node's own (a real SuperNode: one board, one partition)."""
+    return int(cast(int, rec[PARTITION_KEY])) if PARTITION_KEY in rec else int(context.node_config["partition-id"])
+
+
 def _train(msg: Message, context: Context) -> Message:
     cfg, rec = _config(msg)
-    pid, device, meter = _node(context)
+    _, device, meter = _node(context)
+    pid = _partition(rec, context)
     if KILL_ENV in os.environ:
         _test_kill(rec["server-round"], pid)
     strategy_config = {k: v for k, v in rec.items() if k not in _OWN_KEYS}
@@ -137,15 +149,18 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """The node's partition id, so the server can sample partitions reproducibly (Flower's
-    node ids differ from run to run)."""
+    """The node's partition id (so the server can sample partitions reproducibly: Flower's
+    node ids differ from run to run) and how many partitions its node config names (fewer
+    than the run's clients: it is a simulation worker that plays any partition)."""
     pid, _, _ = _node(context)
-    return Message(content=RecordDict({"metrics": MetricRecord({"partition_id": pid})}), reply_to=msg)
+    num = int(cast(int, context.node_config.get("num-partitions", -1)))
+    return Message(content=RecordDict({"metrics": MetricRecord({"partition_id": pid, "num_partitions": num})}),
+                   reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    cfg, _ = _config(msg)
-    pid, _, _ = _node(context)
+    cfg, rec = _config(msg)
+    pid = _partition(rec, context)
     metrics = client_evaluate(cfg, pid, _global_weights(msg))
     return Message(content=RecordDict({"metrics": MetricRecord(cast(dict[str, Any], metrics))}), reply_to=msg)

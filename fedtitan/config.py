@@ -140,6 +140,7 @@ class FleetSection(_Section):
 
 class SimulationSection(_Section):
     engine: Literal["ray", "local"] = "ray"  # local: every client in the server's process, one after another
+    workers: int = Field(0, ge=0)  # Flower nodes that play the partitions (0: eight per client process)
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
     ray_address: str | None = None

@@ -146,12 +146,25 @@ def _ray_init(cfg: Config, address: str | None, quiet: bool) -> None:
     ray.init(**kwargs)
 
 
-def simulate(server_main: Callable[[Any], object], cfg: Config, num_supernodes: int, ray_address: str | None = None,
+def pool_size(cfg: Config, population: int, cpus: float | None = None) -> int:
+    """How many simulation workers (Flower SuperNodes) play a population's partitions: what
+    can run at once, not the population. ``simulation.workers``, or (0, the default) eight per
+    client process the CPUs allow (``cpus`` / ``simulation.num_cpus``; Flower's engine hands
+    each node one message per 0.1 s, so spare nodes keep the processes fed with small
+    clients), never more than the population."""
+    if cfg.simulation.workers:
+        return max(1, min(cfg.simulation.workers, population))
+    processes = max(1, int((cpus if cpus is not None else os.cpu_count() or 1) // cfg.simulation.num_cpus))
+    return max(1, min(population, 8 * processes))
+
+
+def simulate(server_main: Callable[[Any], object], cfg: Config, population: int, ray_address: str | None = None,
              quiet: bool = False) -> None:
-    """Run ``server_main(grid)`` as the ServerApp of one Flower simulation with
-    ``num_supernodes`` virtual SuperNodes on Ray (client resources from ``cfg``). Ctrl-C or
-    SIGTERM asks the server to stop after the current round (a second one aborts); Ray is
-    shut down in every case; a fedtitan error inside the server is re-raised here."""
+    """Run ``server_main(grid)`` as the ServerApp of one Flower simulation whose SuperNodes are
+    a pool of workers (:func:`pool_size`) that play any of ``population`` partitions (client
+    resources from ``cfg``). Ctrl-C or SIGTERM asks the server to stop after the current round
+    (a second one aborts); Ray is shut down in every case; a fedtitan error inside the server
+    is re-raised here."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -164,7 +177,7 @@ def simulate(server_main: Callable[[Any], object], cfg: Config, num_supernodes: 
     from strategies.server_app import STOP
 
     if cfg.simulation.engine == "local":
-        _simulate_local(server_main, num_supernodes, quiet)
+        _simulate_local(server_main, 1, quiet)
         return
     address = ray_address or cfg.simulation.ray_address
     errors: list[BaseException] = []
@@ -190,7 +203,8 @@ def simulate(server_main: Callable[[Any], object], cfg: Config, num_supernodes: 
     try:
         _ray_init(cfg, address, quiet)
         previous = _install_stop_handlers(STOP, quiet)
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_supernodes,
+        workers = pool_size(cfg, population, float(ray.cluster_resources().get("CPU", 1)))
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=workers,
                        backend_name="ray", backend_config=backend)
     finally:
         for sig, handler in previous.items():
@@ -229,8 +243,8 @@ def run(cfg: Config, out: str | Path, ray_address: str | None = None, quiet: boo
     prog, update = _progress(cfg, quiet, done=resume_from.server_round if resume_from is not None else 0)
     t0 = time.perf_counter()
     with prog:
-        simulate(lambda grid: run_server(grid, cfg, out_dir, update, resume_from), cfg, cfg.data.num_clients,
-                 ray_address, quiet)
+        simulate(lambda grid: run_server(grid, cfg, out_dir, update, resume_from, pool=True), cfg,
+                 cfg.data.num_clients, ray_address, quiet)
     return read_summary(out_dir, time.perf_counter() - t0)
 
 

@@ -213,10 +213,10 @@ def _run_all(todo: list[RunSpec], configs: dict[str, Config], root: Path, ray_ad
 
     Runs whose simulation settings agree run inside one Flower simulation (Ray started once,
     client processes kept warm: the start-up a run would pay again is paid once per sweep),
-    with as many virtual SuperNodes as the largest run needs; a run uses the partitions
-    0..num_clients-1 and its clients keep their state under a token of their own."""
+    whose workers play the partitions of every run; a run's clients keep their state in its
+    own folder."""
     from simulations.run import check_resources, simulate
-    from strategies.server_app import STOP, FleetServer, ask_partition_ids
+    from strategies.server_app import STOP, FleetServer
 
     groups: dict[tuple[object, ...], list[RunSpec]] = {}
     for spec in todo:
@@ -233,11 +233,9 @@ def _run_all(todo: list[RunSpec], configs: dict[str, Config], root: Path, ray_ad
                 check_resources(c, attach=attach)
                 checked.add(key)
         stopped: list[str] = []
-        nodes = max(configs[s.run_id].data.num_clients for s in group)
+        population = max(configs[s.run_id].data.num_clients for s in group)
 
-        def server_main(grid: object, group: list[RunSpec] = group, stopped: list[str] = stopped,
-                        nodes: int = nodes) -> None:
-            pids = ask_partition_ids(grid, nodes, 120.0)  # type: ignore[arg-type]
+        def server_main(grid: object, group: list[RunSpec] = group, stopped: list[str] = stopped) -> None:
             for spec in group:
                 if STOP.is_set():
                     stopped.append(spec.run_id)
@@ -250,13 +248,14 @@ def _run_all(todo: list[RunSpec], configs: dict[str, Config], root: Path, ray_ad
                 else:
                     (partial / "summary.json").unlink(missing_ok=True)
                 t0 = time.perf_counter()
-                summary = FleetServer(grid, configs[spec.run_id], partial, resume_from=ckpt).run(pids)  # type: ignore[arg-type]
+                server = FleetServer(grid, configs[spec.run_id], partial, resume_from=ckpt, pool=True)  # type: ignore[arg-type]
+                summary = server.run()
                 if summary.get("interrupted"):
                     stopped.append(spec.run_id)
                     return
                 finished(spec, partial, time.perf_counter() - t0)
 
-        simulate(server_main, first, nodes, ray_address, quiet=True)
+        simulate(server_main, first, population, ray_address, quiet=True)
         if stopped:
             return stopped[0]
     return None

@@ -61,7 +61,8 @@ log = logging.getLogger("fedtitan")
 DEVICE_NAMES = list(CATALOG)
 ProgressFn = Callable[[dict[str, Any]], None]
 STOP = threading.Event()  # set (e.g. by Ctrl-C or SIGTERM) to end the run cleanly after the current round
-STATE_RECORD = "fedtitan-state"  # a client's state in a train message / reply (clients.client_app)
+PARTITION_KEY = "partition-id"  # in a message's config: the partition a simulation worker plays
+STATE_RECORD = "fedtitan-state"  # a client's state: a key of a train message's config, a record of the reply
 CHECKPOINTS = "checkpoints"  # a run's checkpoints and its clients' states, inside the run folder
 KEEP_CHECKPOINTS = 2
 # Tests only: SIGKILL this process mid-round N (after the clients replied, before anything of
@@ -101,6 +102,28 @@ def ask_partition_ids(grid: Grid, n: int, timeout_s: float) -> dict[int, int]:
     nodes = _wait_for_nodes(grid, n, timeout_s)
     content = RecordDict({"config": ConfigRecord({"what": "partition-id"})})
     return {node: int(v) for node, v in _ask(grid, nodes, content, "query", "partition_id", timeout_s).items()}
+
+
+def workers_or_partitions(grid: Grid, n: int, timeout_s: float) -> tuple[list[int], dict[int, int] | None]:
+    """What the connected nodes are: ``(workers, None)`` when they are simulation workers that
+    play any partition (their node config names fewer partitions than the run's ``n``, as
+    ``flwr run``'s default federation of 2 simulated SuperNodes does), else ``([], node id ->
+    partition id)`` of real SuperNodes, one partition each (waiting for ``n`` of them)."""
+    first = _wait_for_nodes(grid, 1, timeout_s)
+    content = RecordDict({"config": ConfigRecord({"what": "partition-id"})})
+    told = _ask(grid, first, content, "query", "num_partitions", timeout_s)
+    if told and all(int(v) != n for v in told.values()):
+        return sorted(told), None
+    return [], ask_partition_ids(grid, n, timeout_s)
+
+
+def with_config(message: Message, entries: dict[str, Any]) -> None:
+    """Give ``message`` a config record of its own with ``entries`` added (a strategy may share
+    one content, and one config, between all its messages)."""
+    rec = message.content["config"]
+    assert isinstance(rec, ConfigRecord)
+    own = ConfigRecord({**{k: rec[k] for k in rec}, **entries})
+    message.content = RecordDict({**{k: message.content[k] for k in message.content}, "config": own})
 
 
 def worker_died(reason: str) -> bool:
@@ -149,8 +172,11 @@ class FleetServer:
     """One run on a grid: the steps of a round, each small enough to read and test alone."""
 
     def __init__(self, grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressFn | None = None,
-                 resume_from: Checkpoint | None = None) -> None:
+                 resume_from: Checkpoint | None = None, pool: bool | None = None) -> None:
         self.grid, self.cfg, self.progress = grid, cfg, progress
+        # pool: the grid's nodes are workers that play any partition (simulation); None: ask them
+        self.pool = pool
+        self.workers: list[int] = []
         s = cfg.server
         self.policy = FleetPolicy(s.fraction, s.min_clients, s.policy, s.deadline_s, s.over_commit, cfg.run.seed)
         self.writer = RunWriter(out_dir)
@@ -207,13 +233,26 @@ class FleetServer:
         take no part. ``partition_ids`` (node id -> partition id) skips asking again."""
         s = self.cfg.server
         n = self.cfg.data.num_clients
-        if partition_ids is None:
-            partition_ids = ask_partition_ids(self.grid, n, min(s.timeout_s, 120.0))
-        nodes = [node for node, pid in partition_ids.items() if 0 <= pid < n]
-        if not nodes:
-            raise RuntimeError("no client nodes connected to the server")
-        self.nodes = sorted(nodes, key=lambda node: (partition_ids[node], node))
-        self.partition_of = {node: partition_ids[node] for node in self.nodes}
+        wait = min(s.timeout_s, 120.0)
+        if self.pool is None and partition_ids is None:
+            self.workers, partition_ids = workers_or_partitions(self.grid, n, wait)
+            self.pool = partition_ids is None
+        if self.pool:
+            # every partition is a client with a stable id of its own (partition id + 1); a
+            # round's messages are dealt to the workers and name their partition
+            self.workers = self.workers or sorted(_wait_for_nodes(self.grid, 1, wait))
+            if not self.workers:
+                raise RuntimeError("no simulation workers connected to the server")
+            self.nodes = list(range(1, n + 1))
+            self.partition_of = {vid: vid - 1 for vid in self.nodes}
+        else:
+            if partition_ids is None:
+                partition_ids = ask_partition_ids(self.grid, n, wait)
+            nodes = [node for node, pid in partition_ids.items() if 0 <= pid < n]
+            if not nodes:
+                raise RuntimeError("no client nodes connected to the server")
+            self.nodes = sorted(nodes, key=lambda node: (partition_ids[node], node))
+            self.partition_of = {node: partition_ids[node] for node in self.nodes}
         num_sampled = self.policy.target(len(self.nodes))
         self.aggregator = make_aggregator(build_strategy(self.cfg, num_sampled), self.cfg.server.strategy)
         return self.nodes
@@ -237,29 +276,61 @@ class FleetServer:
             pid = self.partition_of.get(m.metadata.dst_node_id, -1)
             if 0 <= pid < len(self.client_rounds) and self.client_rounds[pid] >= 0:
                 r = int(self.client_rounds[pid])
-                state = ConfigRecord({"npz": self.states.read(pid, r), "round": r})
-                m.content = RecordDict({**dict(m.content.items()), STATE_RECORD: state})
+                # in the train config itself: client mods (Flower's DP clipping) want exactly one ConfigRecord
+                with_config(m, {STATE_RECORD: self.states.read(pid, r), f"{STATE_RECORD}-round": r})
         return messages
 
     def collect(self, rnd: int, messages: list[Message], sampled: list[int]) -> list[ClientResult]:
         """Every reply; the work of a client whose process died mid-round (Ray restarts it) is
         sent once more, so a killed worker costs time, not a different run."""
-        timeout = self.cfg.server.timeout_s
-        replies = {m.metadata.src_node_id: m for m in self.grid.send_and_receive(messages, timeout=timeout)}
-        died = [m for m in messages if (r := replies.get(m.metadata.dst_node_id)) is not None and r.has_error()
-                and worker_died(str(r.error.reason))]
+        sent = [m.metadata.dst_node_id for m in messages]
+        replies = self.send(messages)
+        died = [(node, m) for node, m in zip(sent, messages, strict=True) if (r := replies.get(node)) is not None
+                and r.has_error() and worker_died(str(r.error.reason))]
         if died:
             log.warning("round %d: %d client process(es) died mid-round; sending their work again", rnd, len(died))
-            again = [Message(m.content, dst_node_id=m.metadata.dst_node_id, message_type=m.metadata.message_type,
-                             group_id=m.metadata.group_id) for m in died]
-            replies.update({m.metadata.src_node_id: m for m in self.grid.send_and_receive(again, timeout=timeout)})
-        sent = {m.metadata.dst_node_id for m in messages}
+            replies.update(self.send([Message(m.content, dst_node_id=node, message_type=m.metadata.message_type,
+                                              group_id=m.metadata.group_id) for node, m in died]))
         self.state_io = [0.0, 0]
         for node, reply in replies.items():
             self.keep_state(rnd, node, reply)
         return [parse_reply(replies[n], n) if n in replies
                 else ClientResult(n, Status.FAILED, error="no reply (timeout)" if n in sent else "not sent by the strategy")
                 for n in sampled]
+
+    def send(self, messages: list[Message]) -> dict[int, Message]:
+        """Send messages addressed to clients; client id -> its reply. With a worker pool, each
+        message names its partition and goes to a worker (dealt in turn); its reply comes back
+        under the client's own id, so strategies, DP wrappers and clients.csv see one stable id
+        per partition."""
+        timeout = self.cfg.server.timeout_s
+        if not self.pool:
+            return {r.metadata.src_node_id: r for r in self.grid.send_and_receive(messages, timeout=timeout)}
+        clients = []
+        for i, m in enumerate(messages):
+            clients.append(m.metadata.dst_node_id)
+            with_config(m, {PARTITION_KEY: self.partition_of[m.metadata.dst_node_id]})
+            m.metadata.dst_node_id = self.workers[i % len(self.workers)]
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        by_message = {m.metadata.message_id: vid for m, vid in zip(messages, clients, strict=True)}
+        out = {}
+        for r in replies:
+            client = by_message.get(r.metadata.reply_to_message_id)
+            if client is not None:
+                r.metadata.__dict__["_src_node_id"] = client
+                out[client] = r
+        return out
+
+    def ask(self, clients: list[int], content: RecordDict, message_type: str, key: str) -> dict[int, float]:
+        """Client id -> metric ``key`` of each successful reply to ``content``."""
+        replies = self.send([Message(content, dst_node_id=c, message_type=message_type) for c in clients])
+        out = {}
+        for c, r in replies.items():
+            if not r.has_error():
+                rec = r.content["metrics"]
+                assert isinstance(rec, MetricRecord)
+                out[c] = float(cast(float, rec[key]))
+        return out
 
     def keep_state(self, rnd: int, node: int, reply: Message) -> None:
         """Store the state a client sent back (simulation; boards keep theirs), keeping what
@@ -308,7 +379,7 @@ class FleetServer:
         if s.client_eval:
             content = RecordDict({"arrays": to_arrays(self.global_state),
                                   "config": ConfigRecord({"server-round": rnd, "config": self.cfg_json})})
-            client_acc = _ask(self.grid, sampled, content, "evaluate", "accuracy", s.timeout_s)
+            client_acc = self.ask(sampled, content, "evaluate", "accuracy")
         return Evaluation(acc, loss, client_acc)
 
     def fleet_rows(self, rnd: int, sampled: list[int], included: list[ClientResult]) -> list[dict[str, Any]]:
@@ -575,10 +646,12 @@ def client_row(rnd: int, r: ClientResult, included: bool, client_accuracy: float
 
 
 def run_server(grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressFn | None = None,
-               resume_from: Checkpoint | None = None) -> dict[str, Any]:
+               resume_from: Checkpoint | None = None, pool: bool | None = None) -> dict[str, Any]:
+    """One run on ``grid``. ``pool``: its nodes are simulation workers that play any partition
+    (True), real SuperNodes with a partition each (False), or ask them (None)."""
     if resume_from is not None:  # the run is unfinished again until it ends
         (Path(out_dir) / "summary.json").unlink(missing_ok=True)
-    return FleetServer(grid, cfg, out_dir, progress, resume_from).run()
+    return FleetServer(grid, cfg, out_dir, progress, resume_from, pool).run()
 
 
 def make_server_app(cfg: Config, out_dir: str | Path, progress: ProgressFn | None = None) -> ServerApp:

@@ -74,7 +74,15 @@ def dirichlet(
         rng.shuffle(seg)
         shuffled[starts[c] : starts[c + 1]] = seg
     client_of = np.repeat(np.tile(np.arange(num_clients), len(classes)), per.ravel())
-    return [np.sort(shuffled[client_of == k]) for k in range(num_clients)]
+    return _group(shuffled, client_of, num_clients)
+
+
+def _group(values: np.ndarray, client_of: np.ndarray, num_clients: int) -> Partition:
+    """``[np.sort(values[client_of == k]) for k in range(num_clients)]`` in O(n log n), not
+    O(n x clients): 100,000 clients partition in about a second."""
+    order = np.lexsort((values, client_of))
+    bounds = np.cumsum(np.bincount(client_of, minlength=num_clients))[:-1]
+    return np.split(values[order], bounds)
 
 
 def shards(labels: np.ndarray, num_clients: int, classes_per_client: int, seed: int = 0) -> Partition:
@@ -129,7 +137,7 @@ def natural(groups: np.ndarray | None, num_clients: int | None = None, seed: int
     client_of_group = np.empty(n_groups, dtype=np.int64)
     client_of_group[order] = np.arange(n_groups) % k
     client_of = client_of_group[inv]
-    return [np.flatnonzero(client_of == c) for c in range(k)]
+    return _group(np.arange(len(client_of)), client_of, k)
 
 
 PARTITIONERS = ("iid", "dirichlet", "shards", "natural")
@@ -160,7 +168,11 @@ def partition(
 
 def summary(parts: Partition, labels: np.ndarray, num_classes: int) -> pd.DataFrame:
     """Per-client counts and label histogram: one row per client, columns ``n`` and ``class_k``."""
-    hist = np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts])
+    sizes = np.array([len(p) for p in parts], dtype=np.int64)
+    client_of = np.repeat(np.arange(len(parts)), sizes)
+    flat = np.concatenate(parts).astype(np.int64) if len(parts) else np.zeros(0, np.int64)
+    hist = np.zeros((len(parts), num_classes), dtype=np.int64)
+    np.add.at(hist, (client_of, labels[flat]), 1)
     df = pd.DataFrame(hist, columns=[f"class_{c}" for c in range(num_classes)])
     df.insert(0, "n", hist.sum(axis=1))
     df.insert(1, "classes", (hist > 0).sum(axis=1))
