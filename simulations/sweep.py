@@ -189,7 +189,8 @@ def sweep(preset: str, grid_items: list[str], seeds: int, overrides: list[str], 
 
 def _shared_resources(cfg: Config) -> tuple[object, ...]:
     """What a simulation is built with: runs that agree on it can share one simulation."""
-    return (cfg.simulation.num_cpus, cfg.simulation.num_gpus, cfg.simulation.ray_address, cfg.compute.device)
+    sim = cfg.simulation
+    return (sim.engine, sim.workers, sim.num_cpus, sim.num_gpus, sim.ray_address, cfg.compute.device)
 
 
 def _checkpoint_to_resume(partial: Path, cfg: Config) -> Checkpoint | None:

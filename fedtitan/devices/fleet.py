@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,16 @@ def fleet_spec(cfg: Config) -> FleetSpec:
 
 def device_names(spec: FleetSpec, seed: int, extra: dict[str, DeviceProfile] | None = None) -> list[str]:
     """The device name of every client: exact counts by largest remainder, seeded order."""
+    names = list(_names(spec, seed))
+    for n in set(names):
+        get_profile(n, extra)  # validate early, with a did-you-mean
+    return names
+
+
+@functools.lru_cache(maxsize=16)
+def _names(spec: FleetSpec, seed: int) -> tuple[str, ...]:
+    """:func:`device_names`, computed once per fleet: a client's device is looked up every
+    round, and a fleet may hold 100,000 clients."""
     if spec.devices:
         names = [spec.devices[i % len(spec.devices)] for i in range(spec.size)]
     else:
@@ -63,9 +74,7 @@ def device_names(spec: FleetSpec, seed: int, extra: dict[str, DeviceProfile] | N
         names = [k for k, c in zip(keys, counts, strict=True) for _ in range(c)]
         perm = np.random.default_rng([seed, 0xF1EE7]).permutation(spec.size)
         names = [names[i] for i in perm]
-    for n in set(names):
-        get_profile(n, extra)  # validate early, with a did-you-mean
-    return names
+    return tuple(names)
 
 
 def device_for(spec: FleetSpec, seed: int, partition_id: int,
@@ -73,7 +82,7 @@ def device_for(spec: FleetSpec, seed: int, partition_id: int,
     """The device of client ``partition_id``: its kind plus seeded per-unit variation."""
     if not 0 <= partition_id < spec.size:
         raise ConfigError(f"partition_id {partition_id} is outside the fleet of {spec.size}")
-    base = get_profile(device_names(spec, seed, extra)[partition_id], extra)
+    base = get_profile(_names(spec, seed)[partition_id], extra)
     if spec.variation == 0:
         return base
     rng = np.random.default_rng([seed, partition_id, 0xDE71CE])

@@ -39,5 +39,20 @@ def test_flwr_run_native(tmp_path):
         assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
         rounds = pd.read_csv(out / "rounds.csv")
         assert rounds.server_round.tolist() == [1, 2] and rounds.clients_ok.tolist() == [3, 3]
+
+        # Flower's default federation (2 simulated SuperNodes) plays a population of 8 through
+        # its two nodes, without waiting for 8 nodes to turn up
+        pool = tmp_path / "pool"
+        run_config = f'overrides="data.num_clients=8 run.rounds=2 server.fraction=0.5" out="{pool}"'
+        t1 = time.time()
+        res = subprocess.run([str(Path(sys.executable).parent / "flwr"), "run", ".", "--stream", "--run-config",
+                              run_config, "--federation-config", "num-supernodes=2"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+        assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+        assert time.time() - t1 < 100  # no 120 s wait for nodes that never come
+        clients = pd.read_csv(pool / "clients.csv")
+        assert (clients.status == "ok").all() and len(clients) == 8
+        assert clients.partition_id.nunique() > 2  # more partitions than nodes took part
+        assert (clients.node_id == clients.partition_id + 1).all()  # one stable id per partition
     finally:
         _kill_started_after(t0)
