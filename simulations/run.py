@@ -146,6 +146,11 @@ def _ray_init(cfg: Config, address: str | None, quiet: bool) -> None:
     ray.init(**kwargs)
 
 
+# How often the server looks for replies in simulation (Flower's default 0.1 s leaves a round's
+# last reply waiting 50 ms on average; a look costs microseconds with a pool of workers).
+PULL_INTERVAL_S = 0.01
+
+
 def pool_size(cfg: Config, population: int, cpus: float | None = None) -> int:
     """How many simulation workers (Flower SuperNodes) play a population's partitions: what
     can run at once, not the population. ``simulation.workers``, or (0, the default) eight per
@@ -185,6 +190,8 @@ def simulate(server_main: Callable[[Any], object], cfg: Config, population: int,
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
+        if hasattr(grid, "pull_interval"):  # Flower's in-memory grid looks for replies every 0.1 s
+            grid.pull_interval = PULL_INTERVAL_S
         try:
             server_main(grid)
         except FedtitanError as exc:  # re-raised below as the one-line error it is

@@ -12,7 +12,11 @@ checkpoint, fsync included) and ``checkpoint_bytes``. Figures, all from this one
   the end (two server checkpoints + the newest states: bounded, it does not grow with rounds);
 - ``state_travel_ms_per_client``: packing + unpacking one client's state (what travels with the
   train message and the reply, timed here on a state from the run), against
-  ``round_wall_s_median`` / clients per round.
+  ``round_wall_s_median`` / clients per round;
+- ``round_overhead_ratio_median``: a round's wall time / its compute floor, the floor being the
+  sampled clients' own wall time (``clients.csv`` ``wall_s``: the client round as measured
+  inside the worker, one torch thread) spread over the client processes, i.e. what the same
+  client work costs with no engine, no messages and no server.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ def main() -> None:
         total_s = time.perf_counter() - t0
         rounds = pd.read_csv(out / "rounds.csv")
         share = rounds.checkpoint_s / rounds.wall_s
+        processes = max(1, int((os.cpu_count() or 1) // cfg.simulation.num_cpus)) if args.engine == "ray" else 1
+        floor = pd.read_csv(out / "clients.csv").groupby("server_round").wall_s.sum() / processes
+        overhead = rounds.set_index("server_round").wall_s / floor
         store = ClientStateStore(out / "checkpoints" / "clients")
         pid = int(pd.read_csv(out / "clients.csv").partition_id.iloc[-1])
         blob = store.read(pid, store.rounds(pid)[-1])
@@ -76,6 +83,8 @@ def main() -> None:
             "client_state_kb": round(len(blob) / 2**10, 1),
             "state_travel_ms_per_client": round(travel_ms, 2),
             "disk_mb_end": round(_folder_mb(out / "checkpoints"), 1),
+            "compute_floor_s_median": round(float(floor.median()), 3),
+            "round_overhead_ratio_median": round(float(overhead.median()), 3),
             "target_share": 0.05, "total_wall_s": round(total_s, 1),
         }
     print(json.dumps(result))

@@ -39,8 +39,7 @@ def make_dataset(path: Path, n_train: int = 1_100_000, n_test: int = 10_000, see
     means = rng.uniform(40, 215, size=(10, 64))
     y = rng.integers(0, 10, n_train + n_test)
     x = np.clip(means[y] + rng.normal(0, 40, size=(len(y), 64)), 0, 255).astype(np.uint8).reshape(-1, 1, 8, 8)
-    np.savez(path, x=x[:n_train], y=y[:n_train], x_test=x[n_train:], y_test=y[n_train:], num_classes=10,
-             scale=255.0)
+    np.savez(path, x=x[:n_train], y=y[:n_train], x_test=x[n_train:], y_test=y[n_train:], num_classes=10)
 
 
 def peak_tree_rss(pid: int, stop: threading.Event, out: list[int]) -> None:

@@ -104,3 +104,25 @@ def test_cli_run_and_bad_input(tmp_path, capsys):
     assert cli_main(["run", "--set", "run.roundz=2"]) == 2
     err = capsys.readouterr().err
     assert "did you mean 'run.rounds'" in err and "Traceback" not in err
+
+
+def test_a_population_larger_than_the_pool_is_played_by_the_workers(tmp_path):
+    """300 clients, 6 sampled a round: a handful of Flower nodes play them (no node per client,
+    no start-up query); each sampled partition trains as itself, under a stable id."""
+    from simulations.run import pool_size
+
+    cfg = load_config("quickstart", ["data.num_clients=300", "data.min_samples=2", "data.partition=iid",
+                                     "server.fraction=0.02", "run.rounds=2", "selection.local_steps=2",
+                                     "selection.velocity=10", "selection.buffer_size=10"])
+    assert pool_size(cfg, 300, cpus=2) == 16 < 300
+    run(cfg, tmp_path, quiet=True)
+    clients = pd.read_csv(tmp_path / "clients.csv")
+    assert len(clients) == 12 and (clients.status == "ok").all()
+    assert (clients.node_id == clients.partition_id + 1).all() and clients.partition_id.max() > 16
+    per_round = clients.groupby("server_round").partition_id.apply(sorted).tolist()
+    from strategies.fleet import FleetPolicy
+
+    expect = [sorted(FleetPolicy(0.02, 1, seed=0).sample(list(range(300)), r)) for r in (1, 2)]
+    assert per_round == expect  # fedtitan's seeded sample over the population
+    stored = sorted(p.name for p in (tmp_path / "checkpoints" / "clients").iterdir())
+    assert stored == [f"p{pid:06d}" for pid in sorted(set(clients.partition_id))]  # a state per client played
