@@ -200,6 +200,7 @@ class FleetServer:
         self.x_eval, self.y_eval = ds.tensor("test", ids).to(self.device), ds.labels("test", ids).to(self.device)
         self.nodes: list[int] = []
         self.keep = 0  # how many replies this round aggregates (set when sampling)
+        self.factors_now: list[Any] = []  # every device's factors at this round's start (living fleets)
         t = cfg.tracking
         self.tracker = make_tracker(t.backend, t.uri, t.project, t.mode)
         # a sweep's run is written in .partial-RUN_ID and renamed when it has finished
@@ -264,7 +265,9 @@ class FleetServer:
         if self.dynamics.is_static:
             self.keep = self.policy.keep(len(self.nodes))
             return self.policy.sample(self.nodes, rnd)
-        up = [n for n in self.nodes if self.dynamics.factors(self.partition_of[n], self.virtual_s).available]
+        # every device at the round's start, once (the fleet timeline reads the same)
+        self.factors_now = [self.dynamics.factors(self.partition_of[n], self.virtual_s) for n in self.nodes]
+        up = [n for n, f in zip(self.nodes, self.factors_now, strict=True) if f.available]
         self.keep = self.policy.keep(len(up), len(self.nodes))
         return self.policy.sample(up, rnd, population=len(self.nodes))
 
@@ -385,15 +388,14 @@ class FleetServer:
     def fleet_rows(self, rnd: int, sampled: list[int], included: list[ClientResult]) -> list[dict[str, Any]]:
         """Every device's state at this round's start, and whether it was sampled and included
         (for the per-device timeline of the report)."""
-        inc = {r.node_id for r in included}
+        inc, picked = {r.node_id for r in included}, set(sampled)
         rows = []
-        for node in self.nodes:
+        for node, f in zip(self.nodes, self.factors_now, strict=True):
             pid = self.partition_of[node]
-            f = self.dynamics.factors(pid, self.virtual_s)
             rows.append({"server_round": rnd, "virtual_time_s": self.virtual_s, "partition_id": pid,
                          "device": self.dynamics.devices[pid], "available": int(f.available),
                          "speed_factor": f.speed_factor, "select_share": f.select_share,
-                         "bandwidth_factor": f.bandwidth_factor, "sampled": int(node in sampled),
+                         "bandwidth_factor": f.bandwidth_factor, "sampled": int(node in picked),
                          "included": int(node in inc)})
         return rows
 
