@@ -1,6 +1,15 @@
 """Flower + Ray overhead against a plain in-process loop; prints one JSON object.
 
     python -m simulations.benchmarks.simulation [--clients 50 --rounds 2 --dataset cifar10]
+    python -m simulations.benchmarks.simulation --preset titan-fl-cifar10 [--rounds 6]
+
+With ``--preset``: the preset runs for ``--rounds`` rounds under Ray, then the same client
+work (the clients each round sampled, in order, with their states and the aggregated model)
+is replayed in this process at the actors' thread count. ``floor_ratio`` is the median over
+rounds 2.. of the round's wall time / its compute floor (the replayed client seconds divided
+by the client processes running in parallel). ``profile`` times, on the preset's model, what
+a round does beyond the clients' work: building and reading the messages' ``ArrayRecord``s,
+pickling a train message and a reply (what Ray does to move them), FedAvg, the checkpoint.
 
 Both sides run the same client work (``fedtitan.training.client.client_round`` for every
 client, every round, small CNN, all clients per round) and the same server-side FedAvg and
@@ -17,6 +26,7 @@ import tempfile
 import threading
 import time
 
+import pandas as pd
 import psutil
 import torch
 
@@ -73,15 +83,111 @@ def plain_loop(cfg) -> float:  # type: ignore[no-untyped-def]
     return time.perf_counter() - t0
 
 
+def replay_floor(cfg, clients: pd.DataFrame, threads: int) -> dict[int, float]:  # type: ignore[no-untyped-def]
+    """Client seconds per round: the sampled clients' work replayed in this process."""
+    from fedtitan.status import Status
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        setup_for(cfg)
+        model = build_global_model(cfg, dataset_for(cfg))
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        states: dict[int, dict] = {}
+        out = {}
+        for rnd, group in clients.groupby("server_round"):
+            spent, results = 0.0, []
+            for pid in group.partition_id:
+                t0 = time.perf_counter()
+                o = client_round(cfg, int(pid), state, states.get(int(pid)), int(rnd))
+                spent += time.perf_counter() - t0
+                states[int(pid)] = o.state
+                results.append(ClientResult(int(pid), Status.OK, o.metrics,
+                                            {k: v.numpy() for k, v in o.state_dict.items()}))
+            state = {k: torch.from_numpy(v) for k, v in fedavg(results).items()}
+            out[int(rnd)] = spent
+        return out
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _ms(fn, reps: int = 5) -> float:  # type: ignore[no-untyped-def]
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return round((time.perf_counter() - t0) / reps * 1e3, 2)
+
+
+def profile(cfg, clients_per_round: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Milliseconds of what a round moves and computes besides client training, on cfg's model."""
+    import pickle
+
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+    from fedtitan.checkpoint import pack
+    from strategies.aggregate import to_arrays
+
+    model = build_global_model(cfg, dataset_for(cfg))
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    np_state = {k: v.numpy() for k, v in sd.items()}
+    rec = ArrayRecord(sd)
+    content = RecordDict({"arrays": rec, "config": ConfigRecord({"config": cfg.to_json()})})
+    reply = RecordDict({"arrays": rec, "metrics": MetricRecord({"num-examples": 1.0})})
+    results = [ClientResult(i, "ok", {"num-examples": 1.0}, np_state) for i in range(clients_per_round)]
+    return {
+        "model_mb": round(sum(v.nbytes for v in np_state.values()) / 2**20, 2),
+        "server_arrays_build_ms": _ms(lambda: to_arrays(np_state)),  # once a round
+        "client_arrays_read_ms": _ms(lambda: rec.to_torch_state_dict()),  # each client
+        "client_arrays_build_ms": _ms(lambda: ArrayRecord(sd)),  # each client's reply
+        "server_arrays_read_ms": _ms(lambda: {k: v.numpy() for k, v in rec.items()}),  # each reply
+        "train_message_pickle_ms": _ms(lambda: pickle.loads(pickle.dumps(Message(content, dst_node_id=1,
+                                                                                 message_type="train")))),
+        "reply_pickle_ms": _ms(lambda: pickle.loads(pickle.dumps(reply))),
+        "fedavg_ms": _ms(lambda: fedavg(results), reps=2),
+        "model_pack_ms": _ms(lambda: pack(np_state), reps=2),
+    }
+
+
+def preset_overhead(args: argparse.Namespace) -> None:
+    overrides = [f"run.rounds={args.rounds}", *([f"data.data_dir={args.data_dir}"] if args.data_dir else [])]
+    cfg = load_config(args.preset, overrides)
+    from simulations.run import run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run(cfg, tmp, quiet=True)
+        rounds = pd.read_csv(f"{tmp}/rounds.csv").set_index("server_round")
+        clients = pd.read_csv(f"{tmp}/clients.csv")
+    processes = max(1, int((os.cpu_count() or 1) // cfg.simulation.num_cpus))
+    threads = max(1, int(cfg.simulation.num_cpus))
+    floor = pd.Series(replay_floor(cfg, clients, threads)) / processes
+    later = rounds.index[rounds.index >= 2]
+    ratio = rounds.wall_s[later] / floor[later]
+    per_round = int(rounds.clients_sampled.median())
+    print(json.dumps({
+        "preset": args.preset, "rounds": args.rounds, "clients_per_round": per_round,
+        "client_processes": processes, "actor_threads": threads,
+        "round_wall_s_median": round(float(rounds.wall_s[later].median()), 3),
+        "floor_s_median": round(float(floor[later].median()), 3),
+        "floor_ratio": round(float(ratio.median()), 3), "floor_ratio_per_round": [round(float(x), 3) for x in ratio],
+        "target": 1.2, "profile": profile(cfg, per_round),
+    }, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", help="measure this preset's rounds against their compute floor (floor_ratio)")
     ap.add_argument("--clients", type=int, default=50)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, help="rounds to run (default 2; 6 with --preset)")
     ap.add_argument("--dataset", default="cifar10")
     ap.add_argument("--data-dir", default=os.environ.get("FEDTITAN_SHARED_DATA"))
     ap.add_argument("--num-cpus", type=float, default=1.0)
     ap.add_argument("--device", default="auto", help="compute.device: auto, cpu, cuda, cuda:N, mps")
     args = ap.parse_args()
+    args.rounds = args.rounds or (6 if args.preset else 2)
+    if args.preset:
+        preset_overhead(args)
+        return
     overrides = [f"data.num_clients={args.clients}", f"run.rounds={args.rounds}", "server.fraction=1.0",
                  f"data.dataset={args.dataset}", "model.name=cnn", "data.partition=iid", "selection.method=titan",
                  "selection.local_steps=3", "selection.velocity=100", "selection.batch_size=10",

@@ -107,22 +107,27 @@ def test_cli_run_and_bad_input(tmp_path, capsys):
 
 
 def test_a_population_larger_than_the_pool_is_played_by_the_workers(tmp_path):
-    """300 clients, 6 sampled a round: a handful of Flower nodes play them (no node per client,
-    no start-up query); each sampled partition trains as itself, under a stable id."""
+    """300 clients, 6 sampled a round, a living fleet and FedAdam: a handful of Flower nodes
+    play them (no node per client, no start-up query); each sampled partition trains as
+    itself, under a stable id, and the run equals the same run on the local engine."""
     from simulations.run import pool_size
 
-    cfg = load_config("quickstart", ["data.num_clients=300", "data.min_samples=2", "data.partition=iid",
-                                     "server.fraction=0.02", "run.rounds=2", "selection.local_steps=2",
-                                     "selection.velocity=10", "selection.buffer_size=10"])
+    overrides = ["data.num_clients=300", "data.min_samples=2", "data.partition=iid", "server.fraction=0.02",
+                 "run.rounds=3", "selection.local_steps=2", "selection.velocity=10", "selection.buffer_size=10",
+                 "fleet.dynamics=diurnal", "server.strategy=fedadam", "run.deterministic=true"]
+    cfg = load_config("quickstart", overrides)
     assert pool_size(cfg, 300, cpus=2) == 16 < 300
-    run(cfg, tmp_path, quiet=True)
-    clients = pd.read_csv(tmp_path / "clients.csv")
-    assert len(clients) == 12 and (clients.status == "ok").all()
+    run(cfg, tmp_path / "ray", quiet=True)
+    clients = pd.read_csv(tmp_path / "ray" / "clients.csv")
+    assert len(clients) == 18 and (clients.status == "ok").all()
     assert (clients.node_id == clients.partition_id + 1).all() and clients.partition_id.max() > 16
-    per_round = clients.groupby("server_round").partition_id.apply(sorted).tolist()
-    from strategies.fleet import FleetPolicy
-
-    expect = [sorted(FleetPolicy(0.02, 1, seed=0).sample(list(range(300)), r)) for r in (1, 2)]
-    assert per_round == expect  # fedtitan's seeded sample over the population
-    stored = sorted(p.name for p in (tmp_path / "checkpoints" / "clients").iterdir())
+    fleet = pd.read_csv(tmp_path / "ray" / "fleet.csv")
+    assert len(fleet) == 3 * 300 and (fleet.available == 0).any()  # the fleet lives
+    assert not fleet[(fleet.sampled == 1) & (fleet.available == 0)].size  # the offline are never sampled
+    stored = sorted(p.name for p in (tmp_path / "ray" / "checkpoints" / "clients").iterdir())
     assert stored == [f"p{pid:06d}" for pid in sorted(set(clients.partition_id))]  # a state per client played
+    run(load_config("quickstart", [*overrides, "simulation.engine=local"]), tmp_path / "local", quiet=True)
+    for name in ("rounds.csv", "clients.csv"):
+        a, b = pd.read_csv(tmp_path / "ray" / name), pd.read_csv(tmp_path / "local" / name)
+        keep = [c for c in a.columns if "wall" not in c and c not in ("checkpoint_s", "checkpoint_bytes")]
+        pd.testing.assert_frame_equal(a[keep], b[keep])
