@@ -615,7 +615,8 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> tu
     changed = changed_settings(stored, cfg, (*RESULT_NEUTRAL, *RESUME_MAY_CHANGE))
     if changed:
         raise FedtitanError(f"cannot resume {run_dir} with {changed[0]}: that setting changes what the run computes "
-                            f"(only run.rounds, to extend a run, and {', '.join(RESULT_NEUTRAL)} may change); "
+                            "(only run.rounds, to extend a run, and "
+                            f"{', '.join(k + '*' if k.endswith('.') else k for k in RESULT_NEUTRAL)} may change); "
                             "start a new run with another --out")
     ckpt = find_checkpoint(run_dir)
     if ckpt is None:
