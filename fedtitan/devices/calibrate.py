@@ -14,7 +14,8 @@ from fedtitan.models import build_model, count_forward_flops
 from fedtitan.training.common import make_optimizer, weighted_step
 
 SHAPES = {"mlp": (1, 28, 28), "cnn": (3, 32, 32), "mobilenet_v1": (3, 32, 32), "mobilenet_v2": (3, 32, 32),
-          "resnet18": (3, 32, 32), "resnet34": (3, 32, 32), "har_cnn": (9, 128), "speech_cnn": (1, 98, 40)}
+          "resnet18": (3, 32, 32), "resnet34": (3, 32, 32), "resnet50": (3, 32, 32), "alexnet": (3, 32, 32),
+          "squeezenet": (3, 32, 32), "har_cnn": (9, 128), "speech_cnn": (1, 98, 40)}
 
 
 def calibrate(model_name: str = "cnn", batch_size: int = 32, seconds: float = 5.0,

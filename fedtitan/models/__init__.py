@@ -16,6 +16,9 @@ MODELS: dict[str, Callable[..., BlockModel]] = {
     "mobilenet_v2": zoo.mobilenet_v2,
     "resnet18": zoo.resnet18,
     "resnet34": zoo.resnet34,
+    "resnet50": zoo.resnet50,
+    "alexnet": zoo.alexnet,
+    "squeezenet": zoo.squeezenet,
     "har_cnn": zoo.har_cnn,
     "speech_cnn": zoo.speech_cnn,
 }

@@ -9,6 +9,7 @@ from fedtitan.models.base import BlockModel
 SHAPES = {
     "mlp": (1, 8, 8), "cnn": (3, 32, 32), "mobilenet_v1": (3, 32, 32), "mobilenet_v2": (3, 32, 32),
     "resnet18": (3, 32, 32), "resnet34": (3, 32, 32), "har_cnn": (9, 128), "speech_cnn": (1, 98, 40),
+    "resnet50": (3, 32, 32), "alexnet": (3, 32, 32), "squeezenet": (3, 32, 32),
 }
 
 
@@ -48,3 +49,28 @@ def test_unknown_model_and_bad_blocks():
     model = build_model("cnn", (3, 32, 32), 10)
     with pytest.raises(ValueError, match="n_blocks"):
         model.features(torch.zeros(1, 3, 32, 32), 9)
+
+
+# Published figures at 224x224, 1,000 classes (torchvision's model cards, which follow the
+# papers' layouts): parameters exactly, multiply-accumulates within 1%.
+PUBLISHED = {"alexnet": (61_100_840, 0.714e9), "resnet50": (25_557_032, 4.09e9),
+             "squeezenet": (1_235_496, 0.349e9 - 86.5e6)}  # our linear head: the class conv's 86.5 M MACs saved
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_table1_models_match_their_published_size_and_cost(name):
+    params, macs = PUBLISHED[name]
+    model = build_model(name, (3, 224, 224), 1000)
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert count_forward_flops(model, (3, 224, 224)) / 2 == pytest.approx(macs, rel=0.01)
+    cifar = build_model(name, (3, 32, 32), 10)  # the CIFAR variant keeps the layout, with a small stem
+    assert cifar(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert len(cifar.blocks) == len(model.blocks)
+
+
+def test_stems_are_chosen_by_input_size_or_by_name():
+    assert build_model("resnet50", (3, 32, 32), 10).blocks[0][0].kernel_size == (3, 3)
+    assert build_model("resnet50", (3, 96, 96), 10).blocks[0][0].kernel_size == (7, 7)
+    assert build_model("alexnet", (3, 32, 32), 10, stem="imagenet").blocks[0][0].kernel_size == (11, 11)
+    with pytest.raises(ValueError, match="stem must be"):
+        build_model("squeezenet", (3, 32, 32), 10, stem="tiny")
