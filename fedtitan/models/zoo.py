@@ -165,13 +165,13 @@ def mobilenet_v2(input_shape: tuple[int, ...], num_classes: int, width_mult: flo
     return BlockModel(blocks, _pool_flatten(), last, num_classes)
 
 
-class _BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+class _Residual(nn.Module):
+    """``relu(body(x) + shortcut(x))``; the shortcut is a strided 1x1 conv with batch norm where
+    the shape changes (ResNet's option B)."""
+
+    def __init__(self, body: nn.Module, cin: int, cout: int, stride: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
-        )
+        self.body = body
         self.short: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
@@ -181,12 +181,21 @@ class _BasicBlock(nn.Module):
         return self.act(self.body(x) + self.short(x))
 
 
+def _basic_block(cin: int, cout: int, stride: int) -> _Residual:
+    """ResNet-18/34's block: two 3x3 convs."""
+    body = nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+    )
+    return _Residual(body, cin, cout, stride)
+
+
 def _resnet(input_shape: tuple[int, ...], num_classes: int, layers: list[int], width: int = 64) -> BlockModel:
     blocks: list[nn.Module] = [_conv_bn(input_shape[0], width, 3, 1)]
     cin = width
     for i, n in enumerate(layers):
         cout = width * 2**i
-        stage = [_BasicBlock(cin if j == 0 else cout, cout, (1 if i == 0 else 2) if j == 0 else 1) for j in range(n)]
+        stage = [_basic_block(cin if j == 0 else cout, cout, (1 if i == 0 else 2) if j == 0 else 1) for j in range(n)]
         blocks.append(nn.Sequential(*stage))
         cin = cout
     return BlockModel(blocks, _pool_flatten(), cin, num_classes)
@@ -278,24 +287,15 @@ def squeezenet(input_shape: tuple[int, ...], num_classes: int, stem: str = "auto
     return BlockModel(blocks, _pool_flatten(), 512, num_classes)
 
 
-class _Bottleneck(nn.Module):
-    """ResNet's bottleneck (v1.5: the stride on the 3x3 conv, as torchvision)."""
-
-    def __init__(self, cin: int, width: int, stride: int) -> None:
-        super().__init__()
-        cout = 4 * width
-        self.body = nn.Sequential(
-            nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout),
-        )
-        self.short: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-        self.act = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.body(x) + self.short(x))
+def _bottleneck(cin: int, width: int, stride: int) -> _Residual:
+    """ResNet-50's block: 1x1, 3x3, 1x1 (v1.5: the stride on the 3x3 conv, as torchvision)."""
+    cout = 4 * width
+    body = nn.Sequential(
+        nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout),
+    )
+    return _Residual(body, cin, cout, stride)
 
 
 def resnet50(input_shape: tuple[int, ...], num_classes: int, stem: str = "auto", width: int = 64) -> BlockModel:
@@ -314,7 +314,7 @@ def resnet50(input_shape: tuple[int, ...], num_classes: int, stem: str = "auto",
     cin = width
     for i, n in enumerate([3, 4, 6, 3]):
         w = width * 2**i
-        stage = [_Bottleneck(cin if j == 0 else 4 * w, w, (1 if i == 0 else 2) if j == 0 else 1) for j in range(n)]
+        stage = [_bottleneck(cin if j == 0 else 4 * w, w, (1 if i == 0 else 2) if j == 0 else 1) for j in range(n)]
         blocks.append(nn.Sequential(*stage))
         cin = 4 * w
     return BlockModel(blocks, _pool_flatten(), cin, num_classes)
