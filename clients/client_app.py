@@ -7,12 +7,14 @@ and ``meter`` (``simulated`` or ``measured``). Datasets and models are cached pe
 
 The client's persistent state (stream position, selector buffer, pruning subset, battery) is
 data that fedtitan owns (:mod:`fedtitan.checkpoint`, no pickle). Without a state folder it
-travels with the work: the train message brings the partition's last state (``fedtitan-state``
-bytes in its config) and the reply carries the new one (a ``fedtitan-state`` ConfigRecord:
-``npz`` bytes and the ``round``), so the server keeps it in the run folder and its checkpoints. With ``state-dir`` in the node config
-(``fedtitan supernode --state-dir``) it stays on this machine's disk instead, one folder per
-run, each state tagged with the round that made it; a node that restarts continues from the
-newest state made before the round it is asked to train.
+travels with the work: the train message brings the partition's last state
+(``fedtitan-state`` bytes in its config) and the reply carries the new one (a
+``fedtitan-state`` ConfigRecord: ``npz`` bytes and the ``round``), so the server keeps it in
+the run folder and its checkpoints. With ``state-dir`` in the node config (``fedtitan
+supernode --state-dir``) it stays on this machine's disk instead, one folder per run, each
+state tagged with the round that made it; a node that restarts continues from the newest
+state made before the round it is asked to train. A simulation worker plays whichever
+partition a message names (``partition-id`` in its config).
 """
 
 from __future__ import annotations
