@@ -278,17 +278,32 @@ def is_known_key(key: str) -> bool:
     return any(key.startswith(t + ".") and len(key) > len(t) + 1 for t in TABLE_KEYS if t in _known_keys())
 
 
-def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+# What the papers call some settings (Titan: v, B, the buffer; the pruning paper: rho, T0):
+# suggested for an unknown key, never accepted in its place.
+PAPER_WORDS = {"rho": "ratio", "pruning_ratio": "ratio", "keep": "ratio", "v": "velocity", "buffer": "buffer_size",
+               "b": "batch_size", "batch": "batch_size", "t0": "warmup_epochs", "warmup": "warmup_epochs",
+               "alpha_dirichlet": "alpha", "clients": "num_clients", "k": "classes_per_client"}
+
+
+def did_you_mean(key: str) -> str:
+    """``; did you mean 'x'?`` for an unknown key: the config's name for a paper's word (``pruning.rho``
+    -> ``pruning.ratio``), else the closest known key; empty when nothing is close."""
     known = _known_keys()
+    section, _, name = key.partition(".")
+    word = PAPER_WORDS.get(name.lower())
+    candidates = [f"{s}.{word}" for s in ([section] + [k.split(".")[0] for k in known]) if f"{s}.{word}" in known]
+    close = candidates[:1] or difflib.get_close_matches(key, known, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. run.rounds=5)")
         key, _, raw = item.partition("=")
         key = key.strip()
         if not is_known_key(key):
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown config key {key!r}{hint}")
+            raise ConfigError(f"unknown config key {key!r}{did_you_mean(key)}")
         section, name = key.split(".", 1)
         if name in Config.model_fields[section].annotation.model_fields:  # type: ignore[union-attr]
             doc.setdefault(section, {})[name] = _parse_value(key, raw.strip())
@@ -307,9 +322,7 @@ def _format_error(exc: ValidationError) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     value = err.get("input")
     if err["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(loc, _known_keys(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"unknown config key {loc!r}{hint}"
+        return f"unknown config key {loc!r}{did_you_mean(loc)}"
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     return f"config {loc or 'value'}: {msg}{shown}"
 

@@ -24,8 +24,8 @@ from fedtitan.checkpoint import Checkpoint
 from fedtitan.config import (
     RESULT_NEUTRAL,
     Config,
-    _known_keys,
     changed_settings,
+    did_you_mean,
     is_known_key,
     load_config,
 )
@@ -44,17 +44,13 @@ class RunSpec:
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
     """``key=v1,v2,...`` items -> ordered {key: [values]}; keys validated."""
     grid: dict[str, list[str]] = {}
-    known = _known_keys()
     for item in items:
         key, sep, values = item.partition("=")
         key = key.strip()
         if not sep or not values.strip():
             raise ConfigError(f"--grid {item!r} is not key=v1,v2,... (e.g. selection.method=titan,rs)")
         if not is_known_key(key):
-            import difflib
-
-            close = difflib.get_close_matches(key, known, n=1)
-            raise ConfigError(f"--grid: unknown config key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+            raise ConfigError(f"--grid: unknown config key {key!r}{did_you_mean(key)}")
         if key == "run.seed":
             raise ConfigError("--grid run.seed: use --seeds N instead")
         vals = [v.strip() for v in values.split(",") if v.strip()] if not key.endswith(".mix") else [values]

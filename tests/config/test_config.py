@@ -52,3 +52,17 @@ def test_validation_never_crashes(key, value):
         load_config("quickstart", [f"{key}={raw}"])
     except ConfigError:
         pass
+
+
+def test_the_papers_words_for_settings_are_suggested_not_accepted():
+    from simulations.sweep import parse_grid
+
+    for key, meant in (("pruning.rho", "pruning.ratio"), ("selection.v", "selection.velocity"),
+                       ("selection.buffer", "selection.buffer_size"), ("pruning.T0", "pruning.warmup_epochs"),
+                       ("selection.rho", "pruning.ratio")):
+        with pytest.raises(ConfigError, match=f"unknown config key '{key}'; did you mean '{meant}'"):
+            load_config("quickstart", [f"{key}=0.2"])
+    with pytest.raises(ConfigError, match="did you mean 'pruning.ratio'"):
+        parse_grid(["pruning.rho=0.1,0.2"])
+    with pytest.raises(ConfigError, match="did you mean 'run.rounds'"):  # ordinary typos as before
+        load_config("quickstart", ["run.roundz=3"])
