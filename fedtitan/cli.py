@@ -212,7 +212,28 @@ def _cmd_devices(args: argparse.Namespace) -> int:
         return 0
     if args.devices_cmd == "trace":
         return _devices_trace(args)
-    raise FedtitanError("usage: fedtitan devices {list,show NAME,calibrate,trace PATH}")
+    if args.devices_cmd == "fleets":
+        return _devices_fleets(args)
+    raise FedtitanError("usage: fedtitan devices {list,show NAME,calibrate,trace PATH,fleets}")
+
+
+def _devices_fleets(args: argparse.Namespace) -> int:
+    """The named fleets a run can select with fleet.name (built-in, a fleets file's, a preset's)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedtitan.config import _read_preset
+    from fedtitan.devices.fleets import BUILTIN_NOTES, all_fleets
+
+    preset_fleets = _read_preset(args.preset).get("fleets", {}) if args.preset else {}
+    table = Table(title="named fleets (select one with --set fleet.name=NAME, or sweep --grid fleet.name=A,B)")
+    for col in ("name", "from", "settings", "about"):
+        table.add_column(col)
+    for name, (where, settings) in all_fleets(preset_fleets, args.file).items():
+        shown = "; ".join(f"{k}={v}" for k, v in settings.items())
+        table.add_row(name, where, shown, BUILTIN_NOTES.get(name, "") if where == "built-in" else "")
+    Console(width=180).print(table)
+    return 0
 
 
 def _devices_trace(args: argparse.Namespace) -> int:
@@ -373,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--preset", help="check device names and partition ids against this preset's fleet")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fleet overrides for the check")
     tr.add_argument("--output", "-o", help="draw the trace to this PNG/PDF")
+    fl = dsub.add_parser("fleets", help="the named fleets (fleet.name): built-in, a preset's, a fleets file's")
+    fl.add_argument("--preset", help="also list this preset's [fleets.NAME] tables")
+    fl.add_argument("--file", help="also list this fleets file's [fleets.NAME] tables")
     d.set_defaults(func=_cmd_devices)
 
     da = sub.add_parser("data", help="datasets and partitions")

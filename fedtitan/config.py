@@ -128,6 +128,8 @@ class ServerSection(_Section):
 
 
 class FleetSection(_Section):
+    name: str | None = None  # a named fleet (fedtitan.devices.fleets): its settings replace this section's
+    file: str | None = None  # a TOML file of [fleets.NAME] tables
     mix: dict[str, float] = Field(default_factory=lambda: {"jetson-nano-10w": 0.4, "orin-nano": 0.3, "rpi4": 0.3})
     devices: list[str] = Field(default_factory=list)
     variation: float = Field(0.05, ge=0, lt=1)
@@ -402,7 +404,27 @@ def changed_settings(stored: str | dict[str, Any], cfg: Config, may_change: Iter
             if old.get(k) != now.get(k) and not any(k == a or (a.endswith(".") and k.startswith(a)) for a in allowed)]
 
 
+def _overridden(overrides: list[str], key: str, default: Any) -> Any:
+    """The value the last ``key=value`` override gives ``key`` (else ``default``)."""
+    for item in overrides:
+        k, sep, raw = item.partition("=")
+        if sep and k.strip() == key:
+            default = _parse_value(key, raw.strip())
+    return default
+
+
 def load_config(preset: str | None = "quickstart", overrides: list[str] | None = None) -> Config:
-    """Preset name or TOML path, then ``key=value`` overrides; validated."""
+    """Preset name or TOML path, then ``key=value`` overrides; validated. A named fleet
+    (``fleet.name``, from the preset or an override) replaces the preset's fleet settings
+    before the overrides are applied, so ``--set fleet.KEY`` still wins over it."""
+    overrides = list(overrides or [])
     doc = _read_preset(preset) if preset else {}
-    return validate(apply_overrides(doc, list(overrides or [])))
+    preset_fleets = doc.pop("fleets", {})
+    fleet = doc.get("fleet", {}) if isinstance(doc.get("fleet"), dict) else {}
+    name = _overridden(overrides, "fleet.name", fleet.get("name"))
+    if name:
+        from fedtitan.devices.fleets import named_fleet
+
+        named = named_fleet(str(name), preset_fleets, _overridden(overrides, "fleet.file", fleet.get("file")))
+        doc["fleet"] = {**{k: v for k, v in fleet.items() if k in ("file",)}, **named, "name": str(name)}
+    return validate(apply_overrides(doc, overrides))
