@@ -201,14 +201,14 @@ def verdict(tta: pd.DataFrame, by: list[str], target: float) -> str:
     reached = int(first.reached)
     of = (f"mean of {reached} run{'s' if reached != 1 else ''}" if reached >= runs(first)
           else f"mean of the {reached} of {runs(first)} runs that reached it")
-    head = (f"{name(first)} reached the target accuracy {target:.3f} first, after {first.tta_s:.0f} s of virtual "
+    head = (f"{name(first)} reached the target accuracy {target:.3f} first, after {seconds(first.tta_s)} of virtual "
             f"time ({of})")
     if len(got) == 1:
         missed = ", ".join(name(r) for _, r in tta[tta.tta_s.isna()].iterrows())
         return head + (f"; {missed} did not reach it." if missed else ".")
     second = got.iloc[1]
     diff = second.tta_s - first.tta_s
-    head += f", {second.tta_s / first.tta_s:.2f}x sooner than {name(second)} ({second.tta_s:.0f} s)"
+    head += f", {second.tta_s / first.tta_s:.2f}x sooner than {name(second)} ({seconds(second.tta_s)})"
     spreads = [v for v in (first.get("tta_sd"), second.get("tta_sd")) if v is not None and not pd.isna(v)]
     if len(spreads) < 2 and min(runs(first), runs(second)) >= 2:  # seeds enough, but some runs never got there
         return head + ("; not every run reached the target, so these times average only the runs that did and "
@@ -218,9 +218,14 @@ def verdict(tta: pd.DataFrame, by: list[str], target: float) -> str:
                        "difference may be chance (run more seeds with --seeds 3).")
     spread = max(spreads)
     if diff > spread:
-        return head + f"; the {diff:.0f} s difference is larger than the seed-to-seed spread (sd up to {spread:.0f} s)."
-    return head + (f"; the {diff:.0f} s difference is within the seed-to-seed spread (sd up to {spread:.0f} s), so "
+        return head + f"; the {seconds(diff)} difference is larger than the seed-to-seed spread (sd up to {seconds(spread)})."
+    return head + (f"; the {seconds(diff)} difference is within the seed-to-seed spread (sd up to {seconds(spread)}), so "
                    "the two are not distinguishable at this number of seeds.")
+
+
+def seconds(value: float) -> str:
+    """Seconds of virtual time as a person reads them: whole seconds from 10 s, three figures below."""
+    return f"{value:.0f} s" if abs(value) >= 10 else f"{value:.3g} s"
 
 
 def tier_costs(clients: pd.DataFrame, by: list[str]) -> pd.DataFrame:
