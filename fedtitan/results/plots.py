@@ -37,6 +37,30 @@ def accuracy_vs_time(rounds: pd.DataFrame, hue: str | None, x: str = "virtual_ti
     return fig
 
 
+def per_fleet(rounds: pd.DataFrame, hue: str | None, fleet: str = "fleet.name") -> Figure:
+    """Accuracy against virtual time (top) and against cumulative energy (bottom), one column
+    per fleet, one line per ``hue`` value (mean over seeds of each evaluated round)."""
+    fleets = sorted(rounds[fleet].astype(str).unique())
+    fig, axes = plt.subplots(2, len(fleets), figsize=(4.2 * len(fleets), 6.5), squeeze=False, sharey=True)
+    data = rounds.dropna(subset=["accuracy"]).assign(**{fleet: rounds[fleet].astype(str)})
+    for col, name in enumerate(fleets):
+        g = data[data[fleet] == name]
+        keys = [hue, "server_round"] if hue else ["server_round"]
+        agg = g.groupby(keys)[["virtual_time_s", "energy_cum_j", "accuracy"]].mean().reset_index()
+        for row, x in enumerate(("virtual_time_s", "energy_cum_j")):
+            ax = axes[row][col]
+            for label, h in (agg.groupby(hue) if hue else [("", agg)]):
+                ax.plot(h[x], h["accuracy"], marker="o", markersize=2, label=str(label) if hue else None)
+            ax.set_xlabel("virtual time (s)" if x == "virtual_time_s" else "energy, all devices (J)")
+            if col == 0:
+                ax.set_ylabel("accuracy")
+        axes[0][col].set_title(name)
+    if hue and axes[0][0].get_legend_handles_labels()[1]:
+        axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def accuracy_vs_ratio(final: pd.DataFrame, ratio: str = "pruning.ratio", hue: str = "pruning.method") -> Figure:
     """Final accuracy (mean ± 95% CI over seeds) against the pruning ratio."""
     fig, ax = plt.subplots(figsize=(6, 4))

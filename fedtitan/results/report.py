@@ -69,6 +69,11 @@ def build_report(path: str | Path, target: float | None = None, out: str | Path 
         except Exception as exc:  # no baseline in this sweep: say so in the report
             sections.append(f"<p>Time to accuracy not computed: {html.escape(str(exc))}</p>")
     sections.append("<h2>Accuracy vs virtual time</h2>" + _img(plots.accuracy_vs_time(rounds, hue, target=used_target)))
+    if "fleet.name" in by:  # a sweep across named fleets: each fleet on its own clock and energy
+        others = [c for c in by if c != "fleet.name"]
+        within = rounds.assign(within=rounds[others].astype(str).agg(" ".join, axis=1)) if others else rounds
+        sections.append("<h2>Per fleet: accuracy vs virtual time and vs energy</h2>"
+                        + _img(plots.per_fleet(within, "within" if others else None)))
     if "pruning.ratio" in by and "pruning.method" in rounds.columns:
         by_m = [c for c in by if c != "pruning.ratio"] + ["pruning.ratio"]
         if "pruning.method" not in by_m:

@@ -56,3 +56,8 @@ def test_a_sweep_across_named_fleets_names_and_indexes_its_runs_by_fleet(tmp_pat
     run = root / "fleet.name=pi-cluster__selection.method=rs__seed=0"
     devices = set(pd.read_csv(run / "clients.csv").device)
     assert devices <= {"rpi4", "rpi5"}
+    from fedtitan.results.report import build_report
+
+    path, table = build_report(root)
+    assert set(table["fleet.name"]) == {"edge-mix", "pi-cluster"}  # time to accuracy per fleet
+    assert "Per fleet: accuracy vs virtual time and vs energy" in path.read_text()
