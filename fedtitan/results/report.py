@@ -89,9 +89,11 @@ def build_report(path: str | Path, target: float | None = None, out: str | Path 
             per_run = analysis.cost_per_run(clients)
             sections.append("<h2>Training time and energy vs rho (linear fit)</h2>" + _table(fits)
                             + _img(plots.cost_vs_ratio(per_run, fits)))
-    tiers = analysis.tier_costs(clients, [])
+    per = ["fleet.name"] if "fleet.name" in by and "fleet.name" in clients.columns else []  # tiers within each fleet
+    tiers = analysis.tier_costs(clients, per)
     if len(tiers):
-        sections.append("<h2>Per device tier</h2>" + _table(tiers) + _img(plots.tier_costs(tiers)))
+        sections.append("<h2>Per device tier</h2>" + _table(tiers)
+                        + _img(plots.tier_costs(tiers, hue=per[0] if per else None)))
     fleet = sorted(root.rglob("fleet.csv"))
     if fleet:
         sections.append(f"<h2>Devices over time ({html.escape(str(fleet[0].parent.relative_to(root)) or '.')}): "

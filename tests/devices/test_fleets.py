@@ -60,4 +60,7 @@ def test_a_sweep_across_named_fleets_names_and_indexes_its_runs_by_fleet(tmp_pat
 
     path, table = build_report(root)
     assert set(table["fleet.name"]) == {"edge-mix", "pi-cluster"}  # time to accuracy per fleet
-    assert "Per fleet: accuracy vs virtual time and vs energy" in path.read_text()
+    page = path.read_text()
+    assert "Per fleet: accuracy vs virtual time and vs energy" in page
+    tiers = page[page.index("Per device tier"):]
+    assert "pi-cluster" in tiers and "rpi5" in tiers  # device tiers within each fleet
