@@ -96,7 +96,9 @@ def sweep(root: Path, name: str) -> None:
         rounds, by = rounds.assign(sweep=name), ["sweep"]
     methods = set(rounds["selection.method"]) if "selection.method" in by else set()
     print(f"### {name}\n")
-    if "server.strategy" in by:
+    if "fleet.name" in by:
+        fleets(root, name, rounds, clients, by)
+    elif "server.strategy" in by:
         strategies(root, name, rounds, by)
     elif "server.policy" in by:
         policies(root, name, rounds, clients, by)
@@ -173,6 +175,35 @@ def sweep(root: Path, name: str) -> None:
             per_run = analysis.cost_per_run(clients)
             plots.cost_vs_ratio(per_run, fits).savefig(root / f"{name}-cost-vs-rho.png", dpi=120)
     print()
+
+
+# The accuracy a sweep across fleets is read at (time and energy to it), where no arm sets one.
+FLEET_TARGETS = {"fleets-pruning": 0.4}
+
+
+def fleets(root: Path, name: str, rounds: pd.DataFrame, clients: pd.DataFrame, by: list[str]) -> None:
+    """A sweep across named fleets: time and energy to the target per fleet and arm, the arms
+    paired by seed within each fleet, and the device tiers' costs within each fleet."""
+    from fedtitan.results import plots
+
+    target = FLEET_TARGETS.get(name)
+    table, target = analysis.tta_table(rounds, by, target)
+    print(f"target accuracy = {target:.4f}\n")
+    table["final_acc"] = [_pm(m, c) for m, c in zip(table.final_acc_mean, table.final_acc_ci95, strict=True)]
+    print(_md(table[[*by, "final_acc", "final_acc_sd", "runs", "tta_s", "energy_to_target_j", "reached"]]))
+    arms = [c for c in by if c not in ("fleet.name", "pruning.method", "selection.method")]
+    key = "pruning.method" if "pruning.method" in by else "selection.method" if "selection.method" in by else None
+    if key is not None:
+        values = sorted(rounds[key].unique(), key=lambda v: (v in ("rs", "random"), v))  # the baseline second
+        for (fleet, *rest), at in rounds.groupby(["fleet.name", *arms]):
+            label = " ".join([str(fleet), *(f"{a} {v}" for a, v in zip(arms, rest, strict=True))]) + ": "
+            for i, a in enumerate(values):
+                for b in values[i + 1:]:
+                    _paired(at, key, a, b, label)
+    print("\nper device tier within each fleet (client rounds, mean simulated seconds and joules)\n")
+    print(_md(analysis.tier_costs(clients, ["fleet.name"])))
+    plots.per_fleet(rounds.assign(within=rounds[[c for c in by if c != "fleet.name"]].astype(str)
+                                  .agg(" ".join, axis=1)), "within").savefig(root / f"{name}-per-fleet.png", dpi=110)
 
 
 def _paired(rounds: pd.DataFrame, key: str, a: str, b: str, prefix: str = "") -> None:
@@ -304,7 +335,7 @@ def main() -> None:
     pruning_kept(root)
     for name in ("fl-titan-cifar10", "fl-titan-cifar10-150", "fl-titan-cifar10-full", "fl-strategies",
                  "fl-idle-compute", "fl-diurnal-policies", "pruning-cifar10", "pruning-cifar10-longer",
-                 "pruning-cifar10-full", "har-selection", "har-pruning"):
+                 "pruning-cifar10-full", "har-selection", "har-pruning", "fleets-pruning"):
         sweep(root, name)
 
 

@@ -64,3 +64,17 @@ def test_a_sweep_across_named_fleets_names_and_indexes_its_runs_by_fleet(tmp_pat
     assert "Per fleet: accuracy vs virtual time and vs energy" in page
     tiers = page[page.index("Per device tier"):]
     assert "pi-cluster" in tiers and "rpi5" in tiers  # device tiers within each fleet
+
+
+def test_results_tables_read_a_sweep_across_fleets_per_fleet(tmp_path, capsys):
+    from simulations import results_tables
+    from simulations.sweep import sweep
+
+    sweep("quickstart", ["fleet.name=edge-mix,pi-cluster", "selection.method=titan,rs"], 2,
+          ["run.rounds=2", "data.num_clients=4", "simulation.engine=local"], tmp_path / "sw", quiet=True)
+    results_tables.sweep(tmp_path, "sw")
+    out = capsys.readouterr().out
+    assert "target accuracy" in out and out.count("| edge-mix |") >= 2 and out.count("| pi-cluster |") >= 2
+    assert "edge-mix: titan minus rs, paired by seed (0, 1)" in out
+    assert "pi-cluster: titan minus rs, paired by seed (0, 1)" in out
+    assert "per device tier within each fleet" in out and (tmp_path / "sw-per-fleet.png").is_file()
