@@ -86,7 +86,7 @@ def client_resources(cfg: Config, attach: bool) -> dict[str, float]:
             processes = max(1, int((os.cpu_count() or 1) // sim.num_cpus))
             gpus = min(1.0, torch.cuda.device_count() / processes)
     # A client process that dies (the out-of-memory killer, a crash) is restarted by Ray, and the
-    # server sends its message again (strategies.server_app.FleetServer.collect): a client round
+    # server sends its message again until it is back (strategies.server_app.FleetServer.collect): a client round
     # is a pure function of its message (weights, state, round), so the retry gives what the
     # first try would have.
     return {"num_cpus": sim.num_cpus, "num_gpus": gpus, "max_restarts": -1}

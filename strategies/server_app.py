@@ -65,6 +65,7 @@ PARTITION_KEY = "partition-id"  # in a message's config: the partition a simulat
 STATE_RECORD = "fedtitan-state"  # a client's state: a key of a train message's config, a record of the reply
 CHECKPOINTS = "checkpoints"  # a run's checkpoints and its clients' states, inside the run folder
 KEEP_CHECKPOINTS = 2
+WORKER_RETRIES = 4  # re-sends of a dead client process's work, 1, 2, 4 and 8 s apart
 # Tests only: SIGKILL this process mid-round N (after the clients replied, before anything of
 # the round is written), the harshest place a crash can land.
 KILL_AT_ENV = "FEDTITAN_TEST_KILL_AT_ROUND"
@@ -288,10 +289,13 @@ class FleetServer:
         sent once more, so a killed worker costs time, not a different run."""
         sent = [m.metadata.dst_node_id for m in messages]
         replies = self.send(messages)
-        died = [(node, m) for node, m in zip(sent, messages, strict=True) if (r := replies.get(node)) is not None
-                and r.has_error() and worker_died(str(r.error.reason))]
-        if died:
+        for attempt in range(WORKER_RETRIES):  # Ray restarts a dead process; until it is back, sends fail too
+            died = [(node, m) for node, m in zip(sent, messages, strict=True) if (r := replies.get(node)) is not None
+                    and r.has_error() and worker_died(str(r.error.reason))]
+            if not died:
+                break
             log.warning("round %d: %d client process(es) died mid-round; sending their work again", rnd, len(died))
+            time.sleep(2.0**attempt)
             replies.update(self.send([Message(m.content, dst_node_id=node, message_type=m.metadata.message_type,
                                               group_id=m.metadata.group_id) for node, m in died]))
         self.state_io = [0.0, 0]
