@@ -89,12 +89,17 @@ def _ask(grid: Grid, nodes: list[int], content: RecordDict, message_type: str, k
          timeout_s: float) -> dict[int, float]:
     """Send ``content`` to every node; node id -> metric ``key`` of each successful reply."""
     msgs = [Message(content, dst_node_id=n, message_type=message_type) for n in nodes]
+    return metric_of({r.metadata.src_node_id: r for r in grid.send_and_receive(msgs, timeout=timeout_s)}, key)
+
+
+def metric_of(replies: dict[int, Message], key: str) -> dict[int, float]:
+    """Sender -> metric ``key`` of each successful reply."""
     out = {}
-    for reply in grid.send_and_receive(msgs, timeout=timeout_s):
+    for sender, reply in replies.items():
         if not reply.has_error():
             rec = reply.content["metrics"]
             assert isinstance(rec, MetricRecord)
-            out[reply.metadata.src_node_id] = float(cast(float, rec[key]))
+            out[sender] = float(cast(float, rec[key]))
     return out
 
 
@@ -330,14 +335,7 @@ class FleetServer:
 
     def ask(self, clients: list[int], content: RecordDict, message_type: str, key: str) -> dict[int, float]:
         """Client id -> metric ``key`` of each successful reply to ``content``."""
-        replies = self.send([Message(content, dst_node_id=c, message_type=message_type) for c in clients])
-        out = {}
-        for c, r in replies.items():
-            if not r.has_error():
-                rec = r.content["metrics"]
-                assert isinstance(rec, MetricRecord)
-                out[c] = float(cast(float, rec[key]))
-        return out
+        return metric_of(self.send([Message(content, dst_node_id=c, message_type=message_type) for c in clients]), key)
 
     def keep_state(self, rnd: int, node: int, reply: Message) -> None:
         """Store the state a client sent back (simulation; boards keep theirs), keeping what
