@@ -1,12 +1,22 @@
-"""Titan's single-device setting on CIFAR-10, at a scale this machine runs.
+"""Titan's single-device setting (Table 1 of the paper), at a scale this machine runs.
 
-    python -m simulations.single_device --steps 1500 --seeds 3 --out docs/results/single-device
+    python -m simulations.single_device --model mobilenet_v1 --steps 1500 --seeds 3 \
+        --out docs/results/single-device-table1/mobilenet_v1
 
-One device streams the CIFAR-10 training set (v = 100 new samples per step), selects a batch
-of B = 10 (Titan's buffer: 30) and takes one weighted SGD step (lr 0.1, x0.95 every 100 steps,
-the paper's schedule). Methods: titan, rs, is, cis. Test accuracy on a fixed 2,000-image test
-subset every ``--eval-every`` steps. Writes ``curves.csv`` (tidy: method, seed, step,
-accuracy, loss, select_ms, train_ms), ``summary.csv`` and ``accuracy.png``.
+One device streams a training set (v = 100 new samples per step), selects a batch of B = 10
+(Titan's buffer: 30) and takes one weighted SGD step (x0.95 every 100 steps, the paper's
+schedule; lr 0.1 for AlexNet, MobileNet, SqueezeNet and the small nets, 0.005 for ResNets,
+as Sec. 4.1 says, unless ``--lr`` is given). ``--dataset`` is ``cifar10`` (default),
+``speech-commands`` or ``uci-har``. Test accuracy on a fixed test subset (2,000 samples, or
+the whole test set when smaller) every ``--eval-every`` steps.
+
+Every step is also billed on the simulated device clock of ``--device-profile`` (default the
+paper's Jetson Nano, 10 W): training on its CPU unit, selection on its GPU unit (footnote 2),
+Titan pipelined (its selection overlaps the previous step's training), the baselines serial
+(``--pipeline all`` pipelines them too). Writes ``curves.csv`` (tidy: dataset, model, method,
+seed, step, accuracy, loss, select_ms_per_step, train_ms_per_step, coarse_forwards,
+sim_time_s, sim_energy_j), ``summary.csv`` and ``accuracy.png``. A second call with the same
+``--out`` resumes at the first unfinished (method, seed).
 """
 
 from __future__ import annotations
@@ -49,15 +59,56 @@ class IdleShare:
         return Factors(select_share=self.walk.factors(0, float(step)).select_share).apply(self.profile)
 
 
+PAPER_LR = {"alexnet": 0.1, "mobilenet_v1": 0.1, "mobilenet_v2": 0.1, "squeezenet": 0.1}
+"""Sec. 4.1: "0.1 for AlexNet, MobileNet and SqueezeNet and 0.005 for other larger models".
+The small nets (mlp, cnn, har_cnn, speech_cnn) are not "larger": they take 0.1 too."""
+
+
+def paper_lr(model: str) -> float:
+    return PAPER_LR.get(model, 0.005 if model.startswith("resnet") else 0.1)
+
+
+def device_step(method: str, profile: Any, *, forward_flops: float, block_flops: float, batch: int, velocity: int,
+                buffer: int, dim: int, coarse_forwards: float | None, pipeline: str = "titan") -> tuple[float, float]:
+    """One streaming step of ``method`` on ``profile``'s clock: (seconds, joules).
+
+    The same cost model the federated clients bill (``fedtitan.devices.cost.streaming_round``):
+    training B samples on the training unit; on the selecting unit, Titan's coarse filter over
+    ``coarse_forwards`` samples (first block) and a full forward over its ``buffer``
+    candidates, the gradient-based baselines (IS, C-IS, LL, HL, CE, OCS) a full forward over
+    all v, Camel its input-space distances, RS nothing. ``pipeline``: ``titan`` overlaps only
+    Titan's selection with training (its pipeline, Sec. 3.4), ``all`` every method's, ``none``
+    no method's."""
+    from fedtitan.devices.cost import streaming_round
+    from fedtitan.selection import build_selector
+    from fedtitan.selection.selectors import camel_flops
+
+    name = method.partition(":")[0]
+    sel = build_selector(name)
+    coarse = bool(getattr(sel, "coarse_filter", False))
+    cost = streaming_round(
+        profile, forward_flops=forward_flops, block_flops=block_flops, steps=1, batch_size=batch, velocity=velocity,
+        candidates=buffer if coarse else velocity, model_bytes=0.0,
+        pipelined=pipeline == "all" or (pipeline == "titan" and coarse), coarse=coarse,
+        gradient_selection=bool(getattr(sel, "forward_candidates", True)),
+        extra_select_flops=camel_flops(batch, velocity, dim) if name == "camel" else 0.0,
+        coarse_samples=coarse_forwards if coarse else None)
+    return cost.time_s, cost.energy_j
+
+
 def run_one(ds, method: str, seed: int, args: argparse.Namespace, eval_x, eval_y) -> list[dict]:  # type: ignore[no-untyped-def]
+    import math
+
     from fedtitan.data.stream import NoiseSpec
-    from fedtitan.devices.cost import auto_buffer_size, streaming_round
+    from fedtitan.devices import get_profile
+    from fedtitan.devices.cost import auto_buffer_size
     from fedtitan.models import count_forward_flops
 
     torch.manual_seed(seed)
     model = build_model(args.model, ds.input_shape, ds.num_classes).to(args.torch_device)
     fwd = count_forward_flops(model, ds.input_shape)
     block = count_forward_flops(model, ds.input_shape, n_blocks=1)
+    dim = math.prod(ds.input_shape)
     data = DeviceData.on(ds, args.torch_device)
     noise = NoiseSpec(args.feature_noise, args.feature_sigma, args.label_noise)
     stream = DataStream(data, np.arange(len(ds.y_train)), v=args.velocity, seed=seed, client=0, noise=noise)
@@ -79,25 +130,37 @@ def run_one(ds, method: str, seed: int, args: argparse.Namespace, eval_x, eval_y
     idle = IdleShare(args, seed) if args.idle == "walk" else None
     if auto and idle is None:
         raise SystemExit("titan:buffer=auto needs --idle walk (what the idle unit can score changes with it)")
+    profile = get_profile(args.device_profile)
     rng = np.random.default_rng([seed, 1])
     rows = []
     step = 0
-    sel_ms = train_ms = sim_s = 0.0
+    sel_ms = train_ms = sim_s = sim_j = 0.0
+    forwards: list[float] = []
     buffers: list[int] = []
+    lr0 = paper_lr(args.model) if args.lr is None else args.lr
     while step < args.steps:
         chunk_steps = min(args.eval_every, args.steps - step)
         # the learning rate is constant within a chunk of eval_every <= 100 steps
-        lr = lr_at(args.lr, "step", step, args.steps, decay=0.95, every=100)
+        lr = lr_at(lr0, "step", step, args.steps, decay=0.95, every=100)
+        k_fixed = int(opts.get("buffer_size", args.buffer)) if name == "titan" else args.velocity  # type: ignore[call-overload]
         if idle is None:
             cfg = StreamingConfig(steps=chunk_steps, batch_size=args.batch, velocity=args.velocity, lr=lr,
                                   pipeline=False)
             recs = train_streaming(model, stream, selector, cfg, rng)
+            for r in recs:
+                cf = r.info.get("coarse_forwards")
+                t, j = device_step(method, profile, forward_flops=fwd, block_flops=block, batch=args.batch,
+                                   velocity=args.velocity, buffer=k_fixed, dim=dim, coarse_forwards=cf,
+                                   pipeline=args.pipeline)
+                sim_s, sim_j = sim_s + t, sim_j + j
+                if cf is not None:
+                    forwards.append(float(cf))
         else:  # one step at a time: the idle share (and an auto buffer) change every step
             recs = []
             cfg = StreamingConfig(steps=1, batch_size=args.batch, velocity=args.velocity, lr=lr, pipeline=False)
-            for t in range(step, step + chunk_steps):
-                prof = idle.at(t)
-                k = int(opts.get("buffer_size", args.buffer)) if name == "titan" else args.velocity  # type: ignore[call-overload]
+            for t_step in range(step, step + chunk_steps):
+                prof = idle.at(t_step)
+                k = k_fixed
                 if auto:
                     k = auto_buffer_size(prof, forward_flops=fwd, block_flops=block, batch_size=args.batch,
                                          velocity=args.velocity, buffer_max=args.buffer_max)
@@ -105,20 +168,23 @@ def run_one(ds, method: str, seed: int, args: argparse.Namespace, eval_x, eval_y
                 (r,) = train_streaming(model, stream, selector, cfg, rng)
                 recs.append(r)
                 buffers.append(k)
-                coarse = name == "titan"
-                cost = streaming_round(prof, forward_flops=fwd, block_flops=block, steps=1, batch_size=args.batch,
-                                       velocity=args.velocity, candidates=k, model_bytes=0.0, pipelined=True,
-                                       coarse=coarse, gradient_selection=name not in ("rs", "camel"),
-                                       coarse_samples=r.info.get("coarse_forwards") if coarse else None)
-                sim_s += cost.time_s
+                cf = r.info.get("coarse_forwards")
+                t, j = device_step(method, prof, forward_flops=fwd, block_flops=block, batch=args.batch,
+                                   velocity=args.velocity, buffer=k, dim=dim, coarse_forwards=cf, pipeline="all")
+                sim_s, sim_j = sim_s + t, sim_j + j
+                if cf is not None:
+                    forwards.append(float(cf))
         step += chunk_steps
         sel_ms += sum(r.select_ms for r in recs)
         train_ms += sum(r.train_ms for r in recs)
         loss, acc = evaluate(model, eval_x, eval_y)
-        row = {"method": method, "seed": seed, "step": step, "accuracy": acc, "loss": loss,
-               "select_ms_per_step": sel_ms / step, "train_ms_per_step": train_ms / step}
-        if idle is not None:  # the simulated pipelined clock on --idle-device, and the buffer used
-            row.update(sim_time_s=sim_s, buffer_mean=float(np.mean(buffers)))
+        row = {"dataset": args.dataset, "model": args.model, "method": method, "seed": seed, "step": step,
+               "accuracy": acc, "loss": loss, "select_ms_per_step": sel_ms / step,
+               "train_ms_per_step": train_ms / step,
+               "coarse_forwards": float(np.mean(forwards)) if forwards else np.nan,
+               "sim_time_s": sim_s, "sim_energy_j": sim_j}
+        if idle is not None:  # the buffer used under the walking idle share
+            row.update(buffer_mean=float(np.mean(buffers)))
         rows.append(row)
     return rows
 
@@ -135,7 +201,13 @@ def main() -> None:
     ap.add_argument("--velocity", type=int, default=100)
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--buffer", type=int, default=30)
-    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--dataset", default="cifar10", choices=["cifar10", "speech-commands", "uci-har"])
+    ap.add_argument("--lr", type=float, default=None,
+                    help="initial learning rate (default: the paper's, 0.1 or 0.005 for ResNets)")
+    ap.add_argument("--device-profile", default="jetson-nano-10w",
+                    help="the simulated device whose clock bills every step (fedtitan devices list)")
+    ap.add_argument("--pipeline", choices=["titan", "all", "none"], default="titan",
+                    help="whose selection overlaps training on the device clock")
     ap.add_argument("--out", default="docs/results/single-device")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (as compute.device)")
     ap.add_argument("--label-noise", type=float, default=0.0, help="fraction of streamed samples relabelled")
@@ -158,7 +230,13 @@ def main() -> None:
         ap.error(str(exc))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ds = load_dataset("cifar10", data_dir=args.data_dir)
+    try:
+        from fedtitan.devices import get_profile
+
+        get_profile(args.device_profile)
+        ds = load_dataset(args.dataset, data_dir=args.data_dir)
+    except FedtitanError as exc:
+        ap.error(str(exc))
     ids = np.sort(np.random.default_rng(0).permutation(len(ds.y_test))[:2000])
     eval_x, eval_y = ds.tensor("test", ids).to(args.torch_device), ds.labels("test", ids).to(args.torch_device)
     rows: list[dict] = []
@@ -201,7 +279,7 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     sns.lineplot(df, x="step", y="accuracy", hue="method", errorbar="sd", ax=ax)
-    ax.set_title(f"CIFAR-10, single device, {args.model}, v={args.velocity}, B={args.batch}")
+    ax.set_title(f"{args.dataset}, single device, {args.model}, v={args.velocity}, B={args.batch}")
     fig.tight_layout()
     fig.savefig(out / "accuracy.png", dpi=120)
     (out / "args.json").write_text(json.dumps({k: v for k, v in vars(args).items() if k != "torch_device"}, indent=2) + "\n")
