@@ -74,3 +74,13 @@ def test_stems_are_chosen_by_input_size_or_by_name():
     assert build_model("alexnet", (3, 32, 32), 10, stem="imagenet").blocks[0][0].kernel_size == (11, 11)
     with pytest.raises(ValueError, match="stem must be"):
         build_model("squeezenet", (3, 32, 32), 10, stem="tiny")
+
+
+def test_cifar_variants_of_alexnet_and_squeezenet_have_batch_norm_imagenet_ones_not():
+    def norms(m):
+        return sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
+
+    assert norms(build_model("alexnet", (3, 32, 32), 10)) == 5
+    assert norms(build_model("squeezenet", (3, 32, 32), 10)) == 1 + 3 * 8  # first conv + 3 per fire module
+    assert norms(build_model("alexnet", (3, 224, 224), 10)) == norms(build_model("squeezenet", (3, 224, 224), 10)) == 0
+    assert norms(build_model("alexnet", (3, 32, 32), 10, batch_norm=False)) == 0
