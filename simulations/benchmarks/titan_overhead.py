@@ -60,9 +60,9 @@ def _child(model_name: str, method: str, steps: int) -> None:
     import numpy as np
     import torch
 
+    from fedtitan.compute import DeviceData
     from fedtitan.data import DataStream
     from fedtitan.data.dataset import Dataset
-    from fedtitan.compute import DeviceData
     from fedtitan.models import build_model
     from fedtitan.selection import build_selector
     from fedtitan.training import StreamingConfig, train_streaming

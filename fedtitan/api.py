@@ -1,0 +1,522 @@
+"""fedtitan from Python: launch, watch and analyse runs and sweeps (notebooks included).
+
+    import fedtitan as ft
+
+    run = ft.run("quickstart", overrides={"run.rounds": 5}, out="runs/qs")
+    run.rounds                      # one row per round (pandas)
+    run.plot()                      # accuracy against virtual time (a matplotlib Figure)
+
+    sw = ft.sweep("quickstart", grid={"selection.method": ["titan", "rs"]}, seeds=2, out="sweeps/qs")
+    sw.final_accuracy()             # mean, sd and 95% CI over seeds, per configuration
+    sw.paired("selection.method", "titan", "rs")
+
+    ft.load("sweeps/qs")            # a Run or a Sweep from a folder
+    ft.resume("runs/qs")            # go on from the last checkpoint
+
+Everything here does what the ``fedtitan`` command does (``run``, ``sweep``, ``resume``,
+``report``, ``plot``) and writes the same folders, so a run started here can be resumed from
+a shell and the other way round. Importing this module imports neither Flower nor Ray: they
+load when a simulation starts.
+
+Errors are :class:`~fedtitan.errors.FedtitanError` with a one-line message (a bad key, a
+missing dataset, a folder that is not a run). In IPython and Jupyter they print as that one
+line, without a traceback (:func:`short_errors` turns this off). Ctrl-C (or the notebook's
+interrupt button) stops a run after its current round, keeps the finished rounds and their
+checkpoint, shuts Ray down and then raises ``KeyboardInterrupt``; :func:`resume` goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedtitan.errors import FedtitanError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from fedtitan.config import Config
+
+__all__ = ["Run", "Sweep", "load", "resume", "run", "short_errors", "sweep"]
+
+Overrides = Mapping[str, Any] | Sequence[str] | None
+PLOT_KINDS = ("accuracy-time", "accuracy-ratio", "tiers", "partition")
+
+
+def _toml(value: Any) -> str:
+    """A Python value as the right-hand side of ``key=value`` (what ``--set`` takes)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) if not isinstance(v, str) else json.dumps(v) for v in value) + "]"
+    if value is None:
+        raise FedtitanError("an override cannot be None; leave the key out to keep the preset's value")
+    return str(value)
+
+
+def _override_list(overrides: Overrides) -> list[str]:
+    """``{"run.rounds": 3}`` or ``["run.rounds=3"]`` -> ``["run.rounds=3"]``."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, str):
+        raise FedtitanError(f"overrides must be a dict or a list of 'key=value' strings, got the string {overrides!r}")
+    if isinstance(overrides, Mapping):
+        return [f"{k}={_toml(v)}" for k, v in overrides.items()]
+    items = [str(o) for o in overrides]
+    bad = [o for o in items if "=" not in o]
+    if bad:
+        raise FedtitanError(f"override {bad[0]!r} is not key=value (e.g. 'run.rounds=3')")
+    return items
+
+
+def _grid_items(grid: Mapping[str, Iterable[Any]] | Sequence[str] | None) -> list[str]:
+    """``{"selection.method": ["titan", "rs"]}`` -> ``["selection.method=titan,rs"]`` (``--grid``)."""
+    if grid is None:
+        return []
+    if isinstance(grid, str):
+        raise FedtitanError(f"grid must be a dict of lists or a list of 'key=v1,v2' strings, got {grid!r}")
+    if not isinstance(grid, Mapping):
+        return [str(g) for g in grid]
+    items = []
+    for key, values in grid.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+            raise FedtitanError(f"grid[{key!r}] must be a list of values, e.g. [{_toml(values)!r}], got {values!r}")
+        cells = []
+        for v in values:
+            if isinstance(v, Mapping):  # a device mix: name:fraction,...
+                cells.append(",".join(f"{k}:{f}" for k, f in v.items()))
+            else:
+                cells.append(_toml(v))
+        items.append(f"{key}={','.join(cells)}")
+    return items
+
+
+def _config(preset: str | Config, overrides: Overrides) -> Config:
+    from fedtitan.config import Config, apply_overrides, load_config, validate
+
+    if isinstance(preset, Config):
+        return validate(apply_overrides(preset.model_dump(mode="json"), _override_list(overrides)))
+    if not isinstance(preset, str):
+        raise FedtitanError(f"preset must be a preset name, a TOML path or a Config, got {type(preset).__name__}")
+    return load_config(preset, _override_list(overrides))
+
+
+def _stamp(name: str) -> str:
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _interrupted(what: str) -> None:
+    """After a clean stop: say where the results are, then stop the caller as Ctrl-C would."""
+    print(what, file=sys.stderr)
+    raise KeyboardInterrupt
+
+
+# ---------------------------------------------------------------------------------------------
+# launching
+
+
+def run(preset: str | Config = "quickstart", overrides: Overrides = None, out: str | Path | None = None, *,
+        quiet: bool = False, ray_address: str | None = None) -> Run:
+    """Simulate one federated run and return it.
+
+    Args:
+        preset: a preset name (``fedtitan.config.preset_names()``), a TOML file, or a
+            :class:`~fedtitan.config.Config` you built or loaded.
+        overrides: settings on top of the preset, as ``{"run.rounds": 5, "selection.method":
+            "rs"}`` or ``["run.rounds=5"]`` (the same keys as ``fedtitan run --set``).
+        out: the run folder (created); default ``runs/NAME-YYYYmmdd-HHMMSS``.
+        quiet: no progress bar and no Ray log lines.
+        ray_address: attach to a running Ray cluster (``ray://host:10001`` or ``auto``).
+
+    Returns:
+        the finished :class:`Run`.
+
+    Raises:
+        FedtitanError: bad settings, missing data or a run that failed (one line; the rounds
+            that finished stay in ``out``).
+        KeyboardInterrupt: after Ctrl-C stopped the run cleanly (finished rounds kept;
+            :func:`resume` goes on).
+    """
+    cfg = _config(preset, overrides)
+    folder = Path(out) if out is not None else Path("runs") / _stamp(cfg.run.name)
+    from simulations.run import run as _run
+
+    summary = _run(cfg, folder, ray_address=ray_address, quiet=quiet)
+    return _finish(folder, summary)
+
+
+def resume(path: str | Path, overrides: Overrides = None, *, quiet: bool = False,
+           ray_address: str | None = None) -> Run:
+    """Go on with the cut-off run in ``path`` from its last checkpoint, with its own settings.
+
+    ``overrides`` may raise ``run.rounds`` to extend a finished run, or change settings that do
+    not change results (trackers, progress). A run that already finished comes back as it is.
+    Raises as :func:`run` does."""
+    from simulations.run import resume as _resume
+
+    summary = _resume(path, _override_list(overrides), ray_address=ray_address, quiet=quiet)
+    if summary.get("already_finished"):
+        return Run(path)
+    return _finish(Path(path), summary)
+
+
+def _finish(folder: Path, summary: dict[str, Any]) -> Run:
+    if summary.get("failed"):
+        raise FedtitanError(f"run failed: {summary['failed']}; its rounds are in {folder}")
+    if summary.get("interrupted"):
+        _interrupted(f"fedtitan: interrupted after {summary.get('rounds')} rounds; they are in {folder} "
+                     f"(fedtitan.resume({str(folder)!r}) goes on)")
+    return Run(folder)
+
+
+def sweep(preset: str = "quickstart", grid: Mapping[str, Iterable[Any]] | Sequence[str] | None = None,
+          seeds: int = 1, overrides: Overrides = None, out: str | Path | None = None, *, quiet: bool = False,
+          ray_address: str | None = None) -> Sweep:
+    """Run (or resume) a grid of runs x seeds and return the sweep.
+
+    Args:
+        preset: a preset name or TOML file.
+        grid: the settings to vary, ``{"selection.method": ["titan", "rs"], "pruning.ratio":
+            [0.2, 0.5]}`` (or ``["selection.method=titan,rs"]`` as ``--grid`` takes).
+        seeds: seeds per configuration (``run.seed`` = 0 .. seeds-1).
+        overrides: settings shared by every run (as in :func:`run`).
+        out: the sweep folder; calling again with the same folder resumes it (finished runs
+            are kept, a cut-off run goes on from its checkpoint).
+        quiet: no progress bar.
+        ray_address: attach to a running Ray cluster.
+
+    Returns:
+        the :class:`Sweep` (its finished runs; failed ones are listed in ``index`` and redone
+        by the next call).
+
+    Raises:
+        FedtitanError: bad grid or settings (checked for every run before any starts).
+        KeyboardInterrupt: after Ctrl-C stopped the sweep cleanly (call again to resume).
+    """
+    from fedtitan.config import load_config
+
+    name = load_config(preset, _override_list(overrides)).run.name if out is None else ""
+    folder = Path(out) if out is not None else Path("sweeps") / _stamp(Path(name).stem)
+    from simulations.run import STOPPED_BY
+    from simulations.sweep import sweep as _sweep
+
+    root, _ = _sweep(preset, _grid_items(grid), seeds, _override_list(overrides), folder, ray_address=ray_address,
+                     quiet=quiet)
+    if STOPPED_BY:
+        _interrupted(f"fedtitan: sweep interrupted; its finished runs are in {root} (call fedtitan.sweep with the "
+                     "same arguments to resume)")
+    return Sweep(root)
+
+
+def load(path: str | Path) -> Run | Sweep:
+    """The run or sweep in ``path`` (a folder with ``rounds.csv``, or with ``index.csv``)."""
+    p = Path(path)
+    if (p / "index.csv").exists():
+        return Sweep(p)
+    if (p / "config.json").exists():
+        return Run(p)
+    if not p.exists():
+        raise FedtitanError(f"{p} does not exist")
+    raise FedtitanError(f"{p} is neither a fedtitan run folder (config.json) nor a sweep folder (index.csv)")
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+
+
+def _figure(kind: str, path: Path, target: float | None) -> Figure:
+    """The figure ``fedtitan plot KIND`` draws, for a run or sweep folder."""
+    from fedtitan.results import analysis, plots
+
+    if kind not in PLOT_KINDS:
+        raise FedtitanError(f"unknown plot kind {kind!r}; choose one of {', '.join(PLOT_KINDS)}")
+    if kind == "partition":
+        from fedtitan.data.partition import heatmap
+        from fedtitan.results.report import first_partition
+
+        part = first_partition(path)
+        if part is None:
+            raise FedtitanError(f"no partition.csv under {path}")
+        return heatmap(part[1])
+    rounds, clients, params = analysis.load_sweep(path)
+    varying = [p for p in params if rounds[p].nunique() > 1]
+    if kind == "accuracy-time":
+        hue = None
+        if varying:
+            rounds = rounds.assign(group=rounds[varying].astype(str).agg(" ".join, axis=1))
+            hue = "group"
+        return plots.accuracy_vs_time(rounds, hue, target=target)
+    if kind == "tiers":
+        return plots.tier_costs(analysis.tier_costs(clients, []))
+    if "pruning.ratio" not in varying:
+        raise FedtitanError("plot accuracy-ratio needs a sweep over pruning.ratio")
+    by = ["pruning.method", "pruning.ratio"] if "pruning.method" in rounds.columns else ["pruning.ratio"]
+    return plots.accuracy_vs_ratio(analysis.final_accuracy(rounds, by))
+
+
+def _report(path: Path, target: float | None, out: str | Path | None) -> Path:
+    from fedtitan.results.report import build_report
+
+    return build_report(path, target, out)[0]
+
+
+def _csv(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+
+class Run:
+    """One run folder: its settings, summary and tables, read when first used.
+
+    Attributes:
+        path: the folder.
+        config: the run's settings (a :class:`~fedtitan.config.Config`).
+        summary: ``summary.json`` as a dict (final accuracy, rounds, virtual time in s,
+            energy in J, ...); empty while the run has not finished.
+        rounds: one row per round (``rounds.csv``: accuracy, loss, ``virtual_time_s``,
+            ``energy_cum_j``, ...).
+        clients: one row per (round, client) (``clients.csv``: device, status, simulated
+            seconds and joules per phase, ...).
+        fleet: the device timeline of living fleets (``fleet.csv``; empty otherwise).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not (self.path / "config.json").exists():
+            raise FedtitanError(f"{self.path} is not a fedtitan run folder (no config.json)")
+
+    def __repr__(self) -> str:
+        s = self.summary
+        if not s:
+            return f"Run({str(self.path)!r}, unfinished)"
+        if not self.finished:
+            return f"Run({str(self.path)!r}, {'failed' if s.get('failed') else 'interrupted'} after {s.get('rounds')} rounds)"
+        acc = s.get("final_accuracy")
+        acc_text = f"{acc:.4f}" if isinstance(acc, float) and not math.isnan(acc) else "-"
+        return f"Run({str(self.path)!r}, {s.get('rounds')} rounds, final accuracy {acc_text})"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float) else
+                       f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in self.summary.items() if not isinstance(v, (dict, list)))
+        return f"<b>fedtitan run</b> <code>{html.escape(str(self.path))}</code><table>{rows}</table>"
+
+    @cached_property
+    def config(self) -> Config:
+        from fedtitan.config import validate
+
+        return validate(json.loads((self.path / "config.json").read_text()))
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        f = self.path / "summary.json"
+        return json.loads(f.read_text()) if f.exists() else {}
+
+    @property
+    def finished(self) -> bool:
+        """Whether every round is done (or the run stopped at its target accuracy); False for a
+        run cut off, interrupted or failed (:func:`resume` goes on with the first two)."""
+        s = self.summary
+        return bool(s) and not s.get("interrupted") and not s.get("failed")
+
+    @cached_property
+    def rounds(self) -> pd.DataFrame:
+        return _csv(self.path / "rounds.csv")
+
+    @cached_property
+    def clients(self) -> pd.DataFrame:
+        return _csv(self.path / "clients.csv")
+
+    @cached_property
+    def fleet(self) -> pd.DataFrame:
+        return _csv(self.path / "fleet.csv")
+
+    def refresh(self) -> Run:
+        """Forget the tables read so far (to watch a run another process is writing)."""
+        for name in ("rounds", "clients", "fleet"):
+            self.__dict__.pop(name, None)
+        return self
+
+    def report(self, target: float | None = None, out: str | Path | None = None) -> Path:
+        """Write the HTML report (``report.html`` in the folder, or ``out``) and return its path.
+        ``target``: the accuracy for time-to-accuracy (default: none for a single run)."""
+        return _report(self.path, target, out)
+
+    def plot(self, kind: str = "accuracy-time", target: float | None = None) -> Figure:
+        """The figure ``fedtitan plot KIND`` draws: ``accuracy-time`` (accuracy against virtual
+        seconds, a dashed line at ``target``), ``tiers`` (seconds and joules per device tier) or
+        ``partition`` (labels per client)."""
+        return _figure(kind, self.path, target)
+
+
+class Sweep:
+    """One sweep folder: its index, its runs and the analysis tables across them.
+
+    Attributes:
+        path: the folder.
+        index: ``index.csv``: one row per run (``run_id``, the swept settings, ``seed``,
+            ``status`` done/pending/failed, ``wall_s``).
+        params: the swept settings (column names of ``index`` and of the tables).
+        runs: the finished runs, ``{run_id: Run}``.
+        rounds / clients: every finished run's ``rounds.csv`` / ``clients.csv`` in one table,
+            with ``run_id``, ``seed`` and a column per swept setting.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not (self.path / "index.csv").exists():
+            raise FedtitanError(f"{self.path} is not a fedtitan sweep folder (no index.csv)")
+
+    def __repr__(self) -> str:
+        idx = self.index
+        done = int((idx.status == "done").sum())
+        return f"Sweep({str(self.path)!r}, {done} of {len(idx)} runs done, swept: {', '.join(self.params) or '-'})"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<b>fedtitan sweep</b> <code>{html.escape(str(self.path))}</code>" + self.index.to_html(index=False)
+
+    @property
+    def index(self) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.read_csv(self.path / "index.csv")
+
+    @property
+    def params(self) -> list[str]:
+        return [c for c in self.index.columns if c not in ("run_id", "status", "path", "seed", "wall_s")]
+
+    @property
+    def runs(self) -> dict[str, Run]:
+        idx = self.index
+        return {str(r.run_id): Run(self.path / str(r.path)) for r in idx[idx.status == "done"].itertuples()}
+
+    @cached_property
+    def _tables(self) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+        from fedtitan.results import analysis
+
+        return analysis.load_sweep(self.path)
+
+    @property
+    def rounds(self) -> pd.DataFrame:
+        return self._tables[0]
+
+    @property
+    def clients(self) -> pd.DataFrame:
+        return self._tables[1]
+
+    def refresh(self) -> Sweep:
+        """Forget the tables read so far (runs finished since are read on the next use)."""
+        self.__dict__.pop("_tables", None)
+        return self
+
+    def _by(self, by: Sequence[str] | None) -> list[str]:
+        varying = [p for p in self._tables[2] if self.rounds[p].nunique(dropna=False) > 1]
+        chosen = list(by) if by is not None else varying
+        unknown = [b for b in chosen if b not in self.rounds.columns]
+        if unknown:
+            raise FedtitanError(f"{unknown[0]!r} is not a column of this sweep; swept: {', '.join(varying) or '-'}")
+        return chosen
+
+    def final_accuracy(self, by: Sequence[str] | None = None) -> pd.DataFrame:
+        """Final accuracy per configuration (``by``: default every swept setting): mean, sd, 95%
+        CI half-width over seeds and the number of runs."""
+        from fedtitan.results import analysis
+
+        cols = self._by(by)
+        if not cols:
+            return analysis.final_accuracy(self.rounds.assign(all="all"), ["all"])
+        return analysis.final_accuracy(self.rounds, cols)
+
+    def time_to_accuracy(self, target: float | None = None, by: Sequence[str] | None = None,
+                         baseline: tuple[str, str] = ("selection.method", "rs")) -> pd.DataFrame:
+        """Virtual seconds and joules to reach ``target`` per configuration (mean over seeds),
+        and the speed-up against ``baseline`` (default: random selection, whose mean final
+        accuracy is also the default target, as in the Titan paper). ``attrs["target"]`` holds
+        the target used and ``attrs["verdict"]`` one sentence reading the table."""
+        from fedtitan.results import analysis
+
+        cols = self._by(by)
+        table, used = analysis.tta_table(self.rounds, cols, target, baseline)
+        table.attrs["target"] = used
+        table.attrs["verdict"] = analysis.verdict(table, cols, used)
+        return table
+
+    def paired(self, key: str, a: str, b: str, window: float = 1 / 6) -> pd.DataFrame:
+        """``a`` minus ``b`` for setting ``key`` (e.g. ``"selection.method", "titan", "rs"``),
+        paired by seed: per seed the difference of final accuracy and of the mean accuracy over
+        the last ``window`` of rounds, then their mean and 95% CI. Other swept settings each get
+        their own rows."""
+        import pandas as pd
+
+        from fedtitan.results import analysis
+
+        if key not in self.rounds.columns:
+            raise FedtitanError(f"{key!r} is not a swept setting of this sweep; swept: {', '.join(self.params) or '-'}")
+        values = {str(v) for v in self.rounds[key].unique()}
+        for v in (a, b):
+            if str(v) not in values:
+                raise FedtitanError(f"{key} has no runs with value {v!r}; it has {', '.join(sorted(values))}")
+        rounds = self.rounds.assign(**{key: self.rounds[key].astype(str)})
+        others = [c for c in self._by(None) if c != key]
+        groups = rounds.groupby(others, dropna=False) if others else [((), rounds)]
+        rows = []
+        for gkey, g in groups:
+            gap = analysis.paired_gap(g, key, str(a), str(b), window)
+            if gap is None:
+                continue
+            labels = dict(zip(others, gkey if isinstance(gkey, tuple) else (gkey,), strict=True))
+            rows.append({**labels, "comparison": f"{a} - {b}", "seeds": len(gap["seeds"]),
+                         "final_diff_mean": gap["final_mean"], "final_diff_ci95": gap["final_ci95"],
+                         "late_diff_mean": gap["late_mean"], "late_diff_ci95": gap["late_ci95"]})
+        return pd.DataFrame(rows)
+
+    def report(self, target: float | None = None, out: str | Path | None = None) -> Path:
+        """Write the sweep's HTML report (``report.html``) and return its path."""
+        return _report(self.path, target, out)
+
+    def plot(self, kind: str = "accuracy-time", target: float | None = None) -> Figure:
+        """As :meth:`Run.plot`, across the sweep's runs (one line per configuration, sd bands
+        over seeds), plus ``accuracy-ratio`` for sweeps over ``pruning.ratio``."""
+        return _figure(kind, self.path, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# IPython: fedtitan's errors as the one line they are
+
+_SHORT = {"on": False}
+
+
+def short_errors(on: bool = True) -> None:
+    """In IPython/Jupyter, show a :class:`FedtitanError` as its one-line message instead of a
+    traceback (on by default once this module is imported in IPython)."""
+    ipython = sys.modules.get("IPython")  # not imported: not inside IPython
+    ip = ipython.get_ipython() if ipython is not None else None
+    if ip is None:
+        return
+    if on:
+        def handler(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None) -> None:
+            print(f"{etype.__name__}: {value}", file=sys.stderr)
+
+        ip.set_custom_exc((FedtitanError,), handler)
+    else:
+        ip.set_custom_exc((), None)
+    _SHORT["on"] = on
+
+
+short_errors(True)
