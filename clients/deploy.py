@@ -18,6 +18,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fedtitan.errors import FedtitanError
 from fedtitan.paths import RESULTS_ROOT_ENV  # read by the ServerApp (strategies/server_app.py)
@@ -78,6 +79,8 @@ class SuperLinkPlan:
     keyfile: str | None
     ca_certfile: str | None
     results_root: Path
+    authorized_keys: tuple[str, ...] = ()  # SuperNode keys the proxy lets through; () = no check at the door
+    limits: Any = None  # clients.fleet_proxy.Limits (None: its defaults)
 
     @property
     def scheme(self) -> str:
@@ -85,9 +88,18 @@ class SuperLinkPlan:
 
     def describe(self) -> str:
         ctl = f"{self.control_host}:{self.control_port}"
+        from clients.fleet_proxy import Limits
+
+        lim = self.limits or Limits()
+        body = (f"{lim.max_body_bytes / 2**20:g} MB" if lim.max_body_bytes else
+                f"{lim.body_factor:g} x the largest object pulled, at least {lim.body_floor_bytes / 2**20:g} MB")
+        door = (f"SuperNode signatures checked at the door against {', '.join(self.authorized_keys)}"
+                if self.authorized_keys else "no SuperNode authentication at the door")
         return (f"SuperLink (Fleet + Control + Runtime APIs): {shlex.join(self.superlink)}\n"
                 f"fleet proxy (boards dial this; Fleet API and /health only): "
                 f"{self.scheme}://{_hostport(self.fleet_host, self.fleet_port)}\n"
+                f"  {door}; bodies up to {body}, {lim.max_inflight_bytes / 2**20:g} MB in flight, "
+                f"{lim.max_conns_per_source} connections per address, headers within {lim.header_timeout_s:g} s\n"
                 f"operator (flwr supernode register / flwr run, from this host): address = \"{ctl}\"\n"
                 f"results root (a run's `out` must stay inside): {self.results_root}")
 
@@ -98,7 +110,11 @@ def _hostport(host: str, port: int) -> str:
 
 def plan_superlink(certs: str | None, insecure: bool, host: str, port: int, control_host: str = "127.0.0.1",
                    control_port: int = 8001, database: str | None = None, auth: bool = True,
-                   results_root: str = "results") -> SuperLinkPlan:
+                   results_root: str = "results", authorized_keys: list[str] | None = None,
+                   limits: Any = None) -> SuperLinkPlan:
+    """The SuperLink's command and the proxy's settings. With SuperNode authentication (TLS and
+    no ``--no-auth``) the proxy checks signatures against ``authorized_keys`` (files or
+    folders of ``*.pub``; default the certs folder's ``supernode-*.pub``)."""
     if not host:
         raise FedtitanError("--host is required: the address of the interface the boards reach (e.g. 192.168.1.10)")
     if host in ("0.0.0.0", "::"):
@@ -116,8 +132,19 @@ def plan_superlink(certs: str | None, insecure: bool, host: str, port: int, cont
         assert certs is not None
         ca_p, crt_p, key_p = _need(Path(certs), "ca.crt", "superlink.crt", "superlink.key")
         ca, crt, key = str(ca_p), str(crt_p), str(key_p)
+    keys: tuple[str, ...] = ()
+    if auth and not insecure:
+        keys = tuple(authorized_keys or [str(Path(str(certs)))])
+        from clients.fleet_proxy import NodeKeys
+
+        try:
+            NodeKeys(keys)
+        except ValueError as exc:
+            raise FedtitanError(str(exc)) from None
+    elif authorized_keys:
+        raise FedtitanError("--authorized-keys needs SuperNode authentication (TLS via --certs, without --no-auth)")
     return SuperLinkPlan(cmd, host, port, control_host, control_port, crt, key, ca,
-                         Path(results_root).expanduser().resolve())
+                         Path(results_root).expanduser().resolve(), keys, limits)
 
 
 def _wait_healthy(plan: SuperLinkPlan, proc: subprocess.Popen[bytes], timeout_s: float = 90.0) -> None:
@@ -145,7 +172,7 @@ def _wait_healthy(plan: SuperLinkPlan, proc: subprocess.Popen[bytes], timeout_s:
 def run_superlink(plan: SuperLinkPlan) -> int:
     """Start the SuperLink, wait until it answers, serve the fleet proxy until interrupted
     (Ctrl-C, SIGTERM) or until the SuperLink exits; then stop both."""
-    from clients.fleet_proxy import FleetProxy, serve, upstream_verify
+    from clients.fleet_proxy import FleetProxy, NodeKeys, serve, upstream_verify
 
     try:
         plan.results_root.mkdir(parents=True, exist_ok=True)
@@ -165,7 +192,8 @@ def run_superlink(plan: SuperLinkPlan) -> int:
     try:
         _wait_healthy(plan, proc)
         upstream = f"{plan.scheme}://{_hostport(plan.control_host, plan.control_port)}"
-        proxy = FleetProxy(upstream, verify=upstream_verify(plan.ca_certfile))
+        proxy = FleetProxy(upstream, verify=upstream_verify(plan.ca_certfile),
+                           keys=NodeKeys(plan.authorized_keys) if plan.authorized_keys else None, limits=plan.limits)
         serve(proxy, plan.fleet_host, plan.fleet_port, plan.certfile, plan.keyfile,
               should_stop=lambda: proc.poll() is not None)
     finally:

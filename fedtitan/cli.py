@@ -160,9 +160,17 @@ def _cmd_certs(args: argparse.Namespace) -> int:
 
 def _cmd_superlink(args: argparse.Namespace) -> int:
     from clients.deploy import plan_superlink, run_superlink
+    from clients.fleet_proxy import Limits
 
+    try:
+        limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20) if args.max_body_mb else None,
+                        max_inflight_bytes=int(args.max_inflight_mb * 2**20),
+                        max_conns_per_source=args.max_conns_per_address, max_connections=args.max_connections,
+                        header_timeout_s=args.header_timeout, body_idle_timeout_s=args.body_timeout)
+    except ValueError as exc:
+        raise FedtitanError(str(exc)) from None
     plan = plan_superlink(args.certs, args.insecure, args.host, args.port, args.control_host, args.control_port,
-                          args.database, not args.no_auth, args.results_root)
+                          args.database, not args.no_auth, args.results_root, args.authorized_keys, limits)
     if args.dry_run:
         print(plan.describe())
         return 0
@@ -357,6 +365,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="submitted runs write only inside this folder (default ./results)")
     sl.add_argument("--database", help="state file, so the SuperLink survives restarts")
     sl.add_argument("--no-auth", action="store_true", help="TLS without SuperNode authentication")
+    lim = sl.add_argument_group("fleet proxy limits (what the boards' network may hold of the server)")
+    lim.add_argument("--authorized-keys", action="append", metavar="PATH",
+                     help="SuperNode public keys (*.pub files or folders) the proxy lets through, checked from the "
+                          "request headers before any body is read (repeatable; default: the --certs folder)")
+    lim.add_argument("--max-body-mb", type=float, default=0,
+                     help="largest request body (default 0: 4x the largest object a board has pulled, at least 16 MB)")
+    lim.add_argument("--max-inflight-mb", type=float, default=256,
+                     help="request bodies under way, all sources together (default 256)")
+    lim.add_argument("--max-conns-per-address", type=int, default=32, help="connections per source address (default 32)")
+    lim.add_argument("--max-connections", type=int, default=512, help="connections in all (default 512)")
+    lim.add_argument("--header-timeout", type=float, default=10.0,
+                     help="seconds to send complete request headers (default 10)")
+    lim.add_argument("--body-timeout", type=float, default=30.0,
+                     help="longest pause within a request body, in seconds (default 30); bodies must also average "
+                          "64 KB/s after that long")
     sl.add_argument("--dry-run", action="store_true", help="print the command only")
     sl.set_defaults(func=_cmd_superlink)
 
