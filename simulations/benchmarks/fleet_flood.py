@@ -128,7 +128,8 @@ class Flood:
                         break
                     s.sendall(bytes([b]))
                     time.sleep(1.0)
-                self._count(kind, "finished headers (not cut off)")
+                if not self.done.is_set():  # the flood's end stops a sender: that is not the server's doing
+                    self._count(kind, "finished headers (not cut off)")
             except OSError:
                 self._count(kind, "closed")
                 self._count(kind, "held_s", int(time.monotonic() - t0))
