@@ -235,8 +235,9 @@ def load(path: str | Path) -> Run | Sweep:
 # results
 
 
-def _figure(kind: str, path: Path, target: float | None) -> Figure:
-    """The figure ``fedtitan plot KIND`` draws, for a run or sweep folder."""
+def figure(kind: str, path: str | Path, target: float | None = None) -> tuple[Figure, str]:
+    """The figure ``fedtitan plot KIND`` draws for a run or sweep folder, and what it shows
+    beyond the kind (the run whose partition a ``partition`` heatmap draws; else "")."""
     from fedtitan.results import analysis, plots
 
     if kind not in PLOT_KINDS:
@@ -245,10 +246,11 @@ def _figure(kind: str, path: Path, target: float | None) -> Figure:
         from fedtitan.data.partition import heatmap
         from fedtitan.results.report import first_partition
 
-        part = first_partition(path)
+        part = first_partition(Path(path))
         if part is None:
-            raise FedtitanError(f"no partition.csv under {path}")
-        return heatmap(part[1])
+            raise FedtitanError(f"no partition.csv under {path} (runs of older fedtitan versions lack it; "
+                                "`fedtitan data summary ... --heatmap` draws one from the data settings)")
+        return heatmap(part[1]), f"partition of {part[0]}"
     rounds, clients, params = analysis.load_sweep(path)
     varying = [p for p in params if rounds[p].nunique() > 1]
     if kind == "accuracy-time":
@@ -256,13 +258,13 @@ def _figure(kind: str, path: Path, target: float | None) -> Figure:
         if varying:
             rounds = rounds.assign(group=rounds[varying].astype(str).agg(" ".join, axis=1))
             hue = "group"
-        return plots.accuracy_vs_time(rounds, hue, target=target)
+        return plots.accuracy_vs_time(rounds, hue, target=target), ""
     if kind == "tiers":
-        return plots.tier_costs(analysis.tier_costs(clients, []))
+        return plots.tier_costs(analysis.tier_costs(clients, [])), ""
     if "pruning.ratio" not in varying:
         raise FedtitanError("plot accuracy-ratio needs a sweep over pruning.ratio")
     by = ["pruning.method", "pruning.ratio"] if "pruning.method" in rounds.columns else ["pruning.ratio"]
-    return plots.accuracy_vs_ratio(analysis.final_accuracy(rounds, by))
+    return plots.accuracy_vs_ratio(analysis.final_accuracy(rounds, by)), ""
 
 
 def _report(path: Path, target: float | None, out: str | Path | None) -> Path:
@@ -360,7 +362,7 @@ class Run:
         """The figure ``fedtitan plot KIND`` draws: ``accuracy-time`` (accuracy against virtual
         seconds, a dashed line at ``target``), ``tiers`` (seconds and joules per device tier) or
         ``partition`` (labels per client)."""
-        return _figure(kind, self.path, target)
+        return figure(kind, self.path, target)[0]
 
 
 class Sweep:
@@ -493,7 +495,7 @@ class Sweep:
     def plot(self, kind: str = "accuracy-time", target: float | None = None) -> Figure:
         """As :meth:`Run.plot`, across the sweep's runs (one line per configuration, sd bands
         over seeds), plus ``accuracy-ratio`` for sweeps over ``pruning.ratio``."""
-        return _figure(kind, self.path, target)
+        return figure(kind, self.path, target)[0]
 
 
 # ---------------------------------------------------------------------------------------------

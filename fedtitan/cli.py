@@ -108,36 +108,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from fedtitan.results import analysis, plots
+    from fedtitan.api import figure
 
-    if args.kind == "partition":
-        from fedtitan.data.partition import heatmap
-        from fedtitan.results.report import first_partition
-
-        part = first_partition(Path(args.dir))
-        if part is None:
-            raise FedtitanError(f"no partition.csv under {args.dir} (runs of older fedtitan versions lack it; "
-                                "`fedtitan data summary ... --heatmap` draws one from the data settings)")
-        heatmap(part[1]).savefig(args.output, dpi=150)
-        print(f"wrote {args.output} (partition of {part[0]})")
-        return 0
-    rounds, clients, params = analysis.load_sweep(args.dir)
-    varying = [p for p in params if rounds[p].nunique() > 1]
-    if args.kind == "accuracy-time":
-        hue = None
-        if varying:
-            rounds = rounds.assign(group=rounds[varying].astype(str).agg(" ".join, axis=1))
-            hue = "group"
-        fig = plots.accuracy_vs_time(rounds, hue, target=args.target)
-    elif args.kind == "tiers":
-        fig = plots.tier_costs(analysis.tier_costs(clients, []))
-    else:
-        if "pruning.ratio" not in varying:
-            raise FedtitanError("plot accuracy-ratio needs a sweep over pruning.ratio")
-        by = ["pruning.method", "pruning.ratio"] if "pruning.method" in rounds.columns else ["pruning.ratio"]
-        fig = plots.accuracy_vs_ratio(analysis.final_accuracy(rounds, by))
+    fig, what = figure(args.kind, args.dir, args.target)
     fig.savefig(args.output, dpi=150)
-    print(f"wrote {args.output}")
+    print(f"wrote {args.output}" + (f" ({what})" if what else ""))
     return 0
 
 

@@ -22,6 +22,7 @@ sim_time_s, sim_energy_j), ``summary.csv`` and ``accuracy.png``. A second call w
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -68,6 +69,13 @@ def paper_lr(model: str) -> float:
     return PAPER_LR.get(model, 0.005 if model.startswith("resnet") else 0.1)
 
 
+@functools.cache
+def _traits(name: str) -> tuple[bool, bool]:
+    """(coarse filter, full forward over the candidates) of selector ``name``: what it is billed for."""
+    sel = build_selector(name)
+    return bool(getattr(sel, "coarse_filter", False)), bool(getattr(sel, "forward_candidates", True))
+
+
 def device_step(method: str, profile: Any, *, forward_flops: float, block_flops: float, batch: int, velocity: int,
                 buffer: int, dim: int, coarse_forwards: float | None, pipeline: str = "titan") -> tuple[float, float]:
     """One streaming step of ``method`` on ``profile``'s clock: (seconds, joules).
@@ -80,17 +88,15 @@ def device_step(method: str, profile: Any, *, forward_flops: float, block_flops:
     Titan's selection with training (its pipeline, Sec. 3.4), ``all`` every method's, ``none``
     no method's."""
     from fedtitan.devices.cost import streaming_round
-    from fedtitan.selection import build_selector
     from fedtitan.selection.selectors import camel_flops
 
     name = method.partition(":")[0]
-    sel = build_selector(name)
-    coarse = bool(getattr(sel, "coarse_filter", False))
+    coarse, forward = _traits(name)
     cost = streaming_round(
         profile, forward_flops=forward_flops, block_flops=block_flops, steps=1, batch_size=batch, velocity=velocity,
         candidates=buffer if coarse else velocity, model_bytes=0.0,
         pipelined=pipeline == "all" or (pipeline == "titan" and coarse), coarse=coarse,
-        gradient_selection=bool(getattr(sel, "forward_candidates", True)),
+        gradient_selection=forward,
         extra_select_flops=camel_flops(batch, velocity, dim) if name == "camel" else 0.0,
         coarse_samples=coarse_forwards if coarse else None)
     return cost.time_s, cost.energy_j

