@@ -52,6 +52,7 @@ class Flood:
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.threads: list[threading.Thread] = []
+        self.timer: threading.Timer | None = None
 
     def _count(self, kind: str, key: str, n: int = 1) -> None:
         with self.lock:
@@ -161,11 +162,15 @@ class Flood:
                 t = threading.Thread(target=self._loop, args=(kind, attack, tls, retry_s), daemon=True)
                 t.start()
                 self.threads.append(t)
-        threading.Timer(self.seconds, self.done.set).start()
+        self.timer = threading.Timer(self.seconds, self.done.set)
+        self.timer.daemon = True  # a stopped flood leaves nothing that keeps the process alive
+        self.timer.start()
         return self
 
     def stop(self) -> dict[str, Any]:
         self.done.set()
+        if self.timer is not None:
+            self.timer.cancel()
         for t in self.threads:
             t.join(timeout=35)
         return {k: dict(v) for k, v in self.stats.items()}
