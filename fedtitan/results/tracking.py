@@ -220,6 +220,23 @@ class MlflowTracker(Tracker):
         self.client.set_terminated(self.run_id, "KILLED" if summary.get("interrupted") else "FINISHED")
 
 
+def _after_existing_events(logdir: Path) -> None:
+    """Wait until a new TensorBoard event file sorts after the folder's existing ones.
+
+    TensorBoard reads a folder's event files in name order, and a name starts with the whole
+    second the file was opened (``events.out.tfevents.SECONDS.HOST.PID...``): a run resumed in
+    the same second as the cut would otherwise sort by process id, and its rounds could be read
+    before the earlier ones. Waits at most a second."""
+    import time
+
+    stamps = [int(part) for f in logdir.glob("events.out.tfevents.*")
+              if len(parts := f.name.split(".")) > 3 and (part := parts[3]).isdigit()]
+    if stamps:
+        wait = max(stamps) + 1 - time.time()
+        if wait > 0:
+            time.sleep(wait)
+
+
 class TensorboardTracker(Tracker):
     """Event files under ``tracking.uri`` (default ``<run dir>/tensorboard``), one sub-folder
     per run: scalars per round, the config and tier table as text, final values as hparams."""
@@ -248,6 +265,7 @@ class TensorboardTracker(Tracker):
 
         # same folder; events of rounds after the checkpoint (logged before the cut) are purged
         self.logdir = Path(str(info["logdir"]))
+        _after_existing_events(self.logdir)
         self.writer = SummaryWriter(log_dir=str(self.logdir), purge_step=step + 1)
         self.config = flatten(config)
 

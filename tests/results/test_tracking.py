@@ -177,3 +177,18 @@ def test_a_failing_tracker_never_stops_the_run(tmp_path, caplog):
         t.finish(tmp_path, SUMMARY, TIERS)
     assert not t.alive and Broken.calls == 1  # switched off after the first failure
     assert "tracking server went away" in caplog.text and "round 1" in caplog.text
+
+
+def test_a_resumed_tensorboard_writer_waits_for_its_file_to_sort_last(tmp_path):
+    import time
+
+    from fedtitan.results.tracking import _after_existing_events
+
+    now = int(time.time())
+    (tmp_path / f"events.out.tfevents.{now}.host.99999.0").write_bytes(b"")
+    (tmp_path / "events.out.tfevents.notatime.host").write_bytes(b"")
+    _after_existing_events(tmp_path)
+    assert int(time.time()) > now  # a file opened now carries a later second, so sorts after
+    t0 = time.monotonic()
+    _after_existing_events(tmp_path / "empty")  # nothing there: no wait
+    assert time.monotonic() - t0 < 0.1
