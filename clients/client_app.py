@@ -14,7 +14,9 @@ the run folder and its checkpoints. With ``state-dir`` in the node config (``fed
 supernode --state-dir``) it stays on this machine's disk instead, one folder per run, each
 state tagged with the round that made it; a node that restarts continues from the newest
 state made before the round it is asked to train. A simulation worker plays whichever
-partition a message names (``partition-id`` in its config).
+partition a message names (``partition-id`` in its config). In a Ray simulation the model
+weights are not in the messages: the train message names the round's global weights in
+Ray's object store and the reply names the client's new ones (:mod:`clients.object_store`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import adaptiveclipping_mod
 
+from clients import object_store
+from clients.object_store import ARRAYS_KEY
 from fedtitan.checkpoint import ClientStateStore, pack, unpack
 from fedtitan.config import Config
 from fedtitan.training.client import client_evaluate, client_round
@@ -75,9 +79,24 @@ def load_state(msg: Message, store: ClientStateStore | None, partition_id: int, 
 
 
 def _global_weights(msg: Message) -> dict[str, Any]:
-    arrays = msg.content["arrays"]
-    assert isinstance(arrays, ArrayRecord)
-    return arrays.to_torch_state_dict()
+    """The round's global weights: in the message, or named by it in Ray's object store."""
+    arrays = msg.content.array_records.get("arrays")
+    if arrays is not None:
+        return arrays.to_torch_state_dict()
+    rec = msg.content["config"]
+    assert isinstance(rec, ConfigRecord)
+    if ARRAYS_KEY not in rec:
+        raise ValueError("the train message carries no model weights (no 'arrays' record)")
+    return object_store.global_weights(str(rec[ARRAYS_KEY]))
+
+
+def _with_weights_inside(msg: Message) -> None:
+    """Put the weights a message names into the message itself (for Flower's clipping mod,
+    which reads them there)."""
+    rec = msg.content["config"]
+    assert isinstance(rec, ConfigRecord)
+    if "arrays" not in msg.content.array_records and ARRAYS_KEY in rec:
+        msg.content["arrays"] = ArrayRecord(_global_weights(msg))
 
 
 def _node(context: Context) -> tuple[int, str | None, str | None]:
@@ -93,7 +112,7 @@ KEY_CLIPPING_NORM = "clipping_norm"
 # Keys of the train config that are fedtitan's own; everything else came from the strategy.
 PARTITION_KEY = "partition-id"
 _OWN_KEYS = ("config", "server-round", "run-token", "round-start-s", PARTITION_KEY, STATE_RECORD,
-             f"{STATE_RECORD}-round")
+             f"{STATE_RECORD}-round", ARRAYS_KEY)
 
 
 # Tests only: "ROUND:PARTITION:MARKER" SIGKILLs the process training that partition in that
@@ -129,7 +148,12 @@ def _train(msg: Message, context: Context) -> Message:
     out = client_round(cfg, pid, _global_weights(msg), load_state(msg, store, pid, server_round), server_round,
                        device=device, meter=meter, strategy_config=strategy_config,
                        round_start_s=float(cast(float, rec.get("round-start-s", 0.0))))
-    content = RecordDict({"arrays": ArrayRecord(out.state_dict), "metrics": MetricRecord(cast(dict[str, Any], out.metrics))})
+    metrics = MetricRecord(cast(dict[str, Any], out.metrics))
+    if "arrays" in msg.content.array_records or ARRAYS_KEY not in rec:  # the weights go back as they came
+        content = RecordDict({"arrays": ArrayRecord(out.state_dict), "metrics": metrics})
+    else:
+        key = object_store.put_weights(f"{token}/{server_round}", out.state_dict)
+        content = RecordDict({"metrics": metrics, ARRAYS_KEY: ConfigRecord({"key": key})})
     if store is not None:
         store.put(pid, server_round, out.state)
     else:
@@ -145,6 +169,7 @@ def train(msg: Message, context: Context) -> Message:
     rec = msg.content["config"]
     assert isinstance(rec, ConfigRecord)
     if KEY_CLIPPING_NORM in rec:
+        _with_weights_inside(msg)
         return adaptiveclipping_mod(msg, context, _train)
     return _train(msg, context)
 

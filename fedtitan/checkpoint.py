@@ -236,14 +236,23 @@ class CheckpointStore:
             return []
         return sorted(int(m.group(1)) for p in self.root.iterdir() if (m := _CKPT_FILE.fullmatch(p.name)))
 
-    def save(self, server_round: int, state: Mapping[str, Any]) -> tuple[float, int]:
+    @staticmethod
+    def encode(server_round: int, state: Mapping[str, Any]) -> bytes:
+        """The checkpoint file's bytes (its size is known before it is written)."""
+        return pack({"server_round": int(server_round), **state})
+
+    def save(self, server_round: int, state: Mapping[str, Any] | bytes) -> tuple[float, int]:
         """Write the checkpoint of ``server_round`` atomically (a crash while writing leaves the
-        previous ones as they were), then drop the oldest beyond ``keep``. (seconds, bytes)."""
+        previous ones as they were), then drop the oldest beyond ``keep``. ``state``: a value,
+        or :meth:`encode`'s bytes. (seconds, bytes)."""
         t0 = time.perf_counter()
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.path(server_round)
         with atomic_writer(path, fsync=True) as fh:
-            write_state(fh, {"server_round": int(server_round), **state})
+            if isinstance(state, bytes):
+                fh.write(state)
+            else:
+                write_state(fh, {"server_round": int(server_round), **state})
         size = path.stat().st_size
         for r in self.rounds()[:-self.keep]:
             self.path(r).unlink(missing_ok=True)

@@ -146,6 +146,9 @@ class SimulationSection(_Section):
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
     ray_address: str | None = None
+    # how model weights travel under Ray: once a round through its object store, or inside
+    # every message (as they travel to real SuperNodes); the same results either way
+    arrays: Literal["object-store", "messages"] = "object-store"
 
 
 class ComputeSection(_Section):

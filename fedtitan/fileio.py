@@ -56,6 +56,22 @@ def atomic_writer(path: str | os.PathLike[str], fsync: bool = False) -> Iterator
         raise
 
 
+def append_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Append ``data`` to ``path`` in one ``write`` (a killed process leaves all of it or none;
+    only a full disk or a power cut can leave part). A full disk is :class:`DiskFullError`."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, file_mode())
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DiskFullError(f"the disk is full: could not write {path}") from None
+        raise
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Make the renames inside folder ``path`` durable (a no-op where folders cannot be opened)."""
     try:

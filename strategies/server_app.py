@@ -38,6 +38,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from clients.object_store import ARRAYS_KEY, ServerArrays
 from fedtitan.checkpoint import Checkpoint, CheckpointStore, ClientStateStore, StateError, unpack
 from fedtitan.compute import describe, resolve_device, set_deterministic
 from fedtitan.config import Config, load_config
@@ -148,8 +149,16 @@ def error_gist(error: str) -> str:
     return lines[0][:300] if lines else ""
 
 
-def parse_reply(reply: Message, node_id: int) -> ClientResult:
-    """A reply (or its error) as the policy sees it; non-finite weights are marked."""
+def without_arrays(message: Message, key: str) -> None:
+    """Let ``message`` name the weights published under ``key`` instead of carrying them."""
+    content = {k: message.content[k] for k in message.content if k != "arrays"}
+    message.content = RecordDict(content)
+    with_config(message, {ARRAYS_KEY: key})
+
+
+def parse_reply(reply: Message, node_id: int, stored: dict[str, np.ndarray] | None = None) -> ClientResult:
+    """A reply (or its error) as the policy sees it; non-finite weights are marked. ``stored``:
+    the weights the reply named in Ray's object store (None when they were lost)."""
     if reply.has_error():
         reason = str(reply.error.reason)
         dropped = "InjectedDrop" in reason or "dropped mid-round" in reason
@@ -160,8 +169,14 @@ def parse_reply(reply: Message, node_id: int) -> ClientResult:
     status = Status.from_code(metrics.get("status", 0.0))
     arrays_rec = reply.content.array_records.get("arrays")
     arrays = None
-    if arrays_rec is not None:
+    if ARRAYS_KEY in reply.content.config_records:
+        if stored is None:
+            return ClientResult(node_id, Status.FAILED, metrics,
+                                error="its new weights were lost from Ray's object store (its process died)")
+        arrays = stored
+    elif arrays_rec is not None:
         arrays = {k: v.numpy() for k, v in arrays_rec.items()}
+    if arrays is not None:
         if status.trained and not finite(arrays):
             status = Status.NONFINITE
     return ClientResult(node_id, status, metrics, arrays, raw=reply)
@@ -219,6 +234,7 @@ class FleetServer:
         self.partition_of: dict[int, int] = {}
         self.dynamics = fleet_dynamics(cfg)
         self.aggregator: Aggregator = make_aggregator(None, "fedavg")
+        self.transport: ServerArrays | None = None  # weights through Ray's object store (simulation)
         self.virtual_s = 0.0
         self.energy_cum = 0.0
         # client state (simulation): the round of each partition's newest state in the store (-1: none)
@@ -262,6 +278,8 @@ class FleetServer:
             self.partition_of = {node: partition_ids[node] for node in self.nodes}
         num_sampled = self.policy.target(len(self.nodes))
         self.aggregator = make_aggregator(build_strategy(self.cfg, num_sampled), self.cfg.server.strategy)
+        if self.cfg.simulation.arrays == "object-store" and type(self.grid).__name__ == "InMemoryGrid":
+            self.transport = ServerArrays.start()  # None unless Ray runs in this process
         return self.nodes
 
     # -------------------------------------------------------------------------- a round
@@ -280,7 +298,13 @@ class FleetServer:
     def broadcast(self, rnd: int, sampled: list[int]) -> list[Message]:
         """The aggregator's train messages, each with its partition's last state (if any)."""
         config = ConfigRecord({"config": self.cfg_json, "run-token": self.token, "round-start-s": self.virtual_s})
-        messages = self.aggregator.configure(rnd, to_arrays(self.global_state), config, self.grid, sampled)
+        arrays = to_arrays(self.global_state)
+        messages = self.aggregator.configure(rnd, arrays, config, self.grid, sampled)
+        if self.transport is not None:  # the weights go through Ray's object store, once
+            key = self.transport.publish(f"{self.token}/{rnd}", self.global_state)
+            for m in messages:  # a strategy that sends other weights to some client keeps them inside
+                if m.content.array_records.get("arrays") is arrays:
+                    without_arrays(m, key)
         for m in messages:  # a strategy may share one content between its messages: give each its own
             pid = self.partition_of.get(m.metadata.dst_node_id, -1)
             if 0 <= pid < len(self.client_rounds) and self.client_rounds[pid] >= 0:
@@ -306,9 +330,21 @@ class FleetServer:
         self.state_io = [0.0, 0]
         for node, reply in replies.items():
             self.keep_state(rnd, node, reply)
-        return [parse_reply(replies[n], n) if n in replies
+        stored = self.stored_arrays(rnd, replies)
+        return [parse_reply(replies[n], n, stored.get(n)) if n in replies
                 else ClientResult(n, Status.FAILED, error="no reply (timeout)" if n in sent else "not sent by the strategy")
                 for n in sampled]
+
+    def stored_arrays(self, rnd: int, replies: dict[int, Message]) -> dict[int, dict[str, np.ndarray] | None]:
+        """The weights the replies named in Ray's object store, by client; the round's entries
+        are then dropped there (they live on while the arrays returned here are referenced)."""
+        if self.transport is None:
+            return {}
+        named = {node: str(r.content.config_records[ARRAYS_KEY]["key"]) for node, r in replies.items()
+                 if not r.has_error() and ARRAYS_KEY in r.content.config_records}
+        out = dict(zip(named, self.transport.fetch(list(named.values())), strict=True))
+        self.transport.drop(f"{self.token}/{rnd}/")
+        return out
 
     def send(self, messages: list[Message]) -> dict[int, Message]:
         """Send messages addressed to clients; client id -> its reply. With a worker pool, each
@@ -452,16 +488,22 @@ class FleetServer:
             "config": self.cfg_json, "token": self.token, "model": self.global_state,
             "strategy": strategy_state(strategy), "virtual_s": self.virtual_s, "energy_cum_j": self.energy_cum,
             "rows": {"rounds": len(self.writer.rounds), "clients": len(self.writer.clients),
-                     "fleet": len(self.writer.fleet)},
+                     "fleet": self.writer.fleet_rows},
             "client_rounds": self.client_rounds.copy(), "tracker": self.tracker.resume_info(),
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(),  # noqa: NPY002 - global, as Flower uses it
                     "torch": torch.get_rng_state()},
             "target_reached_round": reached,
         }
+        t0 = time.perf_counter()
+        blob = self.checkpoints.encode(rnd, state)
+        # the round's row gets the checkpoint's size before the checkpoint exists: a run killed
+        # just after writing it resumes from it with the row complete
+        self.writer.update_last_round(checkpoint_s=self.state_io[0] + time.perf_counter() - t0,
+                                      checkpoint_bytes=self.state_io[1] + len(blob))
         with self.writer.safe():
-            seconds, size = self.checkpoints.save(rnd, state)
+            seconds, _ = self.checkpoints.save(rnd, blob)
         self.retained = [*self.retained, self.client_rounds.copy()][-KEEP_CHECKPOINTS:]
-        self.writer.update_last_round(checkpoint_s=self.state_io[0] + seconds, checkpoint_bytes=self.state_io[1] + size)
+        self.writer.update_last_round(checkpoint_s=self.state_io[0] + time.perf_counter() - t0)
 
     def restore(self, ckpt: Checkpoint) -> int:
         """Put the run back as it was after ``ckpt``'s round; returns that round."""

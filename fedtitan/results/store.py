@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import subprocess
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from fedtitan.errors import FedtitanError
-from fedtitan.fileio import DiskFullError, atomic_writer
+from fedtitan.fileio import DiskFullError, append_bytes, atomic_writer
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -62,14 +63,33 @@ def git_commit() -> str | None:
         return None
 
 
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a CSV table, up to its last complete line (a disk that filled up or a power
+    cut during an append can leave part of a line)."""
+    import io
+
+    if not path.exists():
+        return []
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    return pd.read_csv(io.StringIO(text)).to_dict("records") if text.strip() else []
+
+
 class RunWriter:
-    """Keeps ``rounds.csv`` and ``clients.csv`` of one run up to date, atomically, per round."""
+    """Keeps ``rounds.csv``, ``clients.csv`` and ``fleet.csv`` of one run up to date per round.
+
+    clients.csv and fleet.csv grow by appending a round's rows in one write (rewriting them
+    whole each round cost O(rounds x clients): 0.1 s a round after 300 rounds of 10 clients,
+    0.7 s with a living fleet of 50 devices); they are rewritten only when a row brings a
+    column the file lacks. rounds.csv (one row a round) is replaced atomically."""
 
     def __init__(self, out: str | Path) -> None:
         self.dir = prepare_dir(out)
         self.rounds: list[dict[str, Any]] = []
         self.clients: list[dict[str, Any]] = []
-        self.fleet: list[dict[str, Any]] = []
+        self.fleet_rows = 0  # fleet.csv's rows (every device every round: not kept in memory)
+        self._columns: dict[str, list[str]] = {}  # the header of each appended table on disk
 
     def write_config(self, config_json: str, seed: int, extra: dict[str, Any] | None = None) -> None:
         with self.safe():
@@ -92,15 +112,40 @@ class RunWriter:
         fleets) first, then rounds.csv, each replaced atomically, so rounds.csv never lists a
         round whose clients are not on disk."""
         clients = self.clients + client_rows
-        fleet = self.fleet + (fleet_rows or [])
+        tables = [self.dir / "clients.csv", self.dir / "fleet.csv"]
+        sizes = [p.stat().st_size if p.exists() else None for p in tables]
         with self.safe():
-            atomic_write_text(self.dir / "clients.csv", pd.DataFrame(clients).to_csv(index=False))
-            if fleet_rows is not None:
-                atomic_write_text(self.dir / "fleet.csv", pd.DataFrame(fleet).to_csv(index=False))
-            atomic_write_text(self.dir / "rounds.csv", pd.DataFrame([*self.rounds, row]).to_csv(index=False))
+            try:
+                self._append("clients.csv", client_rows, lambda: clients)
+                if fleet_rows:
+                    self._append("fleet.csv", fleet_rows, lambda: [*read_rows(self.dir / "fleet.csv"), *fleet_rows])
+                atomic_write_text(self.dir / "rounds.csv", pd.DataFrame([*self.rounds, row]).to_csv(index=False))
+            except BaseException:  # the round is not written: take its rows back out of the tables
+                for path, size in zip(tables, sizes, strict=True):
+                    with contextlib.suppress(OSError):
+                        if size is None:
+                            path.unlink(missing_ok=True)
+                        elif path.stat().st_size != size:
+                            os.truncate(path, size)
+                            self._columns.pop(path.name, None)  # rewritten whole next time, to be sure
+                raise
         self.rounds.append(row)
         self.clients = clients
-        self.fleet = fleet
+        self.fleet_rows += len(fleet_rows or [])
+
+    def _append(self, name: str, rows: list[dict[str, Any]], everything: Any) -> None:
+        """Add ``rows`` to table ``name``: one append, or (a new file, a new column) the whole
+        table, ``everything()``, replaced atomically."""
+        if not rows:
+            return
+        path = self.dir / name
+        columns = self._columns.get(name)
+        if columns is None or not path.exists() or any(k not in columns for r in rows for k in r):
+            table = pd.DataFrame(everything())
+            atomic_write_text(path, table.to_csv(index=False))
+            self._columns[name] = list(table.columns)
+            return
+        append_bytes(path, pd.DataFrame(rows, columns=columns).to_csv(index=False, header=False).encode())
 
     def update_last_round(self, **fields: Any) -> None:
         """Set ``fields`` of the newest round (e.g. its checkpoint cost) and rewrite rounds.csv."""
@@ -119,7 +164,7 @@ class RunWriter:
             rows: list[dict[str, Any]] = []
             if n:
                 try:
-                    rows = pd.read_csv(path).to_dict("records")
+                    rows = read_rows(path)
                 except (OSError, ValueError) as exc:
                     raise FedtitanError(f"cannot resume: {path} is unreadable ({exc})") from None
                 if len(rows) < n:
@@ -131,7 +176,9 @@ class RunWriter:
                     atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))
                 elif path.name != "rounds.csv":
                     path.unlink(missing_ok=True)
-        (_, self.rounds), (_, self.clients), (_, self.fleet) = tables
+        (_, self.rounds), (_, self.clients), (_, fleet) = tables
+        self.fleet_rows = len(fleet)
+        self._columns = {}  # the next append rewrites each table once, with its header
 
     def save_arrays(self, name: str, arrays: dict[str, Any]) -> Path:
         """``name`` (e.g. model.npz) holding named numpy arrays, written atomically."""

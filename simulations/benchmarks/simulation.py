@@ -5,7 +5,7 @@
 
 With ``--preset``: the preset runs for ``--rounds`` rounds under Ray, then the same client
 work (the clients each round sampled, in order, with their states and the aggregated model)
-is replayed in this process at the actors' thread count. ``floor_ratio`` is the median over
+is replayed in this process at the actors' thread count (torch, BLAS and OpenMP alike). ``floor_ratio`` is the median over
 rounds 2.. of the round's wall time / its compute floor (the replayed client seconds divided
 by the client processes running in parallel). ``profile`` times, on the preset's model, what
 a round does beyond the clients' work: building and reading the messages' ``ArrayRecord``s,
@@ -85,10 +85,15 @@ def plain_loop(cfg) -> float:  # type: ignore[no-untyped-def]
 
 def replay_floor(cfg, clients: pd.DataFrame, threads: int) -> dict[int, float]:  # type: ignore[no-untyped-def]
     """Client seconds per round: the sampled clients' work replayed in this process."""
+    from threadpoolctl import threadpool_limits
+
     from fedtitan.status import Status
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    # numpy's BLAS and OpenMP pools too: a Ray actor of num_cpus=N runs with OMP_NUM_THREADS=N,
+    # while this process's BLAS would otherwise use every core (it ran the replay on 1.7)
+    limits = threadpool_limits(limits=threads)
     try:
         setup_for(cfg)
         model = build_global_model(cfg, dataset_for(cfg))
@@ -108,6 +113,7 @@ def replay_floor(cfg, clients: pd.DataFrame, threads: int) -> dict[int, float]: 
             out[int(rnd)] = spent
         return out
     finally:
+        limits.restore_original_limits()
         torch.set_num_threads(previous)
 
 

@@ -64,3 +64,49 @@ def test_a_full_disk_keeps_finished_rounds_and_says_so_in_one_line(tmp_path, mon
 def test_other_os_errors_pass_through(tmp_path):
     with pytest.raises(FileNotFoundError), atomic_writer(tmp_path / "missing-dir" / "x.csv") as fh:
         fh.write(b"x")
+
+
+def test_tables_grow_by_appending_and_a_new_column_rewrites_them(tmp_path):
+    w = RunWriter(tmp_path / "run")
+    fleet = [{"server_round": 1, "partition_id": p, "available": 1} for p in range(3)]
+    w.add_round({"server_round": 1}, [{"server_round": 1, "node_id": 1, "status": "ok"}], fleet)
+    path = tmp_path / "run" / "clients.csv"
+    first = path.stat().st_ino
+    w.add_round({"server_round": 2}, [{"server_round": 2, "node_id": 2, "status": "ok"}],
+                [{**r, "server_round": 2} for r in fleet])
+    assert path.stat().st_ino == first  # appended in place, not replaced
+    w.add_round({"server_round": 3}, [{"server_round": 3, "node_id": 1, "status": "failed", "error": "boom, twice"}])
+    clients = pd.read_csv(path)
+    assert clients.server_round.tolist() == [1, 2, 3] and clients.error.isna().tolist() == [True, True, False]
+    assert clients.error.iloc[-1] == "boom, twice"  # a comma inside a field stays one field
+    assert pd.read_csv(tmp_path / "run" / "fleet.csv").server_round.tolist() == [1, 1, 1, 2, 2, 2]
+    assert w.fleet_rows == 6 and len(w.clients) == 3
+
+
+def test_a_full_disk_during_an_append_takes_the_round_back_out(tmp_path, monkeypatch):
+    w = RunWriter(tmp_path / "run")
+    w.add_round({"server_round": 1}, [{"server_round": 1, "node_id": 7}])
+    w.add_round({"server_round": 2}, [{"server_round": 2, "node_id": 7}])
+    real = os.replace
+
+    def full(src, dst):  # clients.csv is appended, then rounds.csv cannot be replaced
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(DiskFullError):
+        w.add_round({"server_round": 3}, [{"server_round": 3, "node_id": 7}, {"server_round": 3, "node_id": 8}])
+    monkeypatch.setattr(os, "replace", real)
+    assert pd.read_csv(tmp_path / "run" / "clients.csv").server_round.tolist() == [1, 2]
+    w.add_round({"server_round": 3}, [{"server_round": 3, "node_id": 7}])
+    assert pd.read_csv(tmp_path / "run" / "clients.csv").server_round.tolist() == [1, 2, 3]
+
+
+def test_restore_drops_a_cut_off_last_line(tmp_path):
+    w = RunWriter(tmp_path / "run")
+    for r in (1, 2):
+        w.add_round({"server_round": r}, [{"server_round": r, "node_id": 7, "error": ""}])
+    with open(tmp_path / "run" / "clients.csv", "a") as fh:
+        fh.write('3,7,"half a mess')  # a power cut in the middle of an append
+    w2 = RunWriter(tmp_path / "run")
+    w2.restore(2, 2, 0)
+    assert pd.read_csv(tmp_path / "run" / "clients.csv").server_round.tolist() == [1, 2]
