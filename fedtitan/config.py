@@ -147,8 +147,9 @@ class SimulationSection(_Section):
     num_gpus: float = Field(0.0, ge=0)
     ray_address: str | None = None
     # how model weights travel under Ray: once a round through its object store, or inside
-    # every message (as they travel to real SuperNodes); the same results either way
-    arrays: Literal["object-store", "messages"] = "object-store"
+    # every message (as they travel to real SuperNodes); auto: the object store for models of
+    # 1 MiB and more. The same results either way.
+    arrays: Literal["auto", "object-store", "messages"] = "auto"
 
 
 class ComputeSection(_Section):

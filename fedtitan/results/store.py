@@ -176,8 +176,8 @@ class RunWriter:
                     atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))
                 elif path.name != "rounds.csv":
                     path.unlink(missing_ok=True)
-        (_, self.rounds), (_, self.clients), (_, fleet) = tables
-        self.fleet_rows = len(fleet)
+        (_, self.rounds), (_, self.clients), (_, fleet_kept) = tables
+        self.fleet_rows = len(fleet_kept)
         self._columns = {}  # the next append rewrites each table once, with its header
 
     def save_arrays(self, name: str, arrays: dict[str, Any]) -> Path:

@@ -8,6 +8,7 @@ whole process from outside, kill a Ray worker, and cut a sweep.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -162,15 +163,22 @@ def test_a_full_disk_during_a_checkpoint_stops_cleanly_and_resume_goes_on(tmp_pa
     run(load_config("quickstart", BASE), full, quiet=True)
     import fedtitan.checkpoint as ck
 
-    real = ck.write_state
+    real = ck.atomic_writer
 
-    def write_state(fh, value):  # the disk fills up half-way through round 3's checkpoint
-        if isinstance(value, dict) and value.get("server_round") == 3:
-            fh.write(b"PK\x03\x04 half a checkpoint")
+    class HalfWay:  # the disk fills up half-way through the file
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, data):
+            self.fh.write(bytes(data)[: len(data) // 2])
             raise OSError(28, "No space left on device")
-        real(fh, value)
 
-    monkeypatch.setattr(ck, "write_state", write_state)
+    @contextlib.contextmanager
+    def atomic_writer(path, fsync=False):  # round 3's checkpoint meets a full disk
+        with real(path, fsync=fsync) as fh:
+            yield HalfWay(fh) if Path(path).name == "round-000003.npz" else fh
+
+    monkeypatch.setattr(ck, "atomic_writer", atomic_writer)
     code = cli_main(["run", "--quiet", "--out", str(cut), *_sets(BASE)])
     err = capsys.readouterr().err
     assert code == 2 and "the disk is full: could not write" in err and "fedtitan resume" in err
@@ -206,8 +214,8 @@ def test_resume_refuses_changed_settings_extends_and_leaves_finished_runs(tmp_pa
 
 
 # ------------------------------------------------------------------------------------- Ray
-RAY = ["run.deterministic=true", "run.save_model=true", "data.num_clients=4", "server.fraction=0.5",
-       "run.rounds=5", "selection.local_steps=3"]
+RAY = ["run.deterministic=true", "simulation.arrays=object-store", "run.save_model=true", "data.num_clients=4",
+       "server.fraction=0.5", "run.rounds=5", "selection.local_steps=3"]
 
 
 def _ray_left() -> list[str]:

@@ -109,12 +109,14 @@ def test_cli_run_and_bad_input(tmp_path, capsys):
 def test_a_population_larger_than_the_pool_is_played_by_the_workers(tmp_path):
     """300 clients, 6 sampled a round, a living fleet and FedAdam: a handful of Flower nodes
     play them (no node per client, no start-up query); each sampled partition trains as
-    itself, under a stable id, and the run equals the same run on the local engine."""
+    itself, under a stable id, and the run (its weights through Ray's object store) equals
+    the same run on the local engine (weights in the messages)."""
     from simulations.run import pool_size
 
     overrides = ["data.num_clients=300", "data.min_samples=2", "data.partition=iid", "server.fraction=0.02",
                  "run.rounds=3", "selection.local_steps=2", "selection.velocity=10", "selection.buffer_size=10",
-                 "fleet.dynamics=diurnal", "server.strategy=fedadam", "run.deterministic=true"]
+                 "fleet.dynamics=diurnal", "server.strategy=fedadam", "run.deterministic=true",
+                 "simulation.arrays=object-store"]
     cfg = load_config("quickstart", overrides)
     assert pool_size(cfg, 300, cpus=2) == 16 < 300
     run(cfg, tmp_path / "ray", quiet=True)

@@ -59,7 +59,7 @@ def test_runs_sharing_one_simulation_equal_standalone_runs(tmp_path):
     from simulations.sweep import sweep
 
     base = ["data.num_clients=3", "run.rounds=2", "server.fraction=1.0", "selection.local_steps=2",
-            "fleet.mix=rpi4:1"]
+            "fleet.mix=rpi4:1", "simulation.arrays=object-store"]  # one board serves every run
     root, _ = sweep("quickstart", ["selection.method=rs,titan", "data.num_clients=4,3"], 1,
                     [o for o in base if not o.startswith("data.num_clients")], tmp_path / "sw", quiet=True)
     run(load_config("quickstart", [*base, "selection.method=titan"]), tmp_path / "alone", quiet=True)
