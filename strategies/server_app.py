@@ -513,7 +513,7 @@ class FleetServer:
         self.writer.update_last_round(checkpoint_s=self.state_io[0] + time.perf_counter() - t0,
                                       checkpoint_bytes=self.state_io[1] + len(blob))
         with self.writer.safe():
-            seconds, _ = self.checkpoints.save(rnd, blob)
+            self.checkpoints.save(rnd, blob)
         self.retained = [*self.retained, self.client_rounds.copy()][-KEEP_CHECKPOINTS:]
         self.writer.update_last_round(checkpoint_s=self.state_io[0] + time.perf_counter() - t0)
 
