@@ -87,6 +87,42 @@ def describe(device: torch.device) -> dict[str, Any]:
     return out
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+HEAP_KEEP_BYTES = 1 << 30
+MALLOC_ENV = "FEDTITAN_MALLOC"
+_heap_kept: bool | None = None
+
+
+def keep_heap() -> bool:
+    """Let glibc's malloc keep freed memory in this process's heap (once per process).
+
+    By default glibc serves each allocation over a dynamic threshold (128 KiB at start) with
+    its own ``mmap`` and returns it on ``free``, and trims the heap's top when 128 KiB are free.
+    A training step allocates and frees activations of megabytes every time, so a fresh process
+    (a Ray actor, a SuperNode) takes every page of them as a new page fault, about 400,000 in 15
+    MobileNetV1 client rounds, and its torch kernels run 6-10% slower than in a process whose
+    threshold has grown. Fixing both thresholds at 1 GiB (32 MiB where an older glibc caps it) keeps the pages: the faults fall about
+    4x and the rounds run at the warm speed from the first step. The price is that memory freed
+    after the peak stays with the process (its RSS stays at its peak), which a training worker
+    reaches every step anyway. ``FEDTITAN_MALLOC=default`` leaves glibc as it is; other C
+    libraries (musl, macOS) are left alone. Returns whether the thresholds were set."""
+    global _heap_kept
+    if _heap_kept is None:
+        _heap_kept = False
+        if os.environ.get(MALLOC_ENV, "keep") != "default":
+            try:
+                import ctypes
+
+                libc = ctypes.CDLL("libc.so.6")
+                # older glibc caps the mmap threshold at 32 MiB (HEAP_MAX_SIZE / 2)
+                mmap_set = libc.mallopt(_M_MMAP_THRESHOLD, HEAP_KEEP_BYTES) or libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+                _heap_kept = bool(mmap_set and libc.mallopt(_M_TRIM_THRESHOLD, HEAP_KEEP_BYTES))
+            except (OSError, AttributeError):  # not glibc
+                pass
+    return _heap_kept
+
+
 def set_deterministic(enabled: bool) -> str:
     """Turn torch's deterministic algorithms on (and cuBLAS's fixed workspace) or leave them off.
 

@@ -152,20 +152,29 @@ PULL_INTERVAL_S = 0.01
 
 
 class PromptDispatch:
-    """Hand a round's messages to the client processes as soon as the server sends them.
+    """Hand a round's messages to the client processes, and their replies to the server, as
+    soon as they are there.
 
     Flower's simulation engine looks for new messages every 0.1 s (a thread running
     ``vce_api.add_messages_to_queue``), so every round started 50 ms late on average, with the
-    client processes idle. Within :func:`simulate`, that thread is replaced by the same loop
-    that also wakes when the server pushes messages (the grid's ``push_messages`` sets an
-    event). Flower releases that change the loop's signature are left as they are."""
+    client processes idle; and its in-memory grid looks for replies every ``pull_interval``.
+    Within :func:`simulate`, the first thread runs the same loop, which also wakes when the
+    server pushes messages (the grid's ``push_messages`` sets an event); the thread that stores
+    replies (``vce_api.put_message_into_state``) also sets an event on each, and the grid's
+    ``send_and_receive`` waits on it instead of sleeping. Flower releases that change these
+    functions' signatures are left as they are (the grid then polls every ``PULL_INTERVAL_S``)."""
 
     PARAMS = ("state", "queue", "nodes_mapping", "f_stop")
+    REPLY_PARAMS = ("state", "queue", "f_stop")
+    # the longest wait for a reply between two looks (a safety net: each reply wakes it)
+    REPLY_WAIT_S = 0.1
 
     def __init__(self) -> None:
         self.wake = threading.Event()
+        self.replied = threading.Event()
         self._module: Any = None
         self._original: Any = None
+        self._original_store: Any = None
 
     def loop(self, state: Any, queue: Any, nodes_mapping: Any, f_stop: threading.Event) -> None:
         while not f_stop.is_set():
@@ -174,6 +183,18 @@ class PromptDispatch:
                 for msg in state.get_message_ins(node_id=node_id, limit=1):
                     queue.put(msg)
             self.wake.wait(0.1)
+
+    def store_loop(self, state: Any, queue: Any, f_stop: threading.Event) -> None:
+        """Flower's ``put_message_into_state``, telling the server of each stored reply."""
+        from queue import Empty
+
+        while not f_stop.is_set():
+            try:
+                reply = queue.get(timeout=1.0)
+            except Empty:
+                continue
+            state.store_message_res(reply)
+            self.replied.set()
 
     def install(self) -> bool:
         import inspect
@@ -187,10 +208,15 @@ class PromptDispatch:
             return False
         self._module, self._original = vce_api, original
         vce_api.add_messages_to_queue = self.loop
+        store = getattr(vce_api, "put_message_into_state", None)
+        if store is not None and tuple(inspect.signature(store).parameters) == self.REPLY_PARAMS:
+            self._original_store = store
+            vce_api.put_message_into_state = self.store_loop
         return True
 
     def watch(self, grid: Any) -> None:
-        """Wake the loop whenever ``grid`` pushes messages."""
+        """Wake the loop whenever ``grid`` pushes messages; wake ``grid``'s wait for replies
+        whenever one is stored (when the store loop is ours)."""
         push = grid.push_messages
 
         def push_messages(messages: Any) -> Any:
@@ -199,10 +225,34 @@ class PromptDispatch:
             return ids
 
         grid.push_messages = push_messages
+        if self._original_store is None or not hasattr(grid, "pull_messages"):
+            return
+
+        def send_and_receive(messages: Any, *, timeout: float | None = None) -> list[Any]:
+            """Flower's ``send_and_receive``: push, then pull until every reply is in or
+            ``timeout`` has passed, waking on each stored reply instead of sleeping."""
+            ids = set(grid.push_messages(messages))
+            end = None if timeout is None else time.monotonic() + timeout
+            out: list[Any] = []
+            while ids:
+                self.replied.clear()  # before looking: a reply stored after the look wakes the wait
+                got = list(grid.pull_messages(ids))
+                out.extend(got)
+                ids.difference_update(m.metadata.reply_to_message_id for m in got)
+                left = math.inf if end is None else end - time.monotonic()
+                if not ids or left <= 0:
+                    break
+                self.replied.wait(min(self.REPLY_WAIT_S, left))
+            return out
+
+        grid.send_and_receive = send_and_receive
 
     def uninstall(self) -> None:
         if self._module is not None:
             self._module.add_messages_to_queue = self._original
+            if self._original_store is not None:
+                self._module.put_message_into_state = self._original_store
+                self._original_store = None
             self._module = None
 
 

@@ -54,7 +54,7 @@ from fedtitan.training.client import build_global_model, dataset_for, partition_
 from fedtitan.training.common import evaluate
 from fedtitan.training.setup import fleet_dynamics
 from strategies.aggregate import AggregationFailed, Aggregator, make_aggregator, to_arrays
-from strategies.fleet import ClientResult, FleetPolicy, finite
+from strategies.fleet import ClientResult, FleetPolicy, finite, finite_each
 from strategies.registry import build_strategy
 from strategies.state import load_strategy_state, strategy_state, unsaved
 
@@ -168,9 +168,11 @@ def without_arrays(message: Message, key: str) -> None:
     with_config(message, {ARRAYS_KEY: key})
 
 
-def parse_reply(reply: Message, node_id: int, stored: dict[str, np.ndarray] | None = None) -> ClientResult:
-    """A reply (or its error) as the policy sees it; non-finite weights are marked. ``stored``:
-    the weights the reply named in Ray's object store (None when they were lost)."""
+def parse_reply(reply: Message, node_id: int, stored: dict[str, np.ndarray] | None = None,
+                check: bool = True) -> ClientResult:
+    """A reply (or its error) as the policy sees it; non-finite weights are marked (unless
+    ``check`` is False: the caller checks). ``stored``: the weights the reply named in Ray's
+    object store (None when they were lost)."""
     if reply.has_error():
         reason = str(reply.error.reason)
         dropped = "InjectedDrop" in reason or "dropped mid-round" in reason
@@ -188,9 +190,8 @@ def parse_reply(reply: Message, node_id: int, stored: dict[str, np.ndarray] | No
         arrays = stored
     elif arrays_rec is not None:
         arrays = {k: v.numpy() for k, v in arrays_rec.items()}
-    if arrays is not None:
-        if status.trained and not finite(arrays):
-            status = Status.NONFINITE
+    if arrays is not None and check and status.trained and not finite(arrays):
+        status = Status.NONFINITE
     return ClientResult(node_id, status, metrics, arrays, raw=reply)
 
 
@@ -343,9 +344,14 @@ class FleetServer:
         for node, reply in replies.items():
             self.keep_state(rnd, node, reply)
         stored = self.stored_arrays(rnd, replies)
-        return [parse_reply(replies[n], n, stored.get(n)) if n in replies
-                else ClientResult(n, Status.FAILED, error="no reply (timeout)" if n in sent else "not sent by the strategy")
-                for n in sampled]
+        results = [parse_reply(replies[n], n, stored.get(n), check=False) if n in replies
+                   else ClientResult(n, Status.FAILED, error="no reply (timeout)" if n in sent else "not sent by the strategy")
+                   for n in sampled]
+        trained = [res for res in results if res.arrays is not None and res.status.trained]
+        for res, ok in zip(trained, finite_each([cast(dict, res.arrays) for res in trained]), strict=True):
+            if not ok:
+                res.status = Status.NONFINITE
+        return results
 
     def stored_arrays(self, rnd: int, replies: dict[int, Message]) -> dict[int, dict[str, np.ndarray] | None]:
         """The weights the replies named in Ray's object store, by client; the round's entries
@@ -484,6 +490,7 @@ class FleetServer:
         results = self.collect(rnd, messages, sampled)
         if os.environ.get(KILL_AT_ENV) == str(rnd):
             import signal
+
 
             os.kill(os.getpid(), signal.SIGKILL)
         included, round_s = self.include(results, sampled)

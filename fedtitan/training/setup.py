@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedtitan.compute import DeviceData, resolve_device, set_deterministic, unit_device
+from fedtitan.compute import DeviceData, keep_heap, resolve_device, set_deterministic, unit_device
 from fedtitan.config import Config
 from fedtitan.data import load_dataset, partition
 from fedtitan.data.dataset import Dataset
@@ -90,6 +90,7 @@ def partition_for(cfg: Config, ds: Dataset) -> list[np.ndarray]:
 @functools.lru_cache(maxsize=4)
 def _setup(cfg_json: str) -> Setup:
     cfg = Config.from_json(cfg_json)
+    keep_heap()
     set_deterministic(cfg.run.deterministic)
     device = resolve_device(cfg.compute.device)
     ds = dataset_for(cfg)

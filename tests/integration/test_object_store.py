@@ -100,3 +100,75 @@ def test_prompt_dispatch_wakes_flowers_loop_when_the_server_pushes():
     t.join(timeout=1.0)
     dispatch.uninstall()
     assert vce_api.add_messages_to_queue is original
+
+
+def test_prompt_dispatch_wakes_the_servers_wait_for_replies():
+    """With the reply loop installed, the grid's send_and_receive returns as soon as the last
+    reply is stored (Flower's sleeps ``pull_interval`` between looks), keeps the timeout, and
+    Flower's loop is put back afterwards."""
+    import queue
+    import time
+    from types import SimpleNamespace
+
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    from simulations.run import PromptDispatch
+
+    original = vce_api.put_message_into_state
+    dispatch = PromptDispatch()
+    dispatch.REPLY_WAIT_S = 5.0  # its safety-net look, made long: only the wake-up is quick
+    assert dispatch.install() and vce_api.put_message_into_state == dispatch.store_loop
+
+    class State:
+        def __init__(self):
+            self.replies = []
+
+        def store_message_res(self, reply):
+            self.replies.append(reply)
+
+    class Grid:
+        pull_interval = 10.0  # Flower's own loop would sleep this long
+
+        def __init__(self, state):
+            self.state = state
+
+        def push_messages(self, messages):
+            return [f"id-{m}" for m in messages]
+
+        def pull_messages(self, ids):
+            out = [r for r in self.state.replies if r.metadata.reply_to_message_id in ids]
+            self.state.replies = [r for r in self.state.replies if r not in out]
+            return out
+
+        def send_and_receive(self, messages, *, timeout=None):
+            raise AssertionError("replaced by watch()")
+
+    def reply(to):
+        return SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=to))
+
+    state, q, stop = State(), queue.Queue(), threading.Event()
+    grid = Grid(state)
+    dispatch.watch(grid)
+    t = threading.Thread(target=vce_api.put_message_into_state, args=(state, q, stop), daemon=True)
+    t.start()
+
+    def answer_later():
+        time.sleep(0.2)
+        q.put(reply("id-a"))
+        time.sleep(0.2)
+        t_last[0] = time.perf_counter()
+        q.put(reply("id-b"))
+
+    t_last = [0.0]
+    threading.Thread(target=answer_later, daemon=True).start()
+    got = grid.send_and_receive(["a", "b"], timeout=30.0)
+    assert sorted(r.metadata.reply_to_message_id for r in got) == ["id-a", "id-b"]
+    assert time.perf_counter() - t_last[0] < 1.0  # woken by the reply, not by a 5 s look
+
+    t0 = time.perf_counter()
+    assert grid.send_and_receive(["c"], timeout=0.3) == []  # never answered: the timeout holds
+    assert 0.3 <= time.perf_counter() - t0 < 1.0
+    stop.set()
+    t.join(timeout=2.0)
+    dispatch.uninstall()
+    assert vce_api.put_message_into_state is original

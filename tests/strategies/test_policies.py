@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from fedtitan.status import Status
-from strategies.fleet import ClientResult, FleetPolicy
+from strategies.fleet import ClientResult, FleetPolicy, finite_each
 
 
 def _replies(times):
@@ -51,3 +53,41 @@ def test_error_gist_finds_the_clients_own_message():
     assert error_gist(ray) == "injected client failure (partition 1)"
     oom = "<class 'ray.exceptions.OutOfMemoryError'>:<'1 worker(s) were killed due to the node running low on memory.\nmore"
     assert error_gist(oom).endswith("running low on memory.") and error_gist("") == ""
+
+
+def _updates(n=5, sizes=((1_200_000,), (3, 7), (900_000,)), seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        arrays = {f"w{j}": rng.standard_normal(s).astype(np.float32) for j, s in enumerate(sizes)}
+        arrays["count"] = np.array(7, dtype=np.int64)  # BatchNorm's num_batches_tracked
+        out.append(ClientResult(i, Status.OK, {"num-examples": float(rng.integers(1, 50))}, arrays))
+    return out
+
+
+def test_fedavg_on_the_servers_cores_is_the_same_bits_as_on_one(monkeypatch):
+    """FedAvg shares its pieces between threads; each piece is summed the same way, so the
+    result is the same bits on 1, 2 or 3 threads (2.1M elements: enough to use them), and it
+    is the float64 weighted mean."""
+    import strategies.fleet as fleet
+
+    results = _updates()
+    outs = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(fleet, "_threads", lambda threads=threads: threads)
+        outs.append(fleet.fedavg(results))
+    for other in outs[1:]:
+        assert all(np.array_equal(outs[0][k], other[k]) for k in outs[0])
+    w = np.array([r.metrics["num-examples"] for r in results])
+    w = w / w.sum()
+    expect = sum(wi * r.arrays["w2"].astype(np.float64) for wi, r in zip(w, results, strict=True))
+    np.testing.assert_allclose(outs[0]["w2"], expect.astype(np.float32), rtol=1e-6)
+    assert outs[0]["count"] == 7 and outs[0]["count"].dtype == np.int64
+
+
+def test_finite_each_finds_nan_and_inf_on_any_thread():
+    results = _updates(4)
+    results[1].arrays["w0"][123_456] = np.nan
+    results[3].arrays["w1"][2, 5] = -np.inf
+    assert finite_each([r.arrays for r in results]) == [True, False, True, False]
+    assert finite_each([]) == [] and finite_each([results[0].arrays]) == [True]
