@@ -102,8 +102,9 @@ def keep_heap() -> bool:
     A training step allocates and frees activations of megabytes every time, so a fresh process
     (a Ray actor, a SuperNode) takes every page of them as a new page fault, about 400,000 in 15
     MobileNetV1 client rounds, and its torch kernels run 6-10% slower than in a process whose
-    threshold has grown. Fixing both thresholds at 1 GiB (32 MiB where an older glibc caps it) keeps the pages: the faults fall about
-    4x and the rounds run at the warm speed from the first step. The price is that memory freed
+    threshold has grown. Fixing both thresholds at 1 GiB (32 MiB where an older glibc caps it)
+    keeps the pages: the faults fall about 4x and the rounds run at the warm speed from the
+    first step. The price is that memory freed
     after the peak stays with the process (its RSS stays at its peak), which a training worker
     reaches every step anyway. ``FEDTITAN_MALLOC=default`` leaves glibc as it is; other C
     libraries (musl, macOS) are left alone. Returns whether the thresholds were set."""

@@ -491,7 +491,6 @@ class FleetServer:
         if os.environ.get(KILL_AT_ENV) == str(rnd):
             import signal
 
-
             os.kill(os.getpid(), signal.SIGKILL)
         included, round_s = self.include(results, sampled)
         updated, why = self.aggregate(rnd, included)

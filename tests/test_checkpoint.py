@@ -200,4 +200,3 @@ def test_changed_settings_names_what_affects_results():
 def test_npz_is_a_zip_of_plain_arrays():
     with zipfile.ZipFile(io.BytesIO(pack({"a": np.arange(3)}))) as z:
         assert sorted(z.namelist()) == ["__tree__.npy", "a0.npy"]
-
