@@ -234,7 +234,7 @@ class FleetServer:
         self.x_eval, self.y_eval = ds.tensor("test", ids).to(self.device), ds.labels("test", ids).to(self.device)
         self.nodes: list[int] = []
         self.keep = 0  # how many replies this round aggregates (set when sampling)
-        self.factors_now: list[Any] = []  # every device's factors at this round's start (living fleets)
+        self.factors_now: Any = None  # every device's factors at this round's start (living fleets: a FactorTable)
         t = cfg.tracking
         self.tracker = make_tracker(t.backend, t.uri, t.project, t.mode)
         # a sweep's run is written in .partial-RUN_ID and renamed when it has finished
@@ -303,8 +303,8 @@ class FleetServer:
             self.keep = self.policy.keep(len(self.nodes))
             return self.policy.sample(self.nodes, rnd)
         # every device at the round's start, once (the fleet timeline reads the same)
-        self.factors_now = [self.dynamics.factors(self.partition_of[n], self.virtual_s) for n in self.nodes]
-        up = [n for n, f in zip(self.nodes, self.factors_now, strict=True) if f.available]
+        self.factors_now = self.dynamics.factors_many([self.partition_of[n] for n in self.nodes], self.virtual_s)
+        up = [n for n, a in zip(self.nodes, self.factors_now.available.tolist(), strict=True) if a]
         self.keep = self.policy.keep(len(up), len(self.nodes))
         return self.policy.sample(up, rnd, population=len(self.nodes))
 
@@ -445,15 +445,13 @@ class FleetServer:
         """Every device's state at this round's start, and whether it was sampled and included
         (for the per-device timeline of the report)."""
         inc, picked = {r.node_id for r in included}, set(sampled)
-        rows = []
-        for node, f in zip(self.nodes, self.factors_now, strict=True):
-            pid = self.partition_of[node]
-            rows.append({"server_round": rnd, "virtual_time_s": self.virtual_s, "partition_id": pid,
-                         "device": self.dynamics.devices[pid], "available": int(f.available),
-                         "speed_factor": f.speed_factor, "select_share": f.select_share,
-                         "bandwidth_factor": f.bandwidth_factor, "sampled": int(node in picked),
-                         "included": int(node in inc)})
-        return rows
+        f, devices = self.factors_now, self.dynamics.devices
+        columns = zip(self.nodes, f.available.tolist(), f.speed_factor.tolist(), f.select_share.tolist(),
+                      f.bandwidth_factor.tolist(), strict=True)
+        return [{"server_round": rnd, "virtual_time_s": self.virtual_s, "partition_id": (pid := self.partition_of[node]),
+                 "device": devices[pid], "available": int(up), "speed_factor": speed, "select_share": share,
+                 "bandwidth_factor": bw, "sampled": int(node in picked), "included": int(node in inc)}
+                for node, up, speed, share, bw in columns]
 
     def record(self, rnd: int, sampled: list[int], results: list[ClientResult], included: list[ClientResult],
                round_s: float, updated: bool, why: str, ev: Evaluation, wall_s: float) -> dict[str, Any]:

@@ -65,6 +65,27 @@ class Factors:
 STATIC = Factors()
 
 
+@dataclass(frozen=True)
+class FactorTable:
+    """The factors of many clients at one moment, one array entry per client."""
+
+    available: np.ndarray  # bool
+    speed_factor: np.ndarray
+    select_share: np.ndarray
+    bandwidth_factor: np.ndarray
+
+    @classmethod
+    def of(cls, factors: Sequence[Factors]) -> FactorTable:
+        return cls(np.array([f.available for f in factors], dtype=bool),
+                   *(np.array([getattr(f, c) for f in factors], dtype=np.float64) for c in FACTOR_COLUMNS[1:]))
+
+    def put(self, i: int, f: Factors) -> None:
+        """Set entry ``i`` to ``f``."""
+        self.available[i] = f.available
+        self.speed_factor[i], self.select_share[i], self.bandwidth_factor[i] = (
+            f.speed_factor, f.select_share, f.bandwidth_factor)
+
+
 class Dynamics(Protocol):
     def factors(self, partition_id: int, t_s: float) -> Factors: ...
 
@@ -93,10 +114,43 @@ class DiurnalDynamics:
     bandwidth_min: float = 1.0
     bandwidth_max: float = 1.0
 
-    def _night(self, partition_id: int, t_s: float) -> float:
-        """1 at the device's night (idle, charging), 0 at its midday; a seeded phase per device."""
-        phase = _u01(self.seed, partition_id, 0xD1)
+    # draws kept between calls (pure in their keys): device -> phase; the current slot's availability draws
+    _memo: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def _phase(self, partition_id: int) -> float:
+        return _u01(self.seed, partition_id, 0xD1)
+
+    def _night_at(self, phase: float, t_s: float) -> float:
+        """1 at the device's night (idle, charging), 0 at its midday."""
         return 0.5 * (1.0 + math.cos(2 * math.pi * (t_s / self.period_s - phase)))
+
+    def _night(self, partition_id: int, t_s: float) -> float:
+        return self._night_at(self._phase(partition_id), t_s)
+
+    def factors_many(self, partition_ids: Sequence[int], t_s: float) -> FactorTable:
+        """:meth:`factors` of many devices at once, equal to it bit for bit, at the cost of
+        numpy: each device's phase is drawn once a run and its availability once a slot
+        (both are pure functions of their keys), and the same float operations follow."""
+        ids = [int(p) for p in partition_ids]
+        phases: dict[int, float] = self._memo.setdefault("phase", {})
+        slot = int(t_s // self.slot_s)
+        if self._memo.get("slot") != slot:
+            self._memo["slot"], self._memo["draws"] = slot, {}
+        draws: dict[int, float] = self._memo["draws"]
+        for p in ids:
+            if p not in phases:
+                phases[p] = self._phase(p)
+            if p not in draws:
+                draws[p] = _u01(self.seed, p, slot, 0xA7)
+        night = np.array([self._night_at(phases[p], t_s) for p in ids], dtype=np.float64)
+
+        def lerp(lo: float, hi: float) -> np.ndarray:
+            return lo + (hi - lo) * night
+
+        available = np.array([draws[p] for p in ids], dtype=np.float64) < lerp(self.availability_min,
+                                                                                  self.availability_max)
+        return FactorTable(available, lerp(self.speed_min, self.speed_max),
+                           lerp(self.select_share_min, self.select_share_max), lerp(self.bandwidth_min, self.bandwidth_max))
 
     def factors(self, partition_id: int, t_s: float) -> Factors:
         night = self._night(partition_id, t_s)
@@ -293,6 +347,19 @@ class FleetDynamics:
     @property
     def is_static(self) -> bool:
         return isinstance(self.model, StaticDynamics) and self.trace is None
+
+    def factors_many(self, partition_ids: Sequence[int], t_s: float) -> FactorTable:
+        """:meth:`factors` of many clients at once: the model's own ``factors_many`` where it
+        has one (``diurnal``), then the trace's values for the clients it covers."""
+        ids = [int(p) for p in partition_ids]
+        many = getattr(self.model, "factors_many", None)
+        table = many(ids, t_s) if many is not None else FactorTable.of([self.model.factors(p, t_s) for p in ids])
+        if self.trace is not None:
+            kinds, own = self.trace.by_device, self.trace.by_partition
+            for i, p in enumerate(ids):
+                if p in own or self.devices[p] in kinds:
+                    table.put(i, self.factors(p, t_s))
+        return table
 
     def factors(self, partition_id: int, t_s: float) -> Factors:
         f = self.model.factors(partition_id, t_s)

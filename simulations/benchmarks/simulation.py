@@ -15,6 +15,8 @@ Both sides run the same client work (``fedtitan.training.client.client_round`` f
 client, every round, small CNN, all clients per round) and the same server-side FedAvg and
 central evaluation. ``plain_loop_wall_s`` is the floor; ``ratio`` = fedtitan / plain loop.
 Peak RSS sums the driver and every child process (Ray workers included), sampled at 5 Hz.
+``other_processes_cpus``: the CPUs other processes kept busy meanwhile; above 0.1 a
+``warning`` says the ratios are not comparable (:mod:`simulations.benchmarks.machine`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 from fedtitan.config import load_config
 from fedtitan.training.client import build_global_model, client_round, dataset_for, setup_for
 from fedtitan.training.common import evaluate
+from simulations.benchmarks.machine import OtherLoad, report
 from strategies.fleet import ClientResult, fedavg
 from strategies.server_app import eval_indices
 
@@ -160,13 +163,14 @@ def preset_overhead(args: argparse.Namespace) -> None:
     cfg = load_config(args.preset, overrides)
     from simulations.run import run
 
-    with tempfile.TemporaryDirectory() as tmp:
-        run(cfg, tmp, quiet=True)
-        rounds = pd.read_csv(f"{tmp}/rounds.csv").set_index("server_round")
-        clients = pd.read_csv(f"{tmp}/clients.csv")
-    processes = max(1, int((os.cpu_count() or 1) // cfg.simulation.num_cpus))
-    threads = max(1, int(cfg.simulation.num_cpus))
-    floor = pd.Series(replay_floor(cfg, clients, threads)) / processes
+    with OtherLoad() as load:
+        with tempfile.TemporaryDirectory() as tmp:
+            run(cfg, tmp, quiet=True)
+            rounds = pd.read_csv(f"{tmp}/rounds.csv").set_index("server_round")
+            clients = pd.read_csv(f"{tmp}/clients.csv")
+        processes = max(1, int((os.cpu_count() or 1) // cfg.simulation.num_cpus))
+        threads = max(1, int(cfg.simulation.num_cpus))
+        floor = pd.Series(replay_floor(cfg, clients, threads)) / processes
     later = rounds.index[rounds.index >= 2]
     ratio = rounds.wall_s[later] / floor[later]
     per_round = int(rounds.clients_sampled.median())
@@ -176,7 +180,7 @@ def preset_overhead(args: argparse.Namespace) -> None:
         "round_wall_s_median": round(float(rounds.wall_s[later].median()), 3),
         "floor_s_median": round(float(floor[later].median()), 3),
         "floor_ratio": round(float(ratio.median()), 3), "floor_ratio_per_round": [round(float(x), 3) for x in ratio],
-        "target": 1.2, "profile": profile(cfg, per_round),
+        "target": 1.2, "profile": profile(cfg, per_round), **report(load),
     }, indent=2))
 
 
@@ -203,17 +207,19 @@ def main() -> None:
     cfg = load_config("quickstart", overrides)
     from simulations.run import run
 
-    with PeakRSS() as rss, tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        run(cfg, tmp, quiet=True)
-        fed = time.perf_counter() - t0
-    with PeakRSS() as rss_plain:
-        plain = plain_loop(cfg)
+    with OtherLoad() as load:
+        with PeakRSS() as rss, tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            run(cfg, tmp, quiet=True)
+            fed = time.perf_counter() - t0
+        with PeakRSS() as rss_plain:
+            plain = plain_loop(cfg)
     print(json.dumps({
         "clients": args.clients, "rounds": args.rounds, "dataset": args.dataset, "model": "cnn",
         "client_num_cpus": args.num_cpus, "fedtitan_wall_s": round(fed, 2), "plain_loop_wall_s": round(plain, 2),
         "ratio": round(fed / plain, 3), "peak_rss_mb": round(rss.peak / 2**20, 1),
         "plain_loop_peak_rss_mb": round(rss_plain.peak / 2**20, 1), "torch_threads_plain": torch.get_num_threads(),
+        **report(load),
     }, indent=2))
 
 

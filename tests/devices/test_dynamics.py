@@ -131,3 +131,31 @@ def test_devices_offline_in_rounds_1_to_5_are_never_sampled_then(tmp_path):
     fleet = pd.read_csv(tmp_path / "run" / "fleet.csv")  # every device's state per round, for the timeline
     off = fleet[(fleet.partition_id < 4) & (fleet.server_round <= 5)]
     assert (off.available == 0).all() and (off.sampled == 0).all() and len(fleet) == 8 * 8
+
+
+def _as_factors(table, i):
+    return Factors(bool(table.available[i]), float(table.speed_factor[i]), float(table.select_share[i]),
+                   float(table.bandwidth_factor[i]))
+
+
+@pytest.mark.parametrize("kind, options", [
+    ("diurnal", {"period_s": 100.0, "slot_s": 7.0, "speed_min": 0.4, "bandwidth_min": 0.3, "availability_min": 0.2}),
+    ("random-walk", {"step_s": 5.0, "sigma": 0.3}),
+])
+def test_every_device_at_once_equals_each_device_alone_bit_for_bit(tmp_path, kind, options):
+    """What the server asks each round (factors_many) against the per-client path the clients
+    use: over slots, back in time, repeated moments, in a shuffled order, and under a trace."""
+    devices = [DEVICES[i % 4] for i in range(60)]
+    trace = _trace(tmp_path, "device,partition_id,t_start_s,t_end_s,speed_factor,available\n"
+                             "orin-nano,,20,60,0.5,\n,7,0,30,,0\n")
+    rng = np.random.default_rng(0)
+    for trace_path in (None, str(trace)):
+        many, one = (build_dynamics(kind, options, 3, devices, trace_path) for _ in range(2))
+        for t in [0.0, 3.5, 6.99, 7.0, 55.5, 55.5, 20.0, 250.0, 13.0]:
+            ids = rng.permutation(60)[:45].tolist()
+            table = many.factors_many(ids, t)
+            got = [_as_factors(table, i) for i in range(len(ids))]
+            assert got == [one.factors(p, t) for p in ids]
+            assert table.available.dtype == bool and 0 < table.available.sum() <= len(ids)
+    if kind == "diurnal":  # the draws that the table keeps are the current slot's only
+        assert set(many.model._memo["draws"]) <= set(range(60)) and many.model._memo["slot"] == int(13.0 // 7.0)
