@@ -138,6 +138,9 @@ class FleetSection(_Section):
     dynamics: Literal["static", "diurnal", "random-walk"] = "static"
     dynamics_options: dict[str, Any] = Field(default_factory=dict)
     trace: str | None = None  # CSV of availability / speed / idle share / bandwidth over virtual time
+    # fleet.csv's rows each round (living fleets): every device, or the sampled ones only; auto:
+    # every device up to TIMELINE_ALL_MAX devices, the sampled ones beyond
+    timeline: Literal["auto", "all", "sampled"] = "auto"
 
 
 class SimulationSection(_Section):

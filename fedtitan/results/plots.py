@@ -124,10 +124,16 @@ def tier_costs(tiers: pd.DataFrame, hue: str | None = None) -> Figure:
     return fig
 
 
-def device_timeline(fleet: pd.DataFrame, value: str = "speed_factor", x: str = "virtual_time_s") -> Figure:
+# The most devices a timeline draws, one row each; larger fleets show this many, evenly spread.
+TIMELINE_DEVICES = 60
+
+
+def device_timeline(fleet: pd.DataFrame, value: str = "speed_factor", x: str = "virtual_time_s",
+                    max_devices: int = TIMELINE_DEVICES) -> Figure:
     """Every device over virtual time (``fleet.csv``): cell colour = ``value`` while available,
     grey while offline; a hollow ring where the device was sampled, a dot where its update
-    was included."""
+    was included. Of a fleet of more than ``max_devices`` devices, that many are drawn (evenly
+    spread over the partition ids; the title says so)."""
     import numpy as np
     from matplotlib.colors import Normalize
 
@@ -136,6 +142,10 @@ def device_timeline(fleet: pd.DataFrame, value: str = "speed_factor", x: str = "
     step = float(np.median(np.diff(starts))) if len(starts) > 1 else 1.0
     edges = np.append(starts, starts[-1] + max(step, 1e-9))
     pids = sorted(fleet.partition_id.unique())
+    total = len(pids)
+    if total > max_devices:
+        pids = [pids[i] for i in np.linspace(0, total - 1, max_devices).round().astype(int)]
+        fleet = fleet[fleet.partition_id.isin(pids)]
     grid = fleet.pivot(index="partition_id", columns="server_round", values=value).reindex(index=pids, columns=rounds)
     avail = fleet.pivot(index="partition_id", columns="server_round", values="available").reindex(index=pids,
                                                                                                    columns=rounds)
@@ -158,6 +168,8 @@ def device_timeline(fleet: pd.DataFrame, value: str = "speed_factor", x: str = "
     ax.set_yticklabels([f"{p} {fleet[fleet.partition_id == p].device.iloc[0]}" for p in pids], fontsize=6)
     ax.set_xlabel("virtual time (s)")
     ax.set_ylabel("client (partition id, device)")
+    if total > len(pids):
+        ax.set_title(f"{len(pids)} of {total:,} devices, evenly spread", fontsize=9)
     ax.legend(loc="upper right", fontsize=7, facecolor="#666666", labelcolor="white", framealpha=0.8)
     fig.tight_layout()
     return fig

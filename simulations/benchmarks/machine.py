@@ -19,15 +19,18 @@ BUSY_CPUS = 0.1
 class OtherLoad:
     """CPU used by processes outside ``root``'s tree (by default this process and its
     descendants, Ray's workers included) while the ``with`` block runs, sampled every
-    ``interval`` seconds. ``cpus`` is the mean number of CPUs they kept busy. A process that
-    starts and ends between two samples goes unseen."""
+    ``interval`` seconds. ``cpus`` is the mean number of CPUs they kept busy. A process once
+    seen in the tree stays ours after it leaves it (Ray's workers outlive their driver for a
+    moment); a process that starts and ends between two samples goes unseen."""
 
     def __init__(self, interval: float = 1.0, root: int | None = None) -> None:
         self.interval = interval
         self.root = root if root is not None else os.getpid()
         self.cpu_s = 0.0
         self.wall_s = 0.0
+        self.by_process: dict[str, float] = {}  # "pid command" -> CPU seconds
         self._last: dict[tuple[int, float], float] = {}  # (pid, create time) -> CPU seconds at the last look
+        self._ours: set[tuple[int, float]] = set()  # every process seen in the tree
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -40,9 +43,7 @@ class OtherLoad:
 
     def _look(self, first: bool) -> None:
         tree = self._tree()
-        for p in psutil.process_iter(["create_time"]):
-            if p.pid in tree:
-                continue
+        for p in psutil.process_iter(["create_time", "cmdline", "name"]):
             try:
                 t = p.cpu_times()
             except psutil.Error:
@@ -50,10 +51,17 @@ class OtherLoad:
             used = t.user + t.system
             key = (p.pid, p.info["create_time"] or 0.0)
             before = self._last.get(key)
+            self._last[key] = used
+            if p.pid in tree:  # ours for good: a Ray worker that outlives its driver leaves the tree
+                self._ours.add(key)
+            if key in self._ours:
+                continue
             if before is None:  # there when the block began: count from now; started since: all of it
                 before = used if first or (p.info["create_time"] or 0.0) < self._t0 else 0.0
-            self.cpu_s += max(0.0, used - before)
-            self._last[key] = used
+            if used > before:
+                self.cpu_s += used - before
+                who = f"{p.pid} {' '.join(p.info['cmdline'] or []) or p.info['name']}"[:80].strip()
+                self.by_process[who] = self.by_process.get(who, 0.0) + used - before
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -81,8 +89,10 @@ def report(load: OtherLoad) -> dict[str, Any]:
     """The fields a benchmark's JSON gets, with a warning (also on stderr) when the machine was busy."""
     out: dict[str, Any] = {"other_processes_cpus": round(load.cpus, 3)}
     if load.cpus > BUSY_CPUS:
+        top = sorted(load.by_process.items(), key=lambda kv: -kv[1])[:3]
+        busiest = "; ".join(f"{who} ({cpu / load.wall_s:.2f})" for who, cpu in top)
         msg = (f"other processes kept {load.cpus:.2f} of this machine's {os.cpu_count()} CPUs busy during the "
-               f"measurement; its ratios are not comparable; stop them and run again")
+               f"measurement (busiest: {busiest}); its ratios are not comparable; stop them and run again")
         out["warning"] = msg
         print(f"warning: {msg}", file=sys.stderr)
     return out

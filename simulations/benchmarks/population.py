@@ -1,6 +1,7 @@
 """Populations of 100 to 100,000 virtual clients at the cost of the sampled ones; prints one JSON object.
 
     python -m simulations.benchmarks.population [--populations 100,1000,10000,100000 --rounds 4]
+    python -m simulations.benchmarks.population --dynamics diurnal   # a living fleet
 
 Each population runs as ``fedtitan run`` (Flower's engine on Ray, the pool of simulation
 workers) with 20 clients sampled a round, on one generated dataset that serves every
@@ -67,10 +68,10 @@ def peak_tree_rss(pid: int, stop: threading.Event, out: list[int]) -> None:
     out.append(peak)
 
 
-def run_population(clients: int, data: Path, rounds: int, out: Path) -> dict[str, float]:
+def run_population(clients: int, data: Path, rounds: int, out: Path, dynamics: str = "static") -> dict[str, float]:
     overrides = ["data.dataset=npz", f"data.path={data}", "data.partition=iid", f"data.num_clients={clients}",
                  "data.min_samples=1", f"server.fraction={20 / clients}", f"run.rounds={rounds}",
-                 "selection.method=rs", "server.eval_samples=1000", "fleet.variation=0"]
+                 "selection.method=rs", "server.eval_samples=1000", "fleet.variation=0", f"fleet.dynamics={dynamics}"]
     cmd = [sys.executable, "-m", "fedtitan.cli", "run", "--quiet", "--out", str(out),
            *[a for o in overrides for a in ("--set", o)]]
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
@@ -96,15 +97,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--populations", default="100,1000,10000,100000")
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--dynamics", default="static", choices=["static", "diurnal", "random-walk"],
+                    help="fleet.dynamics of every run (a living fleet: every client's state each round)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.populations.split(",")]
     with tempfile.TemporaryDirectory() as tmp, OtherLoad() as load:
         data = Path(tmp) / "population.npz"
         make_dataset(data)
-        rows = [run_population(n, data, args.rounds, Path(tmp) / f"run-{n}") for n in sizes]
+        rows = [run_population(n, data, args.rounds, Path(tmp) / f"run-{n}", args.dynamics) for n in sizes]
     small, large = rows[0], rows[-1]
     print(json.dumps({
         "data": "generated npz: 1,100,000 8x8 uint8 images, 10 classes, IID partition; quickstart MLP, rs",
+        "dynamics": args.dynamics,
         "populations": rows, "largest": large["clients"],
         "round_wall_ratio": round(large["round_wall_s"] / small["round_wall_s"], 3),
         "memory_ratio": round(large["peak_rss_mb"] / small["peak_rss_mb"], 3),

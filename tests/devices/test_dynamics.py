@@ -159,3 +159,25 @@ def test_every_device_at_once_equals_each_device_alone_bit_for_bit(tmp_path, kin
             assert table.available.dtype == bool and 0 < table.available.sum() <= len(ids)
     if kind == "diurnal":  # the draws that the table keeps are the current slot's only
         assert set(many.model._memo["draws"]) <= set(range(60)) and many.model._memo["slot"] == int(13.0 // 7.0)
+
+
+def test_fleet_csv_holds_every_device_or_only_the_sampled_ones(tmp_path, monkeypatch):
+    import strategies.server_app as server_app
+    from simulations.run import run
+
+    base = ["simulation.engine=local", "run.rounds=3", "data.num_clients=8", "server.fraction=0.5",
+            "fleet.dynamics=diurnal", "fleet.dynamics_options.slot_s=0.2"]
+    counts = {}
+    for timeline in ("all", "sampled", "auto"):
+        out = tmp_path / timeline
+        run(load_config("quickstart", [*base, f"fleet.timeline={timeline}"]), out, quiet=True)
+        fleet, rounds = pd.read_csv(out / "fleet.csv"), pd.read_csv(out / "rounds.csv")
+        counts[timeline] = fleet.groupby("server_round").size().tolist()
+        if timeline == "sampled":
+            assert (fleet.sampled == 1).all()
+            assert counts[timeline] == rounds.clients_sampled.tolist()
+            full = pd.read_csv(tmp_path / "all" / "fleet.csv")
+            pd.testing.assert_frame_equal(fleet.reset_index(drop=True),
+                                          full[full.sampled == 1].reset_index(drop=True))
+        monkeypatch.setattr(server_app, "TIMELINE_ALL_MAX", 4)  # "auto" then finds 8 devices too many
+    assert counts["all"] == [8, 8, 8] and counts["auto"] == counts["sampled"] and sum(counts["sampled"]) < 24

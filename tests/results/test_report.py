@@ -193,3 +193,21 @@ def test_results_tables_pairs_titan_with_every_baseline(tmp_path, capsys):
     assert "titan minus cis, paired by seed (0, 1), points: final -1.0, -2.0" in out
     assert "titan minus is, paired by seed (0), points: final +10.0 (mean +10.0);" in out
     assert "cis minus rs, paired by seed (0, 1), points: final +3.0, +4.0" in out
+
+
+def test_the_device_timeline_of_a_large_fleet_draws_an_even_spread_of_its_devices():
+    from fedtitan.results.plots import TIMELINE_DEVICES, device_timeline
+
+    n, rounds = 500, 3
+    fleet = pd.DataFrame({"server_round": np.repeat(np.arange(1, rounds + 1), n),
+                          "virtual_time_s": np.repeat(np.arange(rounds) * 10.0, n),
+                          "partition_id": np.tile(np.arange(n), rounds), "device": "rpi4", "available": 1,
+                          "speed_factor": 0.5, "select_share": 0.7, "bandwidth_factor": 1.0, "sampled": 0,
+                          "included": 0})
+    fleet.loc[fleet.partition_id == n - 1, ["sampled", "included"]] = 1
+    ax = device_timeline(fleet).axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert len(labels) == TIMELINE_DEVICES and labels[0] == "0 rpi4" and labels[-1] == f"{n - 1} rpi4"
+    assert ax.get_title() == f"{TIMELINE_DEVICES} of {n} devices, evenly spread"
+    small = device_timeline(fleet[fleet.partition_id < 10]).axes[0]
+    assert len(small.get_yticklabels()) == 10 and small.get_title() == ""
