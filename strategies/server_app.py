@@ -449,12 +449,12 @@ class FleetServer:
         (for the per-device timeline of the report); only the sampled devices' with
         ``fleet.timeline = "sampled"`` (or "auto" beyond ``TIMELINE_ALL_MAX`` devices)."""
         inc, picked = {r.node_id for r in included}, set(sampled)
-        f, devices = self.factors_now, self.dynamics.devices
-        every = self.cfg.fleet.timeline == "all" or (self.cfg.fleet.timeline == "auto"
-                                                     and len(self.nodes) <= TIMELINE_ALL_MAX)
-        rows = range(len(self.nodes)) if every else [i for i, n in enumerate(self.nodes) if n in picked]
-        columns = ((self.nodes[i], bool(f.available[i]), float(f.speed_factor[i]), float(f.select_share[i]),
-                    float(f.bandwidth_factor[i])) for i in rows)
+        f, devices, timeline = self.factors_now, self.dynamics.devices, self.cfg.fleet.timeline
+        every = timeline == "all" or (timeline == "auto" and len(self.nodes) <= TIMELINE_ALL_MAX)
+        shown = np.arange(len(self.nodes)) if every else np.flatnonzero([n in picked for n in self.nodes])
+        columns = zip([self.nodes[i] for i in shown.tolist()],
+                      *(a[shown].tolist() for a in (f.available, f.speed_factor, f.select_share, f.bandwidth_factor)),
+                      strict=True)
         return [{"server_round": rnd, "virtual_time_s": self.virtual_s, "partition_id": (pid := self.partition_of[node]),
                  "device": devices[pid], "available": int(up), "speed_factor": speed, "select_share": share,
                  "bandwidth_factor": bw, "sampled": int(node in picked), "included": int(node in inc)}
