@@ -16,25 +16,42 @@ Titan pipelined (its selection overlaps the previous step's training), the basel
 (``--pipeline all`` pipelines them too). Writes ``curves.csv`` (tidy: dataset, model, method,
 seed, step, accuracy, loss, select_ms_per_step, train_ms_per_step, coarse_forwards,
 sim_time_s, sim_energy_j), ``summary.csv`` and ``accuracy.png``. A second call with the same
-``--out`` resumes at the first unfinished (method, seed).
+``--out`` skips every (method, seed) that reached ``--steps`` and continues an unfinished one
+from its last evaluation: after every ``--eval-every`` steps the run's whole state (model,
+selector buffer, stream position, random generators, device clock) is saved as data, never
+pickled, to ``<out>/partial/<method>-seed<seed>.npz`` (removed when the run finishes), so a
+long run (a ResNet50 on a CPU) survives its process and continues bit for bit on the same
+device. The partial run must have the same settings (everything but ``--steps``, ``--seeds``,
+``--methods``, ``--out``, ``--data-dir``, ``--device`` and ``--threads``).
+
+Several processes may share one ``--out`` (one per core, or per machine on a shared disk): each
+takes the next run no process holds (an flock, let go when its process ends however it ends)
+and merges what it finished into ``curves.csv`` under a lock on the folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import functools
 import json
+import os
+import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from fedtitan.checkpoint import StateError, unpack, write_state
 from fedtitan.compute import DeviceData, resolve_device
 from fedtitan.data import DataStream, load_dataset
 from fedtitan.errors import FedtitanError
+from fedtitan.fileio import atomic_writer
 from fedtitan.models import build_model
 from fedtitan.selection import build_selector
 from fedtitan.training import StreamingConfig, evaluate, lr_at, train_streaming
@@ -102,7 +119,102 @@ def device_step(method: str, profile: Any, *, forward_flops: float, block_flops:
     return cost.time_s, cost.energy_j
 
 
-def run_one(ds, method: str, seed: int, args: argparse.Namespace, eval_x, eval_y) -> list[dict]:  # type: ignore[no-untyped-def]
+RUN_SETTINGS = ("model", "dataset", "velocity", "batch", "buffer", "lr", "device_profile", "pipeline", "eval_every",
+                "label_noise", "feature_noise", "feature_sigma", "idle", "idle_device", "idle_min", "idle_sigma",
+                "buffer_max")
+"""The arguments a partial run must share with the call that continues it (the others do not
+change its trajectory up to the step it reached)."""
+
+
+def partial_path(out: Path, method: str, seed: int) -> Path:
+    return out / "partial" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', method)}-seed{seed}.npz"
+
+
+class PartialRun:
+    """One (method, seed) run's state at an evaluation step, saved so another process can go on."""
+
+    def __init__(self, path: Path, method: str, seed: int, args: argparse.Namespace) -> None:
+        self.path = path
+        self.key = {"method": method, "seed": seed, **{k: getattr(args, k) for k in RUN_SETTINGS}}
+        self._lock: IO[str] | None = None
+
+    def save(self, state: dict[str, Any]) -> None:
+        """As data (fedtitan.checkpoint's pickle-free format), atomically."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_writer(self.path) as fh:
+            write_state(fh, {"key": self.key, **state})
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        try:
+            state = unpack(self.path, what=f"partial run {self.path}")
+        except StateError as exc:
+            raise SystemExit(f"error: {exc}; delete the file to start this run over") from None
+        if state["key"] != self.key:
+            diff = ", ".join(f"{k}={state['key'].get(k)!r} (now {v!r})" for k, v in self.key.items()
+                             if state["key"].get(k) != v)
+            raise SystemExit(f"error: {self.path} is a partial run with other settings: {diff}; "
+                             "rerun with those settings, or delete the file to start this run over")
+        return state  # type: ignore[no-any-return]
+
+    def claim(self) -> bool:
+        """Take this run (call under :func:`out_lock`): False while another process runs it. The
+        claim is an flock on ``<partial>.lock``, let go when its process ends, however it ends."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path.with_suffix(".lock"), "a")  # noqa: SIM115 (held for the run)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            print(f"{self.key['method']} seed {self.key['seed']}: running in another process; skipped", flush=True)
+            return False
+        return True
+
+    def done(self) -> None:
+        """The run finished (call under :func:`out_lock`): its partial state and claim go."""
+        self.path.unlink(missing_ok=True)
+        self.path.with_suffix(".lock").unlink(missing_ok=True)
+        if not any(self.path.parent.iterdir()):
+            self.path.parent.rmdir()
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+@contextlib.contextmanager
+def out_lock(out: Path) -> Iterator[None]:
+    """Hold ``out``'s lock (an flock on the folder): one process at a time reads and rewrites its
+    ``curves.csv`` or claims a run, so several processes can share one ``--out``."""
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def finished_rows(out: Path, steps: int, but: tuple[str, int] | None = None) -> list[dict]:
+    """The rows of ``out/curves.csv`` whose (method, seed) reached ``steps`` (except ``but``)."""
+    if not (out / "curves.csv").exists():
+        return []
+    prev = pd.read_csv(out / "curves.csv")
+    done = finished_pairs(out, steps, prev) - {but}
+    return [r for r in prev.to_dict("records") if (str(r["method"]), int(r["seed"])) in done]
+
+
+def finished_pairs(out: Path, steps: int, prev: pd.DataFrame | None = None) -> set[tuple[str, int]]:
+    if prev is None:
+        if not (out / "curves.csv").exists():
+            return set()
+        prev = pd.read_csv(out / "curves.csv", usecols=["method", "seed", "step"])
+    return {(str(m), int(sd)) for m, sd in prev[prev.step == steps][["method", "seed"]].itertuples(index=False)}
+
+
+def run_one(ds, method: str, seed: int, args: argparse.Namespace, eval_x, eval_y,  # type: ignore[no-untyped-def]
+            partial: PartialRun | None = None) -> list[dict]:
     import math
 
     from fedtitan.data.stream import NoiseSpec
@@ -144,6 +256,23 @@ def run_one(ds, method: str, seed: int, args: argparse.Namespace, eval_x, eval_y
     forwards: list[float] = []
     buffers: list[int] = []
     lr0 = paper_lr(args.model) if args.lr is None else args.lr
+    saved = partial.load() if partial is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        selector.load_state_dict({k: v.to(args.torch_device) if isinstance(v, torch.Tensor) else v
+                                  for k, v in saved["selector"].items()})
+        stream.restore(saved["stream"])
+        rng.bit_generator.state = saved["rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        if saved.get("cuda_rng") is not None and args.torch_device.type == "cuda":
+            torch.cuda.set_rng_state(saved["cuda_rng"], args.torch_device)
+        rows, step = saved["rows"], saved["step"]
+        if step > args.steps:
+            raise SystemExit(f"error: {partial.path} reached step {step}, past --steps {args.steps}; "  # type: ignore[union-attr]
+                             "raise --steps, or delete the file to start this run over")
+        sel_ms, train_ms, sim_s, sim_j = saved["sel_ms"], saved["train_ms"], saved["sim_s"], saved["sim_j"]
+        forwards, buffers = saved["forwards"], saved["buffers"]
+        print(f"{method} seed {seed}: continuing at step {step} ({partial.path})", flush=True)  # type: ignore[union-attr]
     while step < args.steps:
         chunk_steps = min(args.eval_every, args.steps - step)
         # the learning rate is constant within a chunk of eval_every <= 100 steps
@@ -192,6 +321,13 @@ def run_one(ds, method: str, seed: int, args: argparse.Namespace, eval_x, eval_y
         if idle is not None:  # the buffer used under the walking idle share
             row.update(buffer_mean=float(np.mean(buffers)))
         rows.append(row)
+        if partial is not None and step < args.steps:
+            partial.save({
+                "step": step, "rows": rows, "model": model.state_dict(), "selector": selector.state_dict(),
+                "stream": stream.state(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(args.torch_device) if args.torch_device.type == "cuda" else None,
+                "sel_ms": sel_ms, "train_ms": train_ms, "sim_s": sim_s, "sim_j": sim_j, "forwards": forwards,
+                "buffers": buffers})
     return rows
 
 
@@ -245,31 +381,39 @@ def main() -> None:
         ap.error(str(exc))
     ids = np.sort(np.random.default_rng(0).permutation(len(ds.y_test))[:2000])
     eval_x, eval_y = ds.tensor("test", ids).to(args.torch_device), ds.labels("test", ids).to(args.torch_device)
-    rows: list[dict] = []
     methods = args.methods.split(";") if ";" in args.methods else args.methods.split(",")
-    done: set[tuple[str, int]] = set()
-    if (out / "curves.csv").exists():  # resume: keep the (method, seed) pairs that reached --steps
-        prev = pd.read_csv(out / "curves.csv")
-        finished = prev[prev.step == args.steps][["method", "seed"]].itertuples(index=False)
-        done = {(str(m), int(sd)) for m, sd in finished}
-        rows = [r for r in prev.to_dict("records") if (str(r["method"]), int(r["seed"])) in done]
+    wanted = {(m, seed) for seed in range(args.seeds) for m in methods}
     t0 = time.perf_counter()
     for seed in range(args.seeds):
         for m in methods:
-            if (m, seed) in done:
-                continue
-            rows += run_one(ds, m, seed, args, eval_x, eval_y)
-            finished_pairs = len({(r["method"], r["seed"]) for r in rows})
-            print(f"[{finished_pairs}/{len(methods) * args.seeds}] {m} seed {seed}: acc {rows[-1]['accuracy']:.3f} "
+            partial = PartialRun(partial_path(out, m, seed), m, seed, args)
+            with out_lock(out):  # what finished or started in other processes since
+                if (m, seed) in finished_pairs(out, args.steps) or not partial.claim():
+                    continue
+            try:
+                new = run_one(ds, m, seed, args, eval_x, eval_y, partial)
+                with out_lock(out):
+                    rows = [*finished_rows(out, args.steps, but=(m, seed)), *new]
+                    with atomic_writer(out / "curves.csv") as fh:
+                        pd.DataFrame(rows).to_csv(fh, index=False)
+                    partial.done()
+            finally:
+                partial.release()
+            n_done = len(wanted & finished_pairs(out, args.steps))
+            print(f"[{n_done}/{len(wanted)}] {m} seed {seed}: acc {new[-1]['accuracy']:.3f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
-            pd.DataFrame(rows).to_csv(out / "curves.csv", index=False)
+    rows = finished_rows(out, args.steps)
+    if not rows:
+        print("nothing finished yet: every unfinished run is in another process", flush=True)
+        return
     df = pd.DataFrame(rows)
     final = df[df.step == df.step.max()]
     summary = final.groupby("method").agg(final_acc_mean=("accuracy", "mean"), final_acc_sd=("accuracy", "std"),
                                           select_ms_per_step=("select_ms_per_step", "mean"),
                                           train_ms_per_step=("train_ms_per_step", "mean")).reset_index()
     # steps to reach rs's mean final accuracy (the paper's target), per method (mean curve)
-    target = float(summary.loc[summary.method == "rs", "final_acc_mean"].iloc[0]) if "rs" in methods else np.nan
+    rs = summary.loc[summary.method == "rs", "final_acc_mean"]
+    target = float(rs.iloc[0]) if len(rs) else np.nan
     mean_curve = df.groupby(["method", "step"]).accuracy.mean().reset_index()
     reach = {}
     for m, g in mean_curve.groupby("method"):

@@ -242,6 +242,7 @@ class CoarseFilter:
             "count": dict(self.count), "sum_f": {k: v.copy() for k, v in self.sum_f.items()},
             "sum_sq": dict(self.sum_sq), "x": None if self.x is None else self.x.clone(),
             "y": self.y.copy(), "ids": self.ids.copy(), "f": self.f.copy(),
+            "rng": self._rng.bit_generator.state,  # the random rule's draws go on, not over
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
@@ -250,3 +251,5 @@ class CoarseFilter:
         self.sum_sq = dict(state["sum_sq"])  # type: ignore[call-overload]
         self.x = state["x"]  # type: ignore[assignment]
         self.y, self.ids, self.f = state["y"], state["ids"], state["f"]  # type: ignore[assignment]
+        if "rng" in state:  # states saved before it was kept restart the draws from the seed
+            self._rng.bit_generator.state = state["rng"]  # type: ignore[assignment]
