@@ -79,12 +79,6 @@ class FactorTable:
         return cls(np.array([f.available for f in factors], dtype=bool),
                    *(np.array([getattr(f, c) for f in factors], dtype=np.float64) for c in FACTOR_COLUMNS[1:]))
 
-    def put(self, i: int, f: Factors) -> None:
-        """Set entry ``i`` to ``f``."""
-        self.available[i] = f.available
-        self.speed_factor[i], self.select_share[i], self.bandwidth_factor[i] = (
-            f.speed_factor, f.select_share, f.bandwidth_factor)
-
 
 class Dynamics(Protocol):
     def factors(self, partition_id: int, t_s: float) -> Factors: ...
@@ -179,6 +173,8 @@ class RandomWalkDynamics:
     bandwidth_min: float = 0.25
     bandwidth_max: float = 1.0
     _paths: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    # the rows factors_many gathered last: (step, ids, rows); a round within the same step reuses them
+    _last: tuple[int, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def _bounds(self) -> np.ndarray:
         return np.array([[self.speed_min, self.speed_max], [self.select_share_min, self.select_share_max],
@@ -186,25 +182,61 @@ class RandomWalkDynamics:
 
     def _path(self, partition_id: int, steps: int) -> np.ndarray:
         """Rows per step: available, speed, select_share, bandwidth (memoised; pure in its inputs)."""
-        have = self._paths.get(partition_id)
-        if have is not None and len(have) > steps:
-            return have
-        n = max(steps + 1, 2 * (len(have) if have is not None else 64))
-        rng = np.random.default_rng([self.seed, partition_id, 0x5A1C])
+        self._grow([partition_id], steps)
+        return self._paths[partition_id]
+
+    def _grow(self, partition_ids: Sequence[int], steps: int) -> None:
+        """Make the paths of ``partition_ids`` longer than ``steps`` (doubling, at least 64 steps).
+
+        Each client draws from its own generator, in the order the walk has always used (per
+        step one uniform for on/off, then three normals), so a path never depends on which
+        clients were asked with it; the arithmetic then runs for all of them at once, with the
+        same float operations element by element (bit for bit what one client alone gets)."""
+        short: dict[int, list[int]] = {}
+        for p in dict.fromkeys(int(q) for q in partition_ids):
+            have = self._paths.get(p)
+            if have is None or len(have) <= steps:
+                short.setdefault(max(steps + 1, 2 * len(have) if have is not None else 64), []).append(p)
+        for n, group in short.items():
+            for start in range(0, len(group), 4096):  # bounded scratch memory at any population
+                self._walk(group[start:start + 4096], n)
+
+    def _walk(self, ids: list[int], n: int) -> None:
+        """The first ``n`` steps of ``ids``' paths (see :meth:`_grow`)."""
+        u = np.empty((len(ids), n))
+        z = np.empty((len(ids), n, 3))
+        for j, p in enumerate(ids):
+            rng = np.random.default_rng([self.seed, p, 0x5A1C])
+            uj, zj = u[j], z[j]
+            for i in range(n):
+                uj[i] = rng.random()
+                zj[i] = rng.standard_normal(3)
         bounds = np.log(self._bounds())
         lo, hi = bounds[:, 0], bounds[:, 1]
-        x = hi.copy()  # start at the top: fast, idle, full bandwidth
-        on = True
-        out = np.empty((n, 4))
+        width = np.maximum(hi - lo, 1e-12)
+        x = np.tile(hi, (len(ids), 1))  # start at the top: fast, idle, full bandwidth
+        on = np.ones(len(ids), dtype=bool)
+        out = np.empty((len(ids), n, 4))
         for i in range(n):
-            u = rng.random()
-            on = (u >= self.p_leave) if on else (u < self.p_return)
-            x = x + self.sigma * rng.standard_normal(3)
-            width = np.maximum(hi - lo, 1e-12)
+            on = np.where(on, u[:, i] >= self.p_leave, u[:, i] < self.p_return)
+            x = x + self.sigma * z[:, i]
             x = lo + np.abs(((x - lo) + width) % (2 * width) - width)  # reflect into [lo, hi]
-            out[i] = (float(on), *np.exp(x))
-        self._paths[partition_id] = out
-        return out
+            out[:, i, 0] = on
+            out[:, i, 1:] = np.exp(x)
+        for j, p in enumerate(ids):
+            self._paths[p] = out[j].copy()  # one client's own array (the batch is freed)
+
+    def factors_many(self, partition_ids: Sequence[int], t_s: float) -> FactorTable:
+        """:meth:`factors` of many clients at once, equal to it bit for bit."""
+        step = max(0, int(t_s // self.step_s))
+        ids = np.asarray(partition_ids, dtype=np.int64)
+        last = self._last
+        if last is None or last[0] != step or not np.array_equal(last[1], ids):  # else: the same step again
+            self._grow(partition_ids, step)
+            rows = np.array([self._paths[int(p)][step] for p in ids], dtype=np.float64).reshape(-1, 4)
+            last = self._last = (step, ids, rows)
+        rows = last[2]
+        return FactorTable(rows[:, 0] >= 0.5, rows[:, 1].copy(), rows[:, 2].copy(), rows[:, 3].copy())
 
     def factors(self, partition_id: int, t_s: float) -> Factors:
         step = max(0, int(t_s // self.step_s))
@@ -343,6 +375,7 @@ class FleetDynamics:
         self.model = model
         self.devices = list(devices)
         self.trace = trace
+        self._kinds: np.ndarray | None = None  # the devices as an array, made when a trace needs it
 
     @property
     def is_static(self) -> bool:
@@ -354,11 +387,23 @@ class FleetDynamics:
         ids = [int(p) for p in partition_ids]
         many = getattr(self.model, "factors_many", None)
         table = many(ids, t_s) if many is not None else FactorTable.of([self.model.factors(p, t_s) for p in ids])
-        if self.trace is not None:
-            kinds, own = self.trace.by_device, self.trace.by_partition
+        if self.trace is None:
+            return table
+        # as Trace.values: the device kinds' rows, then the client's own, later rows winning
+        for kind, rows in self.trace.by_device.items():
+            active = [r for r in rows if r.t_start_s <= t_s < r.t_end_s]
+            if active:
+                if self._kinds is None:
+                    self._kinds = np.asarray(self.devices)
+                rows_of_kind = np.flatnonzero(self._kinds[np.asarray(ids, dtype=np.int64)] == kind)
+                for r in active:
+                    _set(table, rows_of_kind, r.values)
+        own = self.trace.by_partition
+        if own:
             for i, p in enumerate(ids):
-                if p in own or self.devices[p] in kinds:
-                    table.put(i, self.factors(p, t_s))
+                for r in own.get(p, ()):
+                    if r.t_start_s <= t_s < r.t_end_s:
+                        _set(table, np.array([i]), r.values)
         return table
 
     def factors(self, partition_id: int, t_s: float) -> Factors:
@@ -370,6 +415,15 @@ class FleetDynamics:
             return f
         return Factors(bool(v.get("available", float(f.available)) >= 0.5), v.get("speed_factor", f.speed_factor),
                        v.get("select_share", f.select_share), v.get("bandwidth_factor", f.bandwidth_factor))
+
+
+def _set(table: FactorTable, rows: np.ndarray, values: Mapping[str, float]) -> None:
+    """A trace row's values on ``rows`` of ``table`` (``available``: a value >= 0.5 is on)."""
+    for name, v in values.items():
+        if name == "available":
+            table.available[rows] = v >= 0.5
+        else:
+            getattr(table, name)[rows] = v
 
 
 MODELS: dict[str, type] = {"diurnal": DiurnalDynamics, "random-walk": RandomWalkDynamics}

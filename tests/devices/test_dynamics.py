@@ -181,3 +181,44 @@ def test_fleet_csv_holds_every_device_or_only_the_sampled_ones(tmp_path, monkeyp
                                           full[full.sampled == 1].reset_index(drop=True))
         monkeypatch.setattr(server_app, "TIMELINE_ALL_MAX", 4)  # "auto" then finds 8 devices too many
     assert counts["all"] == [8, 8, 8] and counts["auto"] == counts["sampled"] and sum(counts["sampled"]) < 24
+
+
+def _walk_one_client_at_a_time(model, partition_id, n):
+    """The random walk as it was first written (one client, one step at a time): the
+    definition the batched paths must equal bit for bit."""
+    rng = np.random.default_rng([model.seed, partition_id, 0x5A1C])
+    bounds = np.log(model._bounds())
+    lo, hi = bounds[:, 0], bounds[:, 1]
+    x, on = hi.copy(), True
+    out = np.empty((n, 4))
+    for i in range(n):
+        u = rng.random()
+        on = (u >= model.p_leave) if on else (u < model.p_return)
+        x = x + model.sigma * rng.standard_normal(3)
+        width = np.maximum(hi - lo, 1e-12)
+        x = lo + np.abs(((x - lo) + width) % (2 * width) - width)
+        out[i] = (float(on), *np.exp(x))
+    return out
+
+
+def test_random_walk_paths_made_in_batches_equal_the_one_client_walk():
+    walk = RandomWalkDynamics(seed=5, step_s=1.0, sigma=0.4, p_leave=0.3, p_return=0.4, speed_min=0.2)
+    walk.factors_many(list(range(300)), 10.0)  # 64 steps each, in one batch
+    walk.factors_many([3, 299, 7], 150.0)  # three grow past 128 steps
+    assert {len(walk._paths[p]) for p in (3, 7, 299)} == {151} and len(walk._paths[4]) == 64
+    for p in (0, 3, 4, 7, 150, 299):
+        ref = _walk_one_client_at_a_time(walk, p, len(walk._paths[p]))
+        assert np.array_equal(walk._paths[p], ref)
+    assert 0 < walk._paths[0][:, 0].mean() < 1  # the clients come and go
+
+
+def test_random_walk_table_within_one_step_is_reused_but_never_shared():
+    walk = RandomWalkDynamics(seed=2, step_s=10.0, sigma=0.5)
+    ids = [5, 1, 9]
+    first = walk.factors_many(ids, 1.0)
+    first.speed_factor[:] = -1.0  # what a caller (a trace) writes into its table
+    first.available[:] = False
+    again = walk.factors_many(ids, 9.9)  # the same step: the rows gathered before, unharmed
+    assert [_as_factors(again, i) for i in range(3)] == [walk.factors(p, 9.9) for p in ids]
+    later = walk.factors_many(ids, 10.0)
+    assert [_as_factors(later, i) for i in range(3)] == [walk.factors(p, 10.0) for p in ids]
