@@ -330,6 +330,10 @@ def pruning_kept(root: Path) -> None:
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results")
     single_device(root)
+    if (root / "single-device-table1").is_dir():  # Titan's Table 1, model by model
+        from simulations import table1
+
+        print(table1.report(root / "single-device-table1"), end="\n\n")
     single_device_conditions(root)
     cis_variance(root)
     pruning_kept(root)

@@ -178,20 +178,29 @@ def markdown(t: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results/single-device-table1")
+def report(root: Path) -> str:
+    """Both Table 1 tables (per method, then the verdicts) as markdown; writes ``curves.csv`` and
+    ``table1.csv`` under ``root``. Empty when no model has curves yet."""
     df = combine(root)
     if df.empty:
-        raise SystemExit(f"no MODEL/curves.csv under {root}; run simulations.single_device first")
+        return ""
     t = table(df)
     t.to_csv(root / "table1.csv", index=False)
-    print(markdown(t))
-    print()
+    out = markdown(t)
     v = verdict(t)
     if len(v):
         from simulations.results_tables import _md
 
-        print(_md(v))
+        out += "\n\n" + _md(v)
+    return out
+
+
+def main() -> None:
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results/single-device-table1")
+    text = report(root)
+    if not text:
+        raise SystemExit(f"no MODEL/curves.csv under {root}; run simulations.single_device first")
+    print(text)
 
 
 if __name__ == "__main__":

@@ -89,3 +89,18 @@ def test_paper_learning_rates():
     assert single_device.paper_lr("alexnet") == single_device.paper_lr("squeezenet") == 0.1
     assert single_device.paper_lr("mobilenet_v1") == 0.1
     assert single_device.paper_lr("resnet50") == single_device.paper_lr("resnet34") == 0.005
+
+
+def test_results_tables_prints_table1_beside_the_other_tables(tmp_path, capsys, monkeypatch):
+    from simulations import results_tables
+
+    d = tmp_path / "single-device-table1" / "cnn"
+    d.mkdir(parents=True)
+    _curves("cnn", {"rs": [0.3, 0.5], "titan": [0.4, 0.6]}, {"rs": 1.0, "titan": 1.2}).to_csv(d / "curves.csv",
+                                                                                             index=False)
+    (tmp_path / "single-device-table1" / "resnet50").mkdir()  # a model whose first run is under way
+    monkeypatch.setattr("sys.argv", ["results_tables", str(tmp_path)])
+    results_tables.main()
+    out = capsys.readouterr().out
+    assert "| cnn | titan | 2 | 0.600" in out and "titan_rank" in out
+    assert (tmp_path / "single-device-table1" / "table1.csv").exists()
