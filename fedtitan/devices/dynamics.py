@@ -400,8 +400,9 @@ class FleetDynamics:
                     _set(table, rows_of_kind, r.values)
         own = self.trace.by_partition
         if own:
-            for i, p in enumerate(ids):
-                for r in own.get(p, ()):
+            asked = np.asarray(ids, dtype=np.int64)
+            for i in np.flatnonzero(np.isin(asked, np.fromiter(own, dtype=np.int64, count=len(own)))):
+                for r in own[int(asked[i])]:
                     if r.t_start_s <= t_s < r.t_end_s:
                         _set(table, np.array([i]), r.values)
         return table
