@@ -418,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fedtitan.compute import one_arena
+
+    one_arena()  # before any thread: the server's and Ray's threads allocate from the main heap
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.cmd is None:

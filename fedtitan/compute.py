@@ -88,10 +88,44 @@ def describe(device: torch.device) -> dict[str, Any]:
 
 
 # glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 HEAP_KEEP_BYTES = 1 << 30
 MALLOC_ENV = "FEDTITAN_MALLOC"
 _heap_kept: bool | None = None
+_one_arena: bool | None = None
+
+
+def _mallopt(*settings: tuple[int, int]) -> bool:
+    """glibc's ``mallopt`` for each (parameter, value) in turn; False at the first refused, or
+    where the C library is not glibc (musl, macOS) or ``FEDTITAN_MALLOC=default``."""
+    if os.environ.get(MALLOC_ENV, "keep") == "default":
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return all(libc.mallopt(param, value) for param, value in settings)
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
+def one_arena() -> bool:
+    """Let the threads this process starts from now on allocate from its main heap (once per
+    process; call it before starting them, with :func:`keep_heap`).
+
+    glibc gives each new thread an arena of its own, up to 8 per core. Such an arena grows in
+    heaps of at most 64 MiB, so any larger block (a MobileNetV1 activation over a batch of
+    512 CIFAR images is 67-134 MiB) is ``mmap``-ed and unmapped on every allocation, whatever
+    :func:`keep_heap` set. Flower runs the ServerApp in a thread: the server's central
+    evaluation of 2,000 images took 2.8 s there against 1.5 s on the main thread, with 1.7
+    million page faults instead of none. With one arena the thread's blocks come from the
+    main heap, which keeps them. Threads that allocated before the call keep their own arena.
+    The cost is one lock for every thread's allocations; the simulation driver's threads
+    allocate little besides the server's. Returns whether it was set."""
+    global _one_arena
+    if _one_arena is None:
+        _one_arena = _mallopt((_M_ARENA_MAX, 1))
+    return _one_arena
 
 
 def keep_heap() -> bool:
@@ -110,17 +144,9 @@ def keep_heap() -> bool:
     libraries (musl, macOS) are left alone. Returns whether the thresholds were set."""
     global _heap_kept
     if _heap_kept is None:
-        _heap_kept = False
-        if os.environ.get(MALLOC_ENV, "keep") != "default":
-            try:
-                import ctypes
-
-                libc = ctypes.CDLL("libc.so.6")
-                # older glibc caps the mmap threshold at 32 MiB (HEAP_MAX_SIZE / 2)
-                mmap_set = libc.mallopt(_M_MMAP_THRESHOLD, HEAP_KEEP_BYTES) or libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-                _heap_kept = bool(mmap_set and libc.mallopt(_M_TRIM_THRESHOLD, HEAP_KEEP_BYTES))
-            except (OSError, AttributeError):  # not glibc
-                pass
+        # older glibc caps the mmap threshold at 32 MiB (HEAP_MAX_SIZE / 2)
+        mmap_set = _mallopt((_M_MMAP_THRESHOLD, HEAP_KEEP_BYTES)) or _mallopt((_M_MMAP_THRESHOLD, 32 << 20))
+        _heap_kept = mmap_set and _mallopt((_M_TRIM_THRESHOLD, HEAP_KEEP_BYTES))
     return _heap_kept
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedtitan.compute import keep_heap, one_arena
 from fedtitan.config import Config
 from fedtitan.errors import FedtitanError
 from fedtitan.results import prepare_dir
@@ -275,6 +276,10 @@ def simulate(server_main: Callable[[Any], object], cfg: Config, population: int,
     resources from ``cfg``). Ctrl-C or SIGTERM asks the server to stop after the current round
     (a second one aborts); Ray is shut down in every case; a fedtitan error inside the server
     is re-raised here."""
+    # the ServerApp runs in a thread Flower starts: its central evaluation and aggregation
+    # allocate from the main heap, kept as the clients' is (see one_arena)
+    one_arena()
+    keep_heap()
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -351,6 +356,7 @@ def run(cfg: Config, out: str | Path, ray_address: str | None = None, quiet: boo
         resume_from: Any = None) -> dict[str, Any]:
     """Simulate ``cfg`` with ``data.num_clients`` virtual SuperNodes; results go to ``out``.
     ``resume_from``: a checkpoint of the run in ``out`` to go on from (see :func:`resume`)."""
+    one_arena()  # before the progress display's thread (simulate says why)
     out_dir = prepare_dir(out)
     # Fail fast on data and resource problems in this process, before Ray starts.
     check_resources(cfg, attach=bool(ray_address or cfg.simulation.ray_address))

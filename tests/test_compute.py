@@ -188,3 +188,39 @@ def test_keep_heap_keeps_freed_memory_in_the_process():
     # glibc maps each 48 MiB afresh: new pages every time (12,288 of 4 KiB; fewer where
     # transparent huge pages serve some of them); kept, they are the heap's own
     assert faults["keep"] < 50 and faults["default"] >= 100 + faults["keep"]
+
+
+def test_one_arena_lets_a_thread_keep_its_freed_memory_too():
+    """A thread's arena grows in heaps of at most 64 MiB, so glibc maps any larger block afresh
+    whatever keep_heap set (Flower's ServerApp thread evaluated 1.8x slower so). After
+    one_arena, a thread started later allocates from the main heap and keeps 96 MiB blocks
+    as the main thread does. Subprocesses: the setting is per process."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    code = ("import resource, sys, threading, numpy as np\n"
+            "from fedtitan.compute import keep_heap, one_arena\n"
+            "flags = [one_arena(), one_arena()] if sys.argv[1] == 'one' else [False, False]\n"
+            "keep_heap()\n"
+            "out = []\n"
+            "def work():\n"
+            "    np.ones(12 << 20)\n"  # 96 MiB of float64, touched
+            "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "    for _ in range(10):\n"
+            "        np.ones(12 << 20)\n"
+            "    out.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+            "t = threading.Thread(target=work)\n"
+            "t.start()\n"
+            "t.join()\n"
+            "print(*flags, out[0])\n")
+    faults = {}
+    for arenas, flag in (("one", "True"), ("many", "False")):
+        out = subprocess.run([sys.executable, "-c", code, arenas], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "FEDTITAN_MALLOC": "keep"}, check=True).stdout.split()
+        assert out[:2] == [flag, flag]
+        faults[arenas] = int(out[2])
+    # a thread's own arena maps each 96 MiB afresh (24,576 pages of 4 KiB, fewer with huge pages)
+    assert faults["one"] < 50 and faults["many"] >= 100 + faults["one"]

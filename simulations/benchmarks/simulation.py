@@ -1,13 +1,16 @@
 """Flower + Ray overhead against a plain in-process loop; prints one JSON object.
 
     python -m simulations.benchmarks.simulation [--clients 50 --rounds 2 --dataset cifar10]
-    python -m simulations.benchmarks.simulation --preset titan-fl-cifar10 [--rounds 6]
+    python -m simulations.benchmarks.simulation --preset titan-fl-cifar10 [--rounds 12]
 
 With ``--preset``: the preset runs for ``--rounds`` rounds under Ray, then the same client
 work (the clients each round sampled, in order, with their states and the aggregated model)
-is replayed in this process at the actors' thread count (torch, BLAS and OpenMP alike). ``floor_ratio`` is the median over
-rounds 2.. of the round's wall time / its compute floor (the replayed client seconds divided
-by the client processes running in parallel). ``profile`` times, on the preset's model, what
+is replayed in this process at the actors' thread count (torch, BLAS and OpenMP alike).
+``floor_ratio`` is the median over rounds 2.. of the round's wall time / its compute floor:
+the replayed client seconds divided by the client processes running in parallel, plus, in a
+round the server evaluated centrally (``central_eval_rounds``: every ``server.eval_every``-th
+and the last), that evaluation replayed here as the server runs it (its wall time is in the
+round's). ``profile`` times, on the preset's model, what
 a round does beyond the clients' work: building and reading the messages' ``ArrayRecord``s,
 pickling a train message and a reply (what Ray does to move them), FedAvg, the checkpoint.
 
@@ -32,6 +35,7 @@ import pandas as pd
 import psutil
 import torch
 
+from fedtitan.compute import one_arena
 from fedtitan.config import load_config
 from fedtitan.training.client import build_global_model, client_round, dataset_for, setup_for
 from fedtitan.training.common import evaluate
@@ -86,25 +90,31 @@ def plain_loop(cfg) -> float:  # type: ignore[no-untyped-def]
     return time.perf_counter() - t0
 
 
-def replay_floor(cfg, clients: pd.DataFrame, threads: int) -> dict[int, float]:  # type: ignore[no-untyped-def]
-    """Client seconds per round: the sampled clients' work replayed in this process."""
+def replay_floor(cfg, clients: pd.DataFrame, threads: int,  # type: ignore[no-untyped-def]
+                 eval_rounds: frozenset[int] = frozenset()) -> tuple[dict[int, float], dict[int, float]]:
+    """Client seconds per round (the sampled clients' work replayed in this process at
+    ``threads`` threads), and for each of ``eval_rounds`` the seconds of the server's central
+    evaluation of that round's model (at this process's own thread count, as the server runs it)."""
     from threadpoolctl import threadpool_limits
 
     from fedtitan.status import Status
 
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    # numpy's BLAS and OpenMP pools too: a Ray actor of num_cpus=N runs with OMP_NUM_THREADS=N,
-    # while this process's BLAS would otherwise use every core (it ran the replay on 1.7)
-    limits = threadpool_limits(limits=threads)
-    try:
-        setup_for(cfg)
-        model = build_global_model(cfg, dataset_for(cfg))
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        states: dict[int, dict] = {}
-        out = {}
-        for rnd, group in clients.groupby("server_round"):
-            spent, results = 0.0, []
+    setup_for(cfg)
+    ds = dataset_for(cfg)
+    model = build_global_model(cfg, ds)
+    eval_ids = eval_indices(cfg, len(ds.y_test))
+    x_eval, y_eval = ds.tensor("test", eval_ids), ds.labels("test", eval_ids)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    states: dict[int, dict] = {}
+    client_s, eval_s = {}, {}
+    for rnd, group in clients.groupby("server_round"):
+        spent, results = 0.0, []
+        torch.set_num_threads(threads)
+        # numpy's BLAS and OpenMP pools too: a Ray actor of num_cpus=N runs with OMP_NUM_THREADS=N,
+        # while this process's BLAS would otherwise use every core (it ran the replay on 1.7)
+        limits = threadpool_limits(limits=threads)
+        try:
             for pid in group.partition_id:
                 t0 = time.perf_counter()
                 o = client_round(cfg, int(pid), state, states.get(int(pid)), int(rnd))
@@ -112,12 +122,17 @@ def replay_floor(cfg, clients: pd.DataFrame, threads: int) -> dict[int, float]: 
                 states[int(pid)] = o.state
                 results.append(ClientResult(int(pid), Status.OK, o.metrics,
                                             {k: v.numpy() for k, v in o.state_dict.items()}))
-            state = {k: torch.from_numpy(v) for k, v in fedavg(results).items()}
-            out[int(rnd)] = spent
-        return out
-    finally:
-        limits.restore_original_limits()
-        torch.set_num_threads(previous)
+        finally:
+            limits.restore_original_limits()
+            torch.set_num_threads(previous)
+        state = {k: torch.from_numpy(v) for k, v in fedavg(results).items()}
+        client_s[int(rnd)] = spent
+        if int(rnd) in eval_rounds:
+            model.load_state_dict(state)
+            t0 = time.perf_counter()
+            evaluate(model, x_eval, y_eval)
+            eval_s[int(rnd)] = time.perf_counter() - t0
+    return client_s, eval_s
 
 
 def _ms(fn, reps: int = 5) -> float:  # type: ignore[no-untyped-def]
@@ -170,7 +185,9 @@ def preset_overhead(args: argparse.Namespace) -> None:
             clients = pd.read_csv(f"{tmp}/clients.csv")
         processes = max(1, int((os.cpu_count() or 1) // cfg.simulation.num_cpus))
         threads = max(1, int(cfg.simulation.num_cpus))
-        floor = pd.Series(replay_floor(cfg, clients, threads)) / processes
+        evaluated = frozenset(int(r) for r in rounds.index[rounds.accuracy.notna()])
+        client_s, eval_s = replay_floor(cfg, clients, threads, evaluated)
+        floor = pd.Series(client_s) / processes + pd.Series(eval_s).reindex(list(client_s), fill_value=0.0)
     later = rounds.index[rounds.index >= 2]
     ratio = rounds.wall_s[later] / floor[later]
     per_round = int(rounds.clients_sampled.median())
@@ -180,21 +197,29 @@ def preset_overhead(args: argparse.Namespace) -> None:
         "round_wall_s_median": round(float(rounds.wall_s[later].median()), 3),
         "floor_s_median": round(float(floor[later].median()), 3),
         "floor_ratio": round(float(ratio.median()), 3), "floor_ratio_per_round": [round(float(x), 3) for x in ratio],
+        "central_eval_rounds": sorted(evaluated), "central_eval_s": {r: round(v, 3) for r, v in sorted(eval_s.items())},
         "target": 1.2, "profile": profile(cfg, per_round), **report(load),
     }, indent=2))
 
 
+# rounds a --preset run measures: the median is over rounds 2.., each of which varies by about
+# 4 % on a 2-core machine; 12 rounds (two of them with central evaluation at eval_every = 10)
+# take under 2 minutes at the paper's model size
+PRESET_ROUNDS = 12
+
+
 def main() -> None:
+    one_arena()  # as fedtitan's command line does, before the load monitor's thread
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", help="measure this preset's rounds against their compute floor (floor_ratio)")
     ap.add_argument("--clients", type=int, default=50)
-    ap.add_argument("--rounds", type=int, help="rounds to run (default 2; 6 with --preset)")
+    ap.add_argument("--rounds", type=int, help=f"rounds to run (default 2; {PRESET_ROUNDS} with --preset)")
     ap.add_argument("--dataset", default="cifar10")
     ap.add_argument("--data-dir", default=os.environ.get("FEDTITAN_SHARED_DATA"))
     ap.add_argument("--num-cpus", type=float, default=1.0)
     ap.add_argument("--device", default="auto", help="compute.device: auto, cpu, cuda, cuda:N, mps")
     args = ap.parse_args()
-    args.rounds = args.rounds or (6 if args.preset else 2)
+    args.rounds = args.rounds or (PRESET_ROUNDS if args.preset else 2)
     if args.preset:
         preset_overhead(args)
         return
