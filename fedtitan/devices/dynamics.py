@@ -159,6 +159,21 @@ class DiurnalDynamics:
                        lerp(self.bandwidth_min, self.bandwidth_max))
 
 
+# steps of each client's random-walk path kept at once (32 bytes a step)
+WALK_WINDOW = 64
+
+
+@dataclass
+class _WalkBlock:
+    """A client's kept window of its random walk, and the walk's state just after it."""
+
+    start: int
+    rows: np.ndarray
+    rng_state: Any  # the PCG64 generator's state
+    x: np.ndarray
+    on: bool
+
+
 @dataclass
 class RandomWalkDynamics:
     seed: int
@@ -172,7 +187,8 @@ class RandomWalkDynamics:
     select_share_max: float = 1.0
     bandwidth_min: float = 0.25
     bandwidth_max: float = 1.0
-    _paths: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    # each client's window of its path (start step, rows) and the walk's state after it, to go on
+    _blocks: dict[int, _WalkBlock] = field(default_factory=dict, repr=False, compare=False)
     # the rows factors_many gathered last: (step, ids, rows); a round within the same step reuses them
     _last: tuple[int, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
@@ -180,51 +196,76 @@ class RandomWalkDynamics:
         return np.array([[self.speed_min, self.speed_max], [self.select_share_min, self.select_share_max],
                          [self.bandwidth_min, self.bandwidth_max]], dtype=np.float64)
 
-    def _path(self, partition_id: int, steps: int) -> np.ndarray:
-        """Rows per step: available, speed, select_share, bandwidth (memoised; pure in its inputs)."""
-        self._grow([partition_id], steps)
-        return self._paths[partition_id]
+    def _row(self, partition_id: int, step: int) -> np.ndarray:
+        """One step's row: available, speed, select_share, bandwidth."""
+        block = self._blocks[partition_id]
+        return block.rows[step - block.start]
 
-    def _grow(self, partition_ids: Sequence[int], steps: int) -> None:
-        """Make the paths of ``partition_ids`` longer than ``steps`` (doubling, at least 64 steps).
+    def _cover(self, partition_ids: Sequence[int], step: int) -> None:
+        """Make the kept window of each of ``partition_ids`` hold ``step``.
 
-        Each client draws from its own generator, in the order the walk has always used (per
-        step one uniform for on/off, then three normals), so a path never depends on which
-        clients were asked with it; the arithmetic then runs for all of them at once, with the
-        same float operations element by element (bit for bit what one client alone gets)."""
-        short: dict[int, list[int]] = {}
+        A client keeps :data:`WALK_WINDOW` steps of its path, and the walk's state after them
+        (its generator, position and on/off), so memory does not grow with virtual time. Past
+        the window the walk goes on from that state, and the new window starts at ``step``
+        (rows on the way are computed and dropped). Before it the walk starts again from step 0,
+        and the window ends at ``step``. Each client draws from its own generator, in the
+        order the walk has always used (per step one uniform for on/off, then three normals),
+        so a path never depends on which clients were asked with it or when; the arithmetic
+        runs for all of them at once, with the same float operations element by element (bit
+        for bit what one client alone gets)."""
+        plans: dict[tuple[int, int], list[int]] = {}
         for p in dict.fromkeys(int(q) for q in partition_ids):
-            have = self._paths.get(p)
-            if have is None or len(have) <= steps:
-                short.setdefault(max(steps + 1, 2 * len(have) if have is not None else 64), []).append(p)
-        for n, group in short.items():
-            for start in range(0, len(group), 4096):  # bounded scratch memory at any population
-                self._walk(group[start:start + 4096], n)
+            block = self._blocks.get(p)
+            if block is not None and block.start <= step < block.start + len(block.rows):
+                continue
+            if block is None:  # first asked: from the start, the window forward
+                first, keep = 0, (0 if step < WALK_WINDOW else step)
+            elif step < block.start:  # back in time: again from the start, the window ending here
+                first, keep = 0, max(0, step - WALK_WINDOW + 1)
+            else:  # on from the window's end
+                first, keep = block.start + len(block.rows), step
+            plans.setdefault((first, keep), []).append(p)
+        for (first, keep), group in plans.items():
+            n = keep + WALK_WINDOW - first
+            chunk = max(1, min(4096, (1 << 21) // n))  # bounded scratch memory at any population and time
+            for at in range(0, len(group), chunk):
+                self._walk(group[at:at + chunk], first, keep, n)
 
-    def _walk(self, ids: list[int], n: int) -> None:
-        """The first ``n`` steps of ``ids``' paths (see :meth:`_grow`)."""
+    def _walk(self, ids: list[int], first: int, keep: int, n: int) -> None:
+        """Walk ``ids`` ``n`` steps from step ``first`` (0: the start; else their kept state),
+        keeping the rows from step ``keep`` on (see :meth:`_cover`)."""
+        bounds = np.log(self._bounds())
+        lo, hi = bounds[:, 0], bounds[:, 1]
+        width = np.maximum(hi - lo, 1e-12)
         u = np.empty((len(ids), n))
         z = np.empty((len(ids), n, 3))
+        x = np.empty((len(ids), 3))
+        on = np.empty(len(ids), dtype=bool)
+        bit_gen: Any = np.random.PCG64()  # one generator, set to each client's state in turn
+        rng = np.random.Generator(bit_gen)
+        states = []
         for j, p in enumerate(ids):
-            rng = np.random.default_rng([self.seed, p, 0x5A1C])
+            if first == 0:  # start at the top: fast, idle, full bandwidth
+                bit_gen.state = np.random.default_rng([self.seed, p, 0x5A1C]).bit_generator.state
+                x[j], on[j] = hi, True
+            else:
+                block = self._blocks[p]
+                bit_gen.state, x[j], on[j] = block.rng_state, block.x, block.on
             uj, zj = u[j], z[j]
             for i in range(n):
                 uj[i] = rng.random()
                 zj[i] = rng.standard_normal(3)
-        bounds = np.log(self._bounds())
-        lo, hi = bounds[:, 0], bounds[:, 1]
-        width = np.maximum(hi - lo, 1e-12)
-        x = np.tile(hi, (len(ids), 1))  # start at the top: fast, idle, full bandwidth
-        on = np.ones(len(ids), dtype=bool)
-        out = np.empty((len(ids), n, 4))
+            states.append(bit_gen.state)
+        rows = np.empty((len(ids), first + n - keep, 4))
         for i in range(n):
             on = np.where(on, u[:, i] >= self.p_leave, u[:, i] < self.p_return)
             x = x + self.sigma * z[:, i]
             x = lo + np.abs(((x - lo) + width) % (2 * width) - width)  # reflect into [lo, hi]
-            out[:, i, 0] = on
-            out[:, i, 1:] = np.exp(x)
-        for j, p in enumerate(ids):
-            self._paths[p] = out[j].copy()  # one client's own array (the batch is freed)
+            if first + i >= keep:
+                rows[:, first + i - keep, 0] = on
+                rows[:, first + i - keep, 1:] = np.exp(x)
+        for j, p in enumerate(ids):  # each client's own arrays (the batch's are freed)
+            self._blocks[p] = _WalkBlock(keep, rows[j].copy(), states[j], x[j].copy(), bool(on[j]))
 
     def factors_many(self, partition_ids: Sequence[int], t_s: float) -> FactorTable:
         """:meth:`factors` of many clients at once, equal to it bit for bit."""
@@ -232,15 +273,16 @@ class RandomWalkDynamics:
         ids = np.asarray(partition_ids, dtype=np.int64)
         last = self._last
         if last is None or last[0] != step or not np.array_equal(last[1], ids):  # else: the same step again
-            self._grow(partition_ids, step)
-            rows = np.array([self._paths[int(p)][step] for p in ids], dtype=np.float64).reshape(-1, 4)
+            self._cover(partition_ids, step)
+            rows = np.array([self._row(int(p), step) for p in ids], dtype=np.float64).reshape(-1, 4)
             last = self._last = (step, ids, rows)
         rows = last[2]
         return FactorTable(rows[:, 0] >= 0.5, rows[:, 1].copy(), rows[:, 2].copy(), rows[:, 3].copy())
 
     def factors(self, partition_id: int, t_s: float) -> Factors:
         step = max(0, int(t_s // self.step_s))
-        a, speed, share, bw = self._path(partition_id, step)[step]
+        self._cover([partition_id], step)
+        a, speed, share, bw = self._row(partition_id, step)
         return Factors(bool(a >= 0.5), float(speed), float(share), float(bw))
 
 

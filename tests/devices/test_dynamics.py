@@ -203,13 +203,39 @@ def _walk_one_client_at_a_time(model, partition_id, n):
 
 def test_random_walk_paths_made_in_batches_equal_the_one_client_walk():
     walk = RandomWalkDynamics(seed=5, step_s=1.0, sigma=0.4, p_leave=0.3, p_return=0.4, speed_min=0.2)
-    walk.factors_many(list(range(300)), 10.0)  # 64 steps each, in one batch
-    walk.factors_many([3, 299, 7], 150.0)  # three grow past 128 steps
-    assert {len(walk._paths[p]) for p in (3, 7, 299)} == {151} and len(walk._paths[4]) == 64
+    walk.factors_many(list(range(300)), 10.0)  # steps 0-63 of each, in one batch
+    walk.factors_many([3, 299, 7], 150.0)  # three go on past their window: steps 150-213
+    assert {walk._blocks[p].start for p in (3, 7, 299)} == {150} and walk._blocks[4].start == 0
     for p in (0, 3, 4, 7, 150, 299):
-        ref = _walk_one_client_at_a_time(walk, p, len(walk._paths[p]))
-        assert np.array_equal(walk._paths[p], ref)
-    assert 0 < walk._paths[0][:, 0].mean() < 1  # the clients come and go
+        block = walk._blocks[p]
+        ref = _walk_one_client_at_a_time(walk, p, block.start + len(block.rows))
+        assert np.array_equal(block.rows, ref[block.start:])
+    assert 0 < walk._blocks[0].rows[:, 0].mean() < 1  # the clients come and go
+
+
+def test_random_walk_keeps_a_window_whatever_the_time_and_goes_on_or_back_bit_for_bit():
+    """Memory per client does not grow with virtual time: a window of WALK_WINDOW steps is
+    kept, with the walk's state after it. Going on from it, jumping ahead, and going back
+    (the walk starts again) all give the one-client walk's rows."""
+    from fedtitan.devices.dynamics import WALK_WINDOW
+
+    walk = RandomWalkDynamics(seed=9, step_s=1.0, sigma=0.3, p_leave=0.2, p_return=0.3)
+    ids = [0, 1, 2, 40]
+    ref = {p: _walk_one_client_at_a_time(walk, p, 1200) for p in ids}
+
+    def rows(table):
+        return np.column_stack([table.available, table.speed_factor, table.select_share, table.bandwidth_factor])
+
+    for step in [*range(0, 200, 7), 1000, 1001, 1100, 999, 300, 5, 1199]:
+        got = rows(walk.factors_many(ids, float(step) + 0.5))
+        assert np.array_equal(got, np.array([ref[p][step] for p in ids])), step
+        assert all(len(walk._blocks[p].rows) == WALK_WINDOW for p in ids)
+        assert all(walk._blocks[p].start <= step < walk._blocks[p].start + WALK_WINDOW for p in ids)
+    # one client asked alone, back and forth, after the batch moved on
+    for step in (3, 1150, 64, 63):
+        f = walk.factors(2, float(step))
+        assert (f.available, f.speed_factor, f.select_share, f.bandwidth_factor) == (
+            bool(ref[2][step][0] >= 0.5), *ref[2][step][1:])
 
 
 def test_random_walk_table_within_one_step_is_reused_but_never_shared():
