@@ -163,15 +163,21 @@ class DiurnalDynamics:
 WALK_WINDOW = 64
 
 
-@dataclass
+@dataclass(slots=True)
 class _WalkBlock:
     """A client's kept window of its random walk, and the walk's state just after it."""
 
     start: int
     rows: np.ndarray
-    rng_state: Any  # the PCG64 generator's state
+    rng_state: tuple[int, int]  # the PCG64 generator's (state, inc)
     x: np.ndarray
     on: bool
+
+
+def _pcg64_state(state: tuple[int, int]) -> dict[str, Any]:
+    """A PCG64 state from (state, inc): the walk draws only 64-bit values, so no 32-bit half is
+    ever left over (checked when the state is taken)."""
+    return {"bit_generator": "PCG64", "state": {"state": state[0], "inc": state[1]}, "has_uint32": 0, "uinteger": 0}
 
 
 @dataclass
@@ -250,12 +256,14 @@ class RandomWalkDynamics:
                 x[j], on[j] = hi, True
             else:
                 block = self._blocks[p]
-                bit_gen.state, x[j], on[j] = block.rng_state, block.x, block.on
+                bit_gen.state, x[j], on[j] = _pcg64_state(block.rng_state), block.x, block.on
             uj, zj = u[j], z[j]
             for i in range(n):
                 uj[i] = rng.random()
                 zj[i] = rng.standard_normal(3)
-            states.append(bit_gen.state)
+            after = bit_gen.state
+            assert not after["has_uint32"]
+            states.append((after["state"]["state"], after["state"]["inc"]))
         rows = np.empty((len(ids), first + n - keep, 4))
         for i in range(n):
             on = np.where(on, u[:, i] >= self.p_leave, u[:, i] < self.p_return)
