@@ -160,17 +160,25 @@ def test_ray_gpu_share_per_client_process():
         assert 0 < share <= 1
 
 
-def test_keep_heap_keeps_freed_memory_in_the_process():
-    """A fresh process (as a Ray actor is) fixes malloc's thresholds unless told not to, once.
-    The effect: 48 MiB freed and allocated again (over glibc's 32 MiB ceiling for its own
-    adjustment) come back without new page faults. Checked in subprocesses: the setting is
-    per process."""
+def _malloc_probe(code: str, *args: str, malloc: str) -> list[str]:
+    """What ``code`` prints, run in a fresh Python process (malloc settings are per process)
+    with ``FEDTITAN_MALLOC=malloc``, split into words; skips the test where the C library is
+    not glibc."""
     import platform
     import subprocess
     import sys
 
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc only")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "FEDTITAN_MALLOC": malloc}, check=True).stdout.split()
+
+
+def test_keep_heap_keeps_freed_memory_in_the_process():
+    """A fresh process (as a Ray actor is) fixes malloc's thresholds unless told not to, once.
+    The effect: 48 MiB freed and allocated again (over glibc's 32 MiB ceiling for its own
+    adjustment) come back without new page faults. Checked in subprocesses: the setting is
+    per process."""
     code = ("import resource, numpy as np\n"
             "from fedtitan.compute import keep_heap\n"
             "kept = [keep_heap(), keep_heap()]\n"
@@ -181,8 +189,7 @@ def test_keep_heap_keeps_freed_memory_in_the_process():
             "print(*kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
     faults = {}
     for setting, kept in (("keep", "True"), ("default", "False")):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "FEDTITAN_MALLOC": setting}, check=True).stdout.split()
+        out = _malloc_probe(code, malloc=setting)
         assert out[:2] == [kept, kept]
         faults[setting] = int(out[2])
     # glibc maps each 48 MiB afresh: new pages every time (12,288 of 4 KiB; fewer where
@@ -195,12 +202,6 @@ def test_one_arena_lets_a_thread_keep_its_freed_memory_too():
     whatever keep_heap set (Flower's ServerApp thread evaluated 1.8x slower so). After
     one_arena, a thread started later allocates from the main heap and keeps 96 MiB blocks
     as the main thread does. Subprocesses: the setting is per process."""
-    import platform
-    import subprocess
-    import sys
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        pytest.skip("glibc only")
     code = ("import resource, sys, threading, numpy as np\n"
             "from fedtitan.compute import keep_heap, one_arena\n"
             "flags = [one_arena(), one_arena()] if sys.argv[1] == 'one' else [False, False]\n"
@@ -218,8 +219,7 @@ def test_one_arena_lets_a_thread_keep_its_freed_memory_too():
             "print(*flags, out[0])\n")
     faults = {}
     for arenas, flag in (("one", "True"), ("many", "False")):
-        out = subprocess.run([sys.executable, "-c", code, arenas], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "FEDTITAN_MALLOC": "keep"}, check=True).stdout.split()
+        out = _malloc_probe(code, arenas, malloc="keep")
         assert out[:2] == [flag, flag]
         faults[arenas] = int(out[2])
     # a thread's own arena maps each 96 MiB afresh (24,576 pages of 4 KiB, fewer with huge pages)
