@@ -50,6 +50,7 @@ class DataSection(_Section):
 class ModelSection(_Section):
     name: str = "cnn"
     width: int | None = Field(None, ge=1)
+    stem: Literal["auto", "cifar", "imagenet"] = "auto"  # alexnet, squeezenet, resnet18/34/50
 
 
 class SelectionSection(_Section):
@@ -348,7 +349,7 @@ def validate(doc: dict[str, Any]) -> Config:
 def _check_names(cfg: Config) -> None:
     from fedtitan.data.loaders import LOADERS
     from fedtitan.devices.catalog import CATALOG, load_profiles
-    from fedtitan.models import MODELS
+    from fedtitan.models import MODELS, takes_stem
 
     def choose(key: str, value: str, allowed: list[str]) -> None:
         if value not in allowed:
@@ -358,6 +359,9 @@ def _check_names(cfg: Config) -> None:
 
     choose("data.dataset", cfg.data.dataset, [*LOADERS, "npz"])
     choose("model.name", cfg.model.name, list(MODELS))
+    if cfg.model.stem != "auto" and not takes_stem(cfg.model.name):
+        raise ConfigError(f"config model.stem: {cfg.model.name} has one stem; model.stem applies to "
+                          f"{', '.join(n for n in MODELS if takes_stem(n))}")
     from fedtitan.plugins import check_options
     from fedtitan.selection.selectors import selector_factory
 

@@ -52,7 +52,7 @@ from fedtitan.compute import DeviceData, resolve_device
 from fedtitan.data import DataStream, load_dataset
 from fedtitan.errors import FedtitanError
 from fedtitan.fileio import atomic_writer
-from fedtitan.models import build_model
+from fedtitan.models import MODELS, build_model, takes_stem
 from fedtitan.selection import build_selector
 from fedtitan.training import StreamingConfig, evaluate, lr_at, train_streaming
 
@@ -121,9 +121,14 @@ def device_step(method: str, profile: Any, *, forward_flops: float, block_flops:
 
 RUN_SETTINGS = ("model", "dataset", "velocity", "batch", "buffer", "lr", "device_profile", "pipeline", "eval_every",
                 "label_noise", "feature_noise", "feature_sigma", "idle", "idle_device", "idle_min", "idle_sigma",
-                "buffer_max")
+                "buffer_max", "stem")
 """The arguments a partial run must share with the call that continues it (the others do not
 change its trajectory up to the step it reached)."""
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``build_model``'s options from the command line: ``stem`` when one is asked for."""
+    return {} if args.stem == "auto" else {"stem": args.stem}
 
 
 def partial_path(out: Path, method: str, seed: int) -> Path:
@@ -151,6 +156,7 @@ class PartialRun:
             state = unpack(self.path, what=f"partial run {self.path}")
         except StateError as exc:
             raise SystemExit(f"error: {exc}; delete the file to start this run over") from None
+        state["key"].setdefault("stem", "auto")  # saved before --stem existed
         if state["key"] != self.key:
             diff = ", ".join(f"{k}={state['key'].get(k)!r} (now {v!r})" for k, v in self.key.items()
                              if state["key"].get(k) != v)
@@ -223,7 +229,7 @@ def run_one(ds, method: str, seed: int, args: argparse.Namespace, eval_x, eval_y
     from fedtitan.models import count_forward_flops
 
     torch.manual_seed(seed)
-    model = build_model(args.model, ds.input_shape, ds.num_classes).to(args.torch_device)
+    model = build_model(args.model, ds.input_shape, ds.num_classes, **model_options(args)).to(args.torch_device)
     fwd = count_forward_flops(model, ds.input_shape)
     block = count_forward_flops(model, ds.input_shape, n_blocks=1)
     dim = math.prod(ds.input_shape)
@@ -344,6 +350,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--buffer", type=int, default=30)
     ap.add_argument("--dataset", default="cifar10", choices=["cifar10", "speech-commands", "uci-har"])
+    ap.add_argument("--stem", choices=["auto", "cifar", "imagenet"], default="auto",
+                    help="the first block of alexnet, squeezenet and the ResNets: auto (ImageNet's above 64 px wide, "
+                         "else the CIFAR variant's) or either by name; Table 1's ResNet34 on Speech Commands "
+                         "takes imagenet")
     ap.add_argument("--lr", type=float, default=None,
                     help="initial learning rate (default: the paper's, 0.1 or 0.005 for ResNets)")
     ap.add_argument("--device-profile", default="jetson-nano-10w",
@@ -363,6 +373,9 @@ def main() -> None:
     ap.add_argument("--buffer-max", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = ap.parse_args()
+    if args.stem != "auto" and not takes_stem(args.model):
+        ap.error(f"--stem {args.stem}: model {args.model} has one stem; --stem applies to "
+                 f"{', '.join(n for n in MODELS if takes_stem(n))}")
     if args.eval_every > 100:
         ap.error("--eval-every must be <= 100 (the learning-rate decay period)")
     torch.set_num_threads(args.threads)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from fedtitan.errors import ConfigError
@@ -24,6 +25,11 @@ MODELS: dict[str, Callable[..., BlockModel]] = {
 }
 
 
+def takes_stem(name: str) -> bool:
+    """Whether model ``name`` has a choice of first block (its ``stem`` option: auto, cifar, imagenet)."""
+    return name in MODELS and "stem" in inspect.signature(MODELS[name]).parameters
+
+
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **options: object) -> BlockModel:
     """Build a model by short name for inputs of ``input_shape`` (channels first, no batch)."""
     if name not in MODELS:
@@ -31,4 +37,4 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **opt
     return MODELS[name](tuple(input_shape), num_classes, **options)
 
 
-__all__ = ["MODELS", "BlockModel", "build_model", "count_forward_flops", "model_flops", "param_bytes"]
+__all__ = ["MODELS", "BlockModel", "build_model", "count_forward_flops", "model_flops", "param_bytes", "takes_stem"]

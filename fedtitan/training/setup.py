@@ -44,8 +44,11 @@ class Setup:
 
 
 def model_options(cfg: Config) -> dict[str, Any]:
-    return {"width": cfg.model.width} if cfg.model.width is not None and cfg.model.name in (
+    opts: dict[str, Any] = {"width": cfg.model.width} if cfg.model.width is not None and cfg.model.name in (
         "cnn", "speech_cnn", "har_cnn", "resnet18", "resnet34") else {}
+    if cfg.model.stem != "auto":
+        opts["stem"] = cfg.model.stem
+    return opts
 
 
 @functools.lru_cache(maxsize=4)

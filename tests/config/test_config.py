@@ -36,6 +36,8 @@ def test_required_override_keys_exist():
     ("server.policy=deadline", "deadline_s"),
     ("norunkey", "key=value"),
     ("data.dataset=npz", "data.path"),
+    ("model.stem=imagenet", "model.stem: mlp has one stem; model.stem applies to resnet18, resnet34"),
+    ("model.stem=big", "model.stem"),
 ])
 def test_bad_overrides_give_one_line(override, message):
     with pytest.raises(ConfigError, match=message) as info:
@@ -66,3 +68,11 @@ def test_the_papers_words_for_settings_are_suggested_not_accepted():
         parse_grid(["pruning.rho=0.1,0.2"])
     with pytest.raises(ConfigError, match="did you mean 'run.rounds'"):  # ordinary typos as before
         load_config("quickstart", ["run.roundz=3"])
+
+
+def test_model_stem_reaches_the_built_model():
+    from fedtitan.training.setup import model_options
+
+    cfg = load_config("quickstart", ["model.name=resnet18", "model.stem=imagenet"])
+    assert model_options(cfg) == {"stem": "imagenet"}
+    assert model_options(load_config("quickstart", ["model.name=resnet18"])) == {}

@@ -54,6 +54,7 @@ def test_unknown_model_and_bad_blocks():
 # Published figures at 224x224, 1,000 classes (torchvision's model cards, which follow the
 # papers' layouts): parameters exactly, multiply-accumulates within 1%.
 PUBLISHED = {"alexnet": (61_100_840, 0.714e9), "resnet50": (25_557_032, 4.09e9),
+             "resnet18": (11_689_512, 1.814e9), "resnet34": (21_797_672, 3.664e9),
              "squeezenet": (1_235_496, 0.349e9 - 86.5e6)}  # our linear head: the class conv's 86.5 M MACs saved
 
 
@@ -74,6 +75,20 @@ def test_stems_are_chosen_by_input_size_or_by_name():
     assert build_model("alexnet", (3, 32, 32), 10, stem="imagenet").blocks[0][0].kernel_size == (11, 11)
     with pytest.raises(ValueError, match="stem must be"):
         build_model("squeezenet", (3, 32, 32), 10, stem="tiny")
+
+
+def test_resnet34_on_speech_spectrograms_takes_either_stem():
+    """Table 1's ResNet34 runs on 98x40 Speech Commands spectrograms with the ImageNet stem: the
+    map halves twice before the stages (25x10) and ends at 4x2; the CIFAR stem keeps 98x40 into
+    the first stage, 12x the cost (4.5 G MACs against 0.38 G)."""
+    shape = (1, 98, 40)
+    auto, imagenet = build_model("resnet34", shape, 12), build_model("resnet34", shape, 12, stem="imagenet")
+    assert auto.blocks[0][0].kernel_size == (3, 3) and imagenet.blocks[0][0].kernel_size == (7, 7)
+    x = torch.zeros(2, *shape)
+    assert imagenet.features(x, 1).shape == (2, 64, 25, 10) and imagenet.features(x, 5).shape == (2, 512, 4, 2)
+    assert imagenet(x).shape == (2, 12)
+    assert count_forward_flops(imagenet, shape) / 2 == pytest.approx(0.379e9, rel=0.01)
+    assert count_forward_flops(auto, shape) / 2 == pytest.approx(4.517e9, rel=0.01)
 
 
 def test_cifar_variants_of_alexnet_and_squeezenet_have_batch_norm_imagenet_ones_not():

@@ -1,6 +1,7 @@
 """simulations.table1: Table 1 from single-device curves, on hand-made curves."""
 
 import json
+import sys
 
 import numpy as np
 import pandas as pd
@@ -89,6 +90,27 @@ def test_paper_learning_rates():
     assert single_device.paper_lr("alexnet") == single_device.paper_lr("squeezenet") == 0.1
     assert single_device.paper_lr("mobilenet_v1") == 0.1
     assert single_device.paper_lr("resnet50") == single_device.paper_lr("resnet34") == 0.005
+
+
+def test_stem_is_a_run_setting_and_partials_saved_before_it_continue(tmp_path):
+    args = single_device.argparse.Namespace(**{k: 0 for k in single_device.RUN_SETTINGS})
+    args.stem = "auto"
+    old = single_device.PartialRun(tmp_path / "rs-seed0.npz", "rs", 0, args)
+    del old.key["stem"]  # as saved before --stem existed
+    old.save({"step": 2})
+    assert single_device.PartialRun(tmp_path / "rs-seed0.npz", "rs", 0, args).load()["step"] == 2
+    args.stem = "imagenet"
+    with pytest.raises(SystemExit, match="stem='auto' \\(now 'imagenet'\\)"):
+        single_device.PartialRun(tmp_path / "rs-seed0.npz", "rs", 0, args).load()
+    assert single_device.model_options(args) == {"stem": "imagenet"}
+
+
+def test_stem_for_a_model_with_one_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["single_device", "--model", "mlp", "--stem", "imagenet"])
+    with pytest.raises(SystemExit):
+        single_device.main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "model mlp has one stem" in err[-1] and "resnet34" in err[-1]
 
 
 def test_results_tables_prints_table1_beside_the_other_tables(tmp_path, capsys, monkeypatch):
