@@ -34,6 +34,7 @@ from flwr.clientapp.mod import adaptiveclipping_mod
 from clients import object_store
 from clients.object_store import ARRAYS_KEY
 from fedtitan.checkpoint import ClientStateStore, pack, unpack
+from fedtitan.compute import torch_threads
 from fedtitan.config import Config
 from fedtitan.training.client import client_evaluate, client_round
 
@@ -135,6 +136,16 @@ def _partition(rec: ConfigRecord, context: Context) -> int:
     return int(cast(int, rec[PARTITION_KEY])) if PARTITION_KEY in rec else int(context.node_config["partition-id"])
 
 
+def _threads(cfg: Config, rec: ConfigRecord) -> int | None:
+    """A simulated client's torch threads under ``run.deterministic``: ``simulation.num_cpus``
+    (rounded down, at least 1), what Ray gives each client process, so the local engine (clients
+    in the server's process, with all its threads) computes what Ray does, bit for bit. Real
+    SuperNodes (the message names no partition) and runs without the flag keep their threads."""
+    if not cfg.run.deterministic or PARTITION_KEY not in rec:
+        return None
+    return max(1, int(cfg.simulation.num_cpus))
+
+
 def _train(msg: Message, context: Context) -> Message:
     cfg, rec = _config(msg)
     _, device, meter = _node(context)
@@ -145,9 +156,10 @@ def _train(msg: Message, context: Context) -> Message:
     token = str(rec.get("run-token", ""))
     server_round = int(cast(int, rec["server-round"]))
     store = local_store(context, cfg, token)
-    out = client_round(cfg, pid, _global_weights(msg), load_state(msg, store, pid, server_round), server_round,
-                       device=device, meter=meter, strategy_config=strategy_config,
-                       round_start_s=float(cast(float, rec.get("round-start-s", 0.0))))
+    with torch_threads(_threads(cfg, rec)):
+        out = client_round(cfg, pid, _global_weights(msg), load_state(msg, store, pid, server_round), server_round,
+                           device=device, meter=meter, strategy_config=strategy_config,
+                           round_start_s=float(cast(float, rec.get("round-start-s", 0.0))))
     metrics = MetricRecord(cast(dict[str, Any], out.metrics))
     if "arrays" in msg.content.array_records or ARRAYS_KEY not in rec:  # the weights go back as they came
         content = RecordDict({"arrays": ArrayRecord(out.state_dict), "metrics": metrics})
@@ -189,5 +201,6 @@ def query(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     cfg, rec = _config(msg)
     pid = _partition(rec, context)
-    metrics = client_evaluate(cfg, pid, _global_weights(msg))
+    with torch_threads(_threads(cfg, rec)):
+        metrics = client_evaluate(cfg, pid, _global_weights(msg))
     return Message(content=RecordDict({"metrics": MetricRecord(cast(dict[str, Any], metrics))}), reply_to=msg)

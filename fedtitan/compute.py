@@ -11,8 +11,10 @@ CPU. Asking for ``cuda``/``cuda:N``/``mps`` where none is visible is a one-line
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,6 +168,25 @@ def set_deterministic(enabled: bool) -> str:
     return "deterministic"
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``n`` inside the block and put back after (``None``: left alone).
+
+    The last bits of a CPU matmul can depend on how many threads share it (measured on an AMD
+    EPYC with torch 2.13's CPU wheel: a client's training loss differed in the 4th digit between
+    1 and 2 threads), so a run that must repeat exactly fixes the count (see
+    ``clients.client_app``)."""
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @dataclass(frozen=True)
 class DeviceData:
     """A dataset as the training code reads it, on one device.
@@ -237,5 +258,5 @@ def to_cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-__all__ = ["DeviceData", "describe", "resolve_device", "set_deterministic", "to_cpu_state", "unit_device",
-           "visible_devices"]
+__all__ = ["DeviceData", "describe", "resolve_device", "set_deterministic", "to_cpu_state", "torch_threads",
+           "unit_device", "visible_devices"]

@@ -224,3 +224,29 @@ def test_one_arena_lets_a_thread_keep_its_freed_memory_too():
         faults[arenas] = int(out[2])
     # a thread's own arena maps each 96 MiB afresh (24,576 pages of 4 KiB, fewer with huge pages)
     assert faults["one"] < 50 and faults["many"] >= 100 + faults["one"]
+
+
+def test_torch_threads_sets_the_count_inside_and_puts_it_back():
+    from fedtitan.compute import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(before + 2):
+        raise RuntimeError("a failing client")
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+
+
+def test_a_deterministic_simulated_client_trains_on_its_ray_share_of_threads():
+    from flwr.app import ConfigRecord
+
+    from clients.client_app import PARTITION_KEY, _threads
+
+    simulated, supernode = ConfigRecord({PARTITION_KEY: 3}), ConfigRecord({})
+    cfg = load_config("quickstart", ["run.deterministic=true", "simulation.num_cpus=2.5"])
+    assert _threads(cfg, simulated) == 2 and _threads(cfg, supernode) is None
+    assert _threads(load_config("quickstart", ["run.deterministic=true", "simulation.num_cpus=0.5"]), simulated) == 1
+    assert _threads(load_config("quickstart"), simulated) is None
