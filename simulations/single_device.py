@@ -126,9 +126,10 @@ RUN_SETTINGS = ("model", "dataset", "velocity", "batch", "buffer", "lr", "device
 change its trajectory up to the step it reached)."""
 
 
-def model_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``build_model``'s options from the command line: ``stem`` when one is asked for."""
-    return {} if args.stem == "auto" else {"stem": args.stem}
+def model_options(stem: str) -> dict[str, Any]:
+    """``build_model``'s options for ``--stem`` (also as ``args.json`` recorded it): ``stem``
+    when one is asked for."""
+    return {} if stem == "auto" else {"stem": stem}
 
 
 def partial_path(out: Path, method: str, seed: int) -> Path:
@@ -229,7 +230,7 @@ def run_one(ds, method: str, seed: int, args: argparse.Namespace, eval_x, eval_y
     from fedtitan.models import count_forward_flops
 
     torch.manual_seed(seed)
-    model = build_model(args.model, ds.input_shape, ds.num_classes, **model_options(args)).to(args.torch_device)
+    model = build_model(args.model, ds.input_shape, ds.num_classes, **model_options(args.stem)).to(args.torch_device)
     fwd = count_forward_flops(model, ds.input_shape)
     block = count_forward_flops(model, ds.input_shape, n_blocks=1)
     dim = math.prod(ds.input_shape)

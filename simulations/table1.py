@@ -60,7 +60,7 @@ def _backfill(df: pd.DataFrame, folder: Path, forwards: float | None) -> pd.Data
     from fedtitan.data import load_dataset
     from fedtitan.devices import get_profile
     from fedtitan.models import build_model, count_forward_flops
-    from simulations.single_device import device_step
+    from simulations.single_device import device_step, model_options
 
     a = _args(folder)
     model = a.get("model", folder.name)
@@ -72,7 +72,7 @@ def _backfill(df: pd.DataFrame, folder: Path, forwards: float | None) -> pd.Data
     v, b, k = int(a.get("velocity", 100)), int(a.get("batch", 10)), int(a.get("buffer", 30))
     shape = load_dataset(dataset, data_dir=a.get("data_dir")).input_shape if dataset != "cifar10" else (3, 32, 32)
     classes = {"cifar10": 10, "speech-commands": 12, "uci-har": 6}[dataset]
-    net = build_model(model, shape, classes, **({"stem": a["stem"]} if a.get("stem", "auto") != "auto" else {}))
+    net = build_model(model, shape, classes, **model_options(a.get("stem", "auto")))
     fwd, block = count_forward_flops(net, shape), count_forward_flops(net, shape, n_blocks=1)
     profile = get_profile(a.get("device_profile", "jetson-nano-10w"))
     per_step = {m: device_step(m, profile, forward_flops=fwd, block_flops=block, batch=b, velocity=v, buffer=k,

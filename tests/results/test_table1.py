@@ -102,7 +102,7 @@ def test_stem_is_a_run_setting_and_partials_saved_before_it_continue(tmp_path):
     args.stem = "imagenet"
     with pytest.raises(SystemExit, match="stem='auto' \\(now 'imagenet'\\)"):
         single_device.PartialRun(tmp_path / "rs-seed0.npz", "rs", 0, args).load()
-    assert single_device.model_options(args) == {"stem": "imagenet"}
+    assert single_device.model_options(args.stem) == {"stem": "imagenet"} and single_device.model_options("auto") == {}
 
 
 def test_stem_for_a_model_with_one_is_one_line(monkeypatch, capsys):
