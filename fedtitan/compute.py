@@ -67,6 +67,13 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return torch.device(spec)
 
 
+def device_label(device: torch.device) -> str:
+    """What a run's wall times were measured on: ``cpu``, ``cuda: <GPU name>`` or ``mps``."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return device.type
+
+
 def unit_device(unit: str, accelerator: torch.device) -> torch.device:
     """The torch device a profile's compute unit (``cpu`` | ``gpu``) runs on in this process:
     ``gpu`` is the resolved accelerator when there is one, else the CPU."""
@@ -258,5 +265,5 @@ def to_cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-__all__ = ["DeviceData", "describe", "resolve_device", "set_deterministic", "to_cpu_state", "torch_threads",
+__all__ = ["DeviceData", "describe", "device_label", "resolve_device", "set_deterministic", "to_cpu_state", "torch_threads",
            "unit_device", "visible_devices"]

@@ -15,7 +15,9 @@ paper's Jetson Nano, 10 W): training on its CPU unit, selection on its GPU unit 
 Titan pipelined (its selection overlaps the previous step's training), the baselines serial
 (``--pipeline all`` pipelines them too). Writes ``curves.csv`` (tidy: dataset, model, method,
 seed, step, accuracy, loss, select_ms_per_step, train_ms_per_step, coarse_forwards,
-sim_time_s, sim_energy_j), ``summary.csv`` and ``accuracy.png``. A second call with the same
+sim_time_s, sim_energy_j, hardware: what the wall times were measured on, ``cpu`` or
+``cuda: <GPU name>``; the simulated clock does not depend on it), ``summary.csv`` and
+``accuracy.png``. A second call with the same
 ``--out`` skips every (method, seed) that reached ``--steps`` and continues an unfinished one
 from its last evaluation: after every ``--eval-every`` steps the run's whole state (model,
 selector buffer, stream position, random generators, device clock) is saved as data, never
@@ -48,7 +50,7 @@ import pandas as pd
 import torch
 
 from fedtitan.checkpoint import StateError, unpack, write_state
-from fedtitan.compute import DeviceData, resolve_device
+from fedtitan.compute import DeviceData, device_label, resolve_device
 from fedtitan.data import DataStream, load_dataset
 from fedtitan.errors import FedtitanError
 from fedtitan.fileio import atomic_writer
@@ -220,6 +222,19 @@ def finished_pairs(out: Path, steps: int, prev: pd.DataFrame | None = None) -> s
     return {(str(m), int(sd)) for m, sd in prev[prev.step == steps][["method", "seed"]].itertuples(index=False)}
 
 
+def method_summary(method: str, final: pd.DataFrame) -> dict:
+    """One method's line of ``summary.csv`` from its runs' last rows. Wall times measured on
+    different hardware do not average: they are the CPU runs' when the method has any, else
+    those of the first hardware listed (``wall_ms_on`` says which; ``hardware`` lists all)."""
+    hw = final["hardware"].fillna("cpu") if "hardware" in final else pd.Series("cpu", index=final.index)
+    kinds = sorted(hw.unique())
+    on = "cpu" if "cpu" in kinds else kinds[0]
+    wall = final[hw == on]
+    return {"method": method, "final_acc_mean": final.accuracy.mean(), "final_acc_sd": final.accuracy.std(),
+            "select_ms_per_step": wall.select_ms_per_step.mean(), "train_ms_per_step": wall.train_ms_per_step.mean(),
+            "wall_ms_on": on, "hardware": ", ".join(kinds)}
+
+
 def run_one(ds, method: str, seed: int, args: argparse.Namespace, eval_x, eval_y,  # type: ignore[no-untyped-def]
             partial: PartialRun | None = None) -> list[dict]:
     import math
@@ -324,10 +339,11 @@ def run_one(ds, method: str, seed: int, args: argparse.Namespace, eval_x, eval_y
                "accuracy": acc, "loss": loss, "select_ms_per_step": sel_ms / step,
                "train_ms_per_step": train_ms / step,
                "coarse_forwards": float(np.mean(forwards)) if forwards else np.nan,
-               "sim_time_s": sim_s, "sim_energy_j": sim_j}
+               "sim_time_s": sim_s, "sim_energy_j": sim_j, "hardware": device_label(args.torch_device)}
         if idle is not None:  # the buffer used under the walking idle share
             row.update(buffer_mean=float(np.mean(buffers)))
         rows.append(row)
+        print(f"{method} seed {seed}: step {step}/{args.steps}, accuracy {acc:.3f}", flush=True)
         if partial is not None and step < args.steps:
             partial.save({
                 "step": step, "rows": rows, "model": model.state_dict(), "selector": selector.state_dict(),
@@ -422,9 +438,7 @@ def main() -> None:
         return
     df = pd.DataFrame(rows)
     final = df[df.step == df.step.max()]
-    summary = final.groupby("method").agg(final_acc_mean=("accuracy", "mean"), final_acc_sd=("accuracy", "std"),
-                                          select_ms_per_step=("select_ms_per_step", "mean"),
-                                          train_ms_per_step=("train_ms_per_step", "mean")).reset_index()
+    summary = pd.DataFrame([method_summary(str(m), f) for m, f in final.groupby("method")])
     # steps to reach rs's mean final accuracy (the paper's target), per method (mean curve)
     rs = summary.loc[summary.method == "rs", "final_acc_mean"]
     target = float(rs.iloc[0]) if len(rs) else np.nan

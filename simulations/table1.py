@@ -14,6 +14,10 @@ and the rest) and ``table1.csv``, and prints the markdown table. For each model:
   "for baselines failing to reach target accuracy, we simply present the normalized time of
   entire model training process").
 
+``hardware`` says what each run's wall times were measured on (``cpu``, or ``cuda: <GPU>``
+for runs on a lent GPU); the accuracy and the device clock do not depend on it, and
+``select_ms_per_sample_here`` in ``table1.csv`` averages the CPU runs only.
+
 Older curves written before ``single_device`` billed the device clock lack ``sim_time_s``;
 it is recomputed here from the same cost model (``single_device.device_step``), with
 Titan's coarse-filter forwards per step taken from the runs that recorded them at the same
@@ -96,6 +100,9 @@ def combine(root: Path) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame()
     df = pd.concat([_backfill(d, folder, forwards) for folder, d in frames.items()], ignore_index=True)
+    # runs written before single_device recorded ``hardware`` ran on this project's CPUs: its
+    # flop counter could not run a model on a GPU until then
+    df["hardware"] = df["hardware"].fillna("cpu") if "hardware" in df else "cpu"
     first = ["dataset", "model", "method", "seed", "step", "accuracy"]
     df = df[first + [c for c in df.columns if c not in first]]
     df.to_csv(root / "curves.csv", index=False)
@@ -106,6 +113,8 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, method): final accuracy with a 95% interval, seeds, steps, and time
     to RS's mean final accuracy on the device clock normalised by RS's."""
     rows = []
+    if "hardware" not in df:
+        df = df.assign(hardware="cpu")
     for model, d in df.groupby("model"):
         steps = int(d.step.max())
         d = d[d.groupby(["method", "seed"]).step.transform("max") == steps]  # finished runs only
@@ -129,7 +138,9 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
                          "time_to_target_s": t if ok else np.nan,
                          "sim_s_per_step": float(f.sim_time_s.mean() / steps),
                          "sim_w": float(f.sim_energy_j.mean() / f.sim_time_s.mean()),
-                         "select_ms_per_sample_here": float(f.select_ms_per_step.mean()) / 100,
+                         "select_ms_per_sample_here": float(here.select_ms_per_step.mean()) / 100
+                         if len(here := f[f.hardware == "cpu"]) else np.nan,
+                         "hardware": ", ".join(sorted(f.hardware.unique())),
                          "paper_time_norm": paper[0] if paper else np.nan,
                          "paper_acc": paper[1] / 100 if paper else np.nan})
     t = pd.DataFrame(rows)

@@ -17,7 +17,8 @@ def count_forward_flops(model: nn.Module, input_shape: tuple[int, ...], n_blocks
     """
     was_training = model.training
     model.eval()
-    x = torch.zeros((1, *input_shape))
+    weight = next(iter(model.parameters()), None)  # the sample goes where the model is (a GPU, say)
+    x = torch.zeros((1, *input_shape), device=weight.device if weight is not None else None)
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             if n_blocks is None:

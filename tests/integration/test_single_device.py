@@ -17,6 +17,9 @@ def test_two_methods_then_resume(shared_data, tmp_path, monkeypatch, capsys):
     single_device.main()
     curves = pd.read_csv(tmp_path / "curves.csv")
     assert sorted(set(curves.method)) == ["rs", "titan:buffer=15"] and curves.step.max() == 4
+    assert set(curves.hardware) == {"cpu"}
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert set(summary.wall_ms_on) == {"cpu"} and set(summary.hardware) == {"cpu"}
     assert "[2/2]" in capsys.readouterr().out  # the second method ran in the same call
     single_device.main()  # every (method, seed) reached --steps: nothing is run again
     assert "seed 0: acc" not in capsys.readouterr().out
@@ -124,3 +127,15 @@ def test_processes_share_one_out(shared_data, tmp_path, monkeypatch, capsys):
     ran = [line for out in outs for line in out.splitlines() if ": acc " in line]
     assert len(ran) == 5  # titan seed 0 was finished before; each other run ran in one process only
     assert not (tmp_path / "partial").exists()
+
+
+@pytest.mark.gpu
+def test_every_method_runs_on_cuda(shared_data, tmp_path, monkeypatch):
+    # the model, the flop counter, the stream and every selector on the GPU (Table 1's ResNet
+    # rows ran this way on a lent H200)
+    argv = ["single_device", "--data-dir", str(shared_data), "--steps", "2", "--eval-every", "1", "--seeds", "1",
+            "--methods", "titan,rs,is,ce,ocs,ll,hl,camel,cis", "--device", "cuda", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    single_device.main()
+    c = pd.read_csv(tmp_path / "curves.csv")
+    assert len(c[c.step == 2]) == 9 and c.hardware.str.startswith("cuda: ").all()

@@ -37,6 +37,15 @@ def test_flops_of_tiny_conv_net_by_hand():
     assert count_forward_flops(model, (1, 4, 4), n_blocks=1) == 576
 
 
+def test_flops_are_counted_where_the_model_is():
+    # single_device counts a model already moved to its device (a GPU); the counting sample
+    # must follow it. The meta device stands in for a GPU here: same count, no CPU tensor met.
+    model = BlockModel([nn.Conv2d(1, 2, 3, padding=1, bias=False)],
+                       nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), 2, 3).to("meta")
+    assert count_forward_flops(model, (1, 4, 4)) == 576 + 12
+    assert count_forward_flops(model, (1, 4, 4), n_blocks=1) == 576
+
+
 def test_known_mobilenet_v1_cifar_cost():
     # MobileNetV1 on 32x32 inputs: about 46 M multiply-accumulates
     flops = count_forward_flops(build_model("mobilenet_v1", (3, 32, 32), 10), (3, 32, 32))

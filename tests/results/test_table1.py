@@ -46,6 +46,29 @@ def test_time_to_target_is_normalised_by_rs_and_unreached_is_marked(tmp_path):
     assert list(combined.columns[:6]) == ["dataset", "model", "method", "seed", "step", "accuracy"]
 
 
+def test_runs_on_a_gpu_keep_accuracy_but_not_the_cpu_wall_times(tmp_path):
+    # seed 0 on this CPU (written before the hardware column: backfilled "cpu"), seed 1 on a GPU
+    d = tmp_path / "resnet50"
+    d.mkdir()
+    c = _curves("resnet50", {"rs": [0.3, 0.5], "titan": [0.4, 0.6]}, {"rs": 1.0, "titan": 1.2})
+    gpu = c.seed == 1
+    c.loc[gpu, "select_ms_per_step"] = 900.0
+    c["hardware"] = np.where(gpu, "cuda: NVIDIA H200", None)
+    c.to_csv(d / "curves.csv", index=False)
+    df = table1.combine(tmp_path)
+    assert set(df[df.seed == 0].hardware) == {"cpu"}
+    t = table1.table(df).set_index("method")
+    assert t.loc["titan", "seeds"] == 2 and t.loc["titan", "final_acc"] == pytest.approx(0.6)
+    assert t.loc["titan", "select_ms_per_sample_here"] == pytest.approx(5.0 / 100)  # the CPU run's only
+    assert t.loc["titan", "hardware"] == "cpu, cuda: NVIDIA H200"
+    only_gpu = table1.table(df[df.seed == 1]).set_index("method")
+    assert np.isnan(only_gpu.loc["titan", "select_ms_per_sample_here"])
+    s = single_device.method_summary("titan", df[(df.step == 200) & (df.method == "titan")])
+    assert s["wall_ms_on"] == "cpu" and s["select_ms_per_step"] == 5.0 and s["final_acc_mean"] == pytest.approx(0.6)
+    s = single_device.method_summary("titan", c[(c.step == 200) & (c.method == "titan") & gpu])
+    assert s["wall_ms_on"] == s["hardware"] == "cuda: NVIDIA H200" and s["select_ms_per_step"] == 900.0
+
+
 def test_old_curves_get_the_device_clock_from_the_cost_model(tmp_path):
     # curves written before single_device billed the device clock: no dataset, model or sim_time_s
     d = tmp_path / "mobilenet_v1"
