@@ -222,11 +222,17 @@ def finished_pairs(out: Path, steps: int, prev: pd.DataFrame | None = None) -> s
     return {(str(m), int(sd)) for m, sd in prev[prev.step == steps][["method", "seed"]].itertuples(index=False)}
 
 
+def run_hardware(df: pd.DataFrame) -> pd.Series:
+    """Each row's ``hardware``; rows written before the column existed ran on a CPU (the flop
+    counter could not run a model on a GPU until then)."""
+    return df["hardware"].fillna("cpu") if "hardware" in df else pd.Series("cpu", index=df.index)
+
+
 def method_summary(method: str, final: pd.DataFrame) -> dict:
     """One method's line of ``summary.csv`` from its runs' last rows. Wall times measured on
     different hardware do not average: they are the CPU runs' when the method has any, else
     those of the first hardware listed (``wall_ms_on`` says which; ``hardware`` lists all)."""
-    hw = final["hardware"].fillna("cpu") if "hardware" in final else pd.Series("cpu", index=final.index)
+    hw = run_hardware(final)
     kinds = sorted(hw.unique())
     on = "cpu" if "cpu" in kinds else kinds[0]
     wall = final[hw == on]

@@ -100,9 +100,9 @@ def combine(root: Path) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame()
     df = pd.concat([_backfill(d, folder, forwards) for folder, d in frames.items()], ignore_index=True)
-    # runs written before single_device recorded ``hardware`` ran on this project's CPUs: its
-    # flop counter could not run a model on a GPU until then
-    df["hardware"] = df["hardware"].fillna("cpu") if "hardware" in df else "cpu"
+    from simulations.single_device import run_hardware
+
+    df["hardware"] = run_hardware(df)
     first = ["dataset", "model", "method", "seed", "step", "accuracy"]
     df = df[first + [c for c in df.columns if c not in first]]
     df.to_csv(root / "curves.csv", index=False)
@@ -113,8 +113,9 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, method): final accuracy with a 95% interval, seeds, steps, and time
     to RS's mean final accuracy on the device clock normalised by RS's."""
     rows = []
-    if "hardware" not in df:
-        df = df.assign(hardware="cpu")
+    from simulations.single_device import run_hardware
+
+    df = df.assign(hardware=run_hardware(df))
     for model, d in df.groupby("model"):
         steps = int(d.step.max())
         d = d[d.groupby(["method", "seed"]).step.transform("max") == steps]  # finished runs only
