@@ -1,10 +1,17 @@
 """The run configuration: one validated object, built in one place from a TOML preset plus
 ``key=value`` overrides. Every error is one line naming the key, the value and what is allowed.
+
+This module sits at the bottom of the library: it imports nothing of fedtitan but
+:mod:`fedtitan.errors` (and, when a config names a fleet, the leaf
+:mod:`fedtitan.devices.fleets`). :func:`validate` checks the settings' types, ranges and
+their consistency; the names a config gives (dataset, model, selector and its options,
+devices, dynamics and trace, tracker) are checked against their registries by
+:func:`fedtitan.preflight.check_config`, which the launcher calls before a run starts.
+The presets are TOML files in ``fedtitan/presets/``.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import tomllib
@@ -15,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedtitan.errors import ConfigError
+from fedtitan.errors import ConfigError, did_you_mean
 
 
 class _Section(BaseModel):
@@ -144,6 +151,10 @@ class FleetSection(_Section):
     timeline: Literal["auto", "all", "sampled"] = "auto"
 
 
+# What a named fleet (fedtitan.devices.fleets) may set: the fleet section's keys but its own name and file.
+FLEET_SETTINGS: tuple[str, ...] = tuple(k for k in FleetSection.model_fields if k not in ("name", "file"))
+
+
 class SimulationSection(_Section):
     engine: Literal["ray", "local"] = "ray"  # local: every client in the server's process, one after another
     workers: int = Field(0, ge=0)  # Flower nodes that play the partitions (0: eight per client process)
@@ -164,7 +175,7 @@ class ComputeSection(_Section):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        from fedtitan.compute import DEVICE_PATTERN
+        from fedtitan.compute import DEVICE_PATTERN  # a leaf: the syntax of a device spec
 
         v = v.strip().lower()
         if not DEVICE_PATTERN.match(v):
@@ -226,22 +237,20 @@ PRESET_DIR = "presets"
 
 
 def preset_names() -> list[str]:
-    root = resources.files("simulations") / PRESET_DIR
+    root = resources.files("fedtitan") / PRESET_DIR
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
 
 
-def _read_preset(name_or_path: str) -> dict[str, Any]:
+def read_preset(name_or_path: str) -> dict[str, Any]:
     path = Path(name_or_path)
     if name_or_path.endswith(".toml") or path.exists():
         if not path.exists():
             raise ConfigError(f"config file not found: {path}")
         text = path.read_text()
     else:
-        res = resources.files("simulations") / PRESET_DIR / f"{name_or_path}.toml"
+        res = resources.files("fedtitan") / PRESET_DIR / f"{name_or_path}.toml"
         if not res.is_file():
-            close = difflib.get_close_matches(name_or_path, preset_names(), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown preset {name_or_path!r}{hint} Presets: {', '.join(preset_names())}")
+            raise ConfigError(f"unknown preset {name_or_path!r}{did_you_mean(name_or_path, preset_names())} Presets: {', '.join(preset_names())}")
         text = res.read_text()
     try:
         return tomllib.loads(text)
@@ -295,15 +304,14 @@ PAPER_WORDS = {"rho": "ratio", "pruning_ratio": "ratio", "keep": "ratio", "v": "
                "alpha_dirichlet": "alpha", "clients": "num_clients", "k": "classes_per_client"}
 
 
-def did_you_mean(key: str) -> str:
+def key_hint(key: str) -> str:
     """``; did you mean 'x'?`` for an unknown key: the config's name for a paper's word (``pruning.rho``
     -> ``pruning.ratio``), else the closest known key; empty when nothing is close."""
     known = _known_keys()
     section, _, name = key.partition(".")
     word = PAPER_WORDS.get(name.lower())
     candidates = [f"{s}.{word}" for s in ([section] + [k.split(".")[0] for k in known]) if f"{s}.{word}" in known]
-    close = candidates[:1] or difflib.get_close_matches(key, known, n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return f"; did you mean {candidates[0]!r}?" if candidates else did_you_mean(key, known)
 
 
 def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -313,7 +321,7 @@ def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         key, _, raw = item.partition("=")
         key = key.strip()
         if not is_known_key(key):
-            raise ConfigError(f"unknown config key {key!r}{did_you_mean(key)}")
+            raise ConfigError(f"unknown config key {key!r}{key_hint(key)}")
         section, name = key.split(".", 1)
         if name in Config.model_fields[section].annotation.model_fields:  # type: ignore[union-attr]
             doc.setdefault(section, {})[name] = _parse_value(key, raw.strip())
@@ -332,7 +340,7 @@ def _format_error(exc: ValidationError) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     value = err.get("input")
     if err["type"] == "extra_forbidden":
-        return f"unknown config key {loc!r}{did_you_mean(loc)}"
+        return f"unknown config key {loc!r}{key_hint(loc)}"
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     return f"config {loc or 'value'}: {msg}{shown}"
 
@@ -342,53 +350,20 @@ def validate(doc: dict[str, Any]) -> Config:
         cfg = Config.model_validate(doc)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc)) from None
-    _check_names(cfg)
+    _check_consistency(cfg)
     return cfg
 
 
-def _check_names(cfg: Config) -> None:
-    from fedtitan.data.loaders import LOADERS
-    from fedtitan.devices.catalog import CATALOG, load_profiles
-    from fedtitan.models import MODELS, takes_stem
-
-    def choose(key: str, value: str, allowed: list[str]) -> None:
-        if value not in allowed:
-            close = difflib.get_close_matches(value, allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"config {key}: unknown value {value!r}{hint} Allowed: {', '.join(allowed)}")
-
-    choose("data.dataset", cfg.data.dataset, [*LOADERS, "npz"])
-    choose("model.name", cfg.model.name, list(MODELS))
-    if cfg.model.stem != "auto" and not takes_stem(cfg.model.name):
-        raise ConfigError(f"config model.stem: {cfg.model.name} has one stem; model.stem applies to "
-                          f"{', '.join(n for n in MODELS if takes_stem(n))}")
-    from fedtitan.plugins import check_options
-    from fedtitan.selection.selectors import selector_factory
-
-    factory = selector_factory(cfg.selection.method)
-    check_options(factory, cfg.selection.options, "selection.options", cfg.selection.method)
+def _check_consistency(cfg: Config) -> None:
+    """What the sections' own validators cannot see; no registry needed (names are checked by
+    :func:`fedtitan.preflight.check_config`)."""
     if cfg.data.dataset == "npz" and not cfg.data.path:
         raise ConfigError("config data.path: dataset 'npz' needs data.path pointing at your .npz file")
-    extra = load_profiles(cfg.fleet.profiles) if cfg.fleet.profiles else {}
-    names = list(CATALOG) + list(extra)
     for name, frac in cfg.fleet.mix.items():
-        choose("fleet.mix", name, names)
         if not frac > 0:
             raise ConfigError(f"config fleet.mix: fraction for {name!r} must be > 0, got {frac}")
-    for name in cfg.fleet.devices:
-        choose("fleet.devices", name, names)
     if not cfg.fleet.mix and not cfg.fleet.devices:
         raise ConfigError("config fleet: give fleet.mix (name:fraction,...) or fleet.devices")
-    from fedtitan.devices.dynamics import build_dynamics
-    from fedtitan.devices.fleet import device_names, fleet_spec
-
-    build_dynamics(cfg.fleet.dynamics, cfg.fleet.dynamics_options, cfg.run.seed,
-                   device_names(fleet_spec(cfg), cfg.run.seed, extra), cfg.fleet.trace)
-    if cfg.data.partition == "shards" and cfg.data.classes_per_client < 1:
-        raise ConfigError("config data.classes_per_client must be >= 1")
-    from fedtitan.results.tracking import check_backend
-
-    check_backend(cfg.tracking.backend, cfg.tracking.uri)
 
 
 def _settings(doc: dict[str, Any]) -> dict[str, Any]:
@@ -429,13 +404,14 @@ def load_config(preset: str | None = "quickstart", overrides: list[str] | None =
     (``fleet.name``, from the preset or an override) replaces the preset's fleet settings
     before the overrides are applied, so ``--set fleet.KEY`` still wins over it."""
     overrides = list(overrides or [])
-    doc = _read_preset(preset) if preset else {}
+    doc = read_preset(preset) if preset else {}
     preset_fleets = doc.pop("fleets", {})
     fleet = doc.get("fleet", {}) if isinstance(doc.get("fleet"), dict) else {}
     name = _overridden(overrides, "fleet.name", fleet.get("name"))
     if name:
         from fedtitan.devices.fleets import named_fleet
 
-        named = named_fleet(str(name), preset_fleets, _overridden(overrides, "fleet.file", fleet.get("file")))
+        named = named_fleet(str(name), preset_fleets, _overridden(overrides, "fleet.file", fleet.get("file")),
+                            FLEET_SETTINGS)
         doc["fleet"] = {**{k: v for k, v in fleet.items() if k in ("file",)}, **named, "name": str(name)}
     return validate(apply_overrides(doc, overrides))

@@ -15,14 +15,13 @@ effects, and the library never imports a plugin until a config names it.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from typing import Any
 
-from fedtitan.errors import ConfigError
+from fedtitan.errors import ConfigError, did_you_mean
 
 
 def entry_point_names(group: str) -> list[str]:
@@ -63,9 +62,7 @@ def resolve(name: str, *, key: str, group: str, builtins: Mapping[str, Any]) -> 
         raise ConfigError(f"config {key}: {name!r} looks like a module path; name the class too: "
                           f"{name}:ClassName (package.module:ClassName)")
     known = [*builtins, *entry_point_names(group)]
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"config {key}: unknown value {name!r}{hint} Allowed: {', '.join(known)}, an installed "
+    raise ConfigError(f"config {key}: unknown value {name!r}{did_you_mean(name, known)} Allowed: {', '.join(known)}, an installed "
                       f"'{group}' entry point, or package.module:ClassName")
 
 
@@ -119,9 +116,7 @@ def check_options(factory: Callable[..., Any], options: Mapping[str, Any], key: 
     allowed = sorted(names - set(reserved or {}))
     for opt in options:
         if opt not in names:
-            close = difflib.get_close_matches(opt, allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"config {key}: unknown option {opt!r} for {name!r}{hint} "
+            raise ConfigError(f"config {key}: unknown option {opt!r} for {name!r}{did_you_mean(opt, allowed)} "
                               f"Options: {', '.join(allowed) or '(none)'}")
 
 

@@ -45,22 +45,19 @@ def _progress(cfg: Config, quiet: bool, done: int = 0) -> tuple[Any, Any]:
     return prog, update
 
 
-# The signal that asked the last run to stop (SIGINT or SIGTERM), for the exit status 128 + n.
-STOPPED_BY: list[int] = []
-
-
-def _install_stop_handlers(stop: threading.Event, quiet: bool) -> dict[int, Any]:
+def _install_stop_handlers(stop: threading.Event, quiet: bool, stopped_by: list[int]) -> dict[int, Any]:
     """First Ctrl-C / SIGTERM (what Slurm, Kubernetes and `timeout` send): finish the current
-    round, write results, shut Ray down. A second one aborts at once."""
+    round, write results, shut Ray down. A second one aborts at once. The signal that asked
+    to stop is appended to ``stopped_by`` (the caller's: it comes back in the run's summary
+    as ``stopped_by``, for the exit status 128 + n)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    STOPPED_BY.clear()
 
     def handler(signum: int, frame: object) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        STOPPED_BY.append(signum)
+        stopped_by.append(signum)
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         print(f"\nfedtitan: {name}: stopping after the current round (press Ctrl-C again to abort)", file=sys.stderr)
 
@@ -87,7 +84,7 @@ def client_resources(cfg: Config, attach: bool) -> dict[str, float]:
             processes = max(1, int((os.cpu_count() or 1) // sim.num_cpus))
             gpus = min(1.0, torch.cuda.device_count() / processes)
     # A client process that dies (the out-of-memory killer, a crash) is restarted by Ray, and the
-    # server sends its message again until it is back (strategies.server_app.FleetServer.collect): a client round
+    # server sends its message again until it is back (strategies.dispatch.Dispatch.send_surviving): a client round
     # is a pure function of its message (weights, state, round), so the retry gives what the
     # first try would have.
     return {"num_cpus": sim.num_cpus, "num_gpus": gpus, "max_restarts": -1}
@@ -95,11 +92,13 @@ def client_resources(cfg: Config, attach: bool) -> dict[str, float]:
 
 def check_resources(cfg: Config, attach: bool) -> None:
     """Say what to change, before Ray starts, when the requested client resources cannot fit
-    (or the strategy, a plugin or the compute device is wrong)."""
+    (or a name the config gives, the strategy, a plugin or the compute device is wrong)."""
     import psutil
 
+    from fedtitan.preflight import check_config
     from strategies.registry import check_strategy
 
+    check_config(cfg)
     check_strategy(cfg)
     cpus = os.cpu_count() or 1
     sim = cfg.simulation
@@ -270,12 +269,12 @@ def pool_size(cfg: Config, population: int, cpus: float | None = None) -> int:
 
 
 def simulate(server_main: Callable[[Any], object], cfg: Config, population: int, ray_address: str | None = None,
-             quiet: bool = False) -> None:
+             quiet: bool = False, stop: threading.Event | None = None) -> int | None:
     """Run ``server_main(grid)`` as the ServerApp of one Flower simulation whose SuperNodes are
     a pool of workers (:func:`pool_size`) that play any of ``population`` partitions (client
     resources from ``cfg``). Ctrl-C or SIGTERM asks the server to stop after the current round
     (a second one aborts); Ray is shut down in every case; a fedtitan error inside the server
-    is re-raised here."""
+    is re-raised here. Returns the signal that asked to stop (None when none did)."""
     # the ServerApp runs in a thread Flower starts: its central evaluation and aggregation
     # allocate from the main heap, kept as the clients' is (see one_arena)
     one_arena()
@@ -289,11 +288,10 @@ def simulate(server_main: Callable[[Any], object], cfg: Config, population: int,
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as client_app
-    from strategies.server_app import STOP
 
+    stop = stop if stop is not None else threading.Event()  # set by Ctrl-C / SIGTERM; server_main's server watches it
     if cfg.simulation.engine == "local":
-        _simulate_local(server_main, 1, quiet)
-        return
+        return _simulate_local(server_main, 1, quiet, stop)
     address = ray_address or cfg.simulation.ray_address
     errors: list[BaseException] = []
     server_app = ServerApp()
@@ -317,11 +315,12 @@ def simulate(server_main: Callable[[Any], object], cfg: Config, population: int,
     # also supports); keep the console for errors and our own progress.
     logging.getLogger("flwr").setLevel(logging.ERROR)
     logging.getLogger("ray").setLevel(logging.WARNING)
-    STOP.clear()
+    stop.clear()
     previous: dict[int, Any] = {}
+    stopped_by: list[int] = []
     try:
         _ray_init(cfg, address, quiet)
-        previous = _install_stop_handlers(STOP, quiet)
+        previous = _install_stop_handlers(stop, quiet, stopped_by)
         workers = pool_size(cfg, population, float(ray.cluster_resources().get("CPU", 1)))
         dispatch.install()
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=workers,
@@ -334,22 +333,25 @@ def simulate(server_main: Callable[[Any], object], cfg: Config, population: int,
             ray.shutdown()
     if errors:
         raise errors[0]
+    return stopped_by[0] if stopped_by else None
 
 
-def _simulate_local(server_main: Callable[[Any], object], num_supernodes: int, quiet: bool) -> None:
+def _simulate_local(server_main: Callable[[Any], object], num_supernodes: int, quiet: bool,
+                    stop: threading.Event) -> int | None:
     """``simulation.engine = "local"``: the clients run in this process (no Ray); Ctrl-C and
     SIGTERM behave as with Ray."""
     from clients.client_app import app as client_app
     from strategies.local_grid import LocalGrid
-    from strategies.server_app import STOP
 
-    STOP.clear()
-    previous = _install_stop_handlers(STOP, quiet)
+    stop.clear()
+    stopped_by: list[int] = []
+    previous = _install_stop_handlers(stop, quiet, stopped_by)
     try:
         server_main(LocalGrid(client_app, num_supernodes))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    return stopped_by[0] if stopped_by else None
 
 
 def run(cfg: Config, out: str | Path, ray_address: str | None = None, quiet: bool = False,
@@ -365,9 +367,12 @@ def run(cfg: Config, out: str | Path, ray_address: str | None = None, quiet: boo
     prog, update = _progress(cfg, quiet, done=resume_from.server_round if resume_from is not None else 0)
     t0 = time.perf_counter()
     with prog:
-        simulate(lambda grid: run_server(grid, cfg, out_dir, update, resume_from, pool=True), cfg,
-                 cfg.data.num_clients, ray_address, quiet)
-    return read_summary(out_dir, time.perf_counter() - t0)
+        stop = threading.Event()
+        stopped_by = simulate(lambda grid: run_server(grid, cfg, out_dir, update, resume_from, pool=True, stop=stop),
+                              cfg, cfg.data.num_clients, ray_address, quiet, stop)
+    summary = read_summary(out_dir, time.perf_counter() - t0)
+    summary["stopped_by"] = stopped_by  # the signal (SIGINT, SIGTERM) that stopped the run, else None
+    return summary
 
 
 def resume(run_dir: str | Path, overrides: list[str] | None = None, ray_address: str | None = None,
@@ -376,7 +381,7 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None, ray_address:
     (``overrides`` may raise ``run.rounds`` to extend a finished run, or change settings that do
     not affect results). A finished run is left as it is: its summary comes back with
     ``already_finished``."""
-    from strategies.server_app import resume_config
+    from strategies.checkpoints import resume_config
 
     cfg, ckpt = resume_config(run_dir, overrides)
     if ckpt is None:

@@ -13,6 +13,7 @@ import itertools
 import json
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +26,8 @@ from fedtitan.config import (
     RESULT_NEUTRAL,
     Config,
     changed_settings,
-    did_you_mean,
     is_known_key,
+    key_hint,
     load_config,
 )
 from fedtitan.errors import ConfigError
@@ -50,7 +51,7 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
         if not sep or not values.strip():
             raise ConfigError(f"--grid {item!r} is not key=v1,v2,... (e.g. selection.method=titan,rs)")
         if not is_known_key(key):
-            raise ConfigError(f"--grid: unknown config key {key!r}{did_you_mean(key)}")
+            raise ConfigError(f"--grid: unknown config key {key!r}{key_hint(key)}")
         if key == "run.seed":
             raise ConfigError("--grid run.seed: use --seeds N instead")
         vals = [v.strip() for v in values.split(",") if v.strip()] if not key.endswith(".mix") else [values]
@@ -107,11 +108,15 @@ def _done(run_dir: Path) -> bool:
 
 
 def sweep(preset: str, grid_items: list[str], seeds: int, overrides: list[str], out: str | Path,
-          ray_address: str | None = None, quiet: bool = False) -> tuple[Path, list[RunSpec]]:
-    """Run (or resume) a sweep; returns its folder and run list."""
+          ray_address: str | None = None, quiet: bool = False) -> tuple[Path, list[RunSpec], int | None]:
+    """Run (or resume) a sweep; returns its folder, its run list and the signal (SIGINT,
+    SIGTERM) that stopped it (None when it was not stopped)."""
+    from fedtitan.preflight import check_config
+
     grid = parse_grid(grid_items)
     specs = expand(grid, seeds, overrides)
-    configs: dict[str, Config] = {s.run_id: load_config(preset, list(s.overrides)) for s in specs}  # validate all first
+    # validate all first, names included
+    configs: dict[str, Config] = {s.run_id: check_config(load_config(preset, list(s.overrides))) for s in specs}
     from strategies.registry import check_strategy
 
     for cfg in configs.values():
@@ -176,11 +181,11 @@ def sweep(preset: str, grid_items: list[str], seeds: int, overrides: list[str], 
             _write_index(root, all_specs, status, walls)
             prog.update(task, advance=1)
 
-        interrupted = _run_all(todo, configs, root, ray_address, started, finished)
+        interrupted, stopped_by = _run_all(todo, configs, root, ray_address, started, finished)
         if interrupted:
             prog.stop()
             print(f"sweep interrupted during {interrupted}; run the same command again to resume")
-    return root, all_specs
+    return root, all_specs, stopped_by
 
 
 def _shared_resources(cfg: Config) -> tuple[object, ...]:
@@ -192,7 +197,7 @@ def _shared_resources(cfg: Config) -> tuple[object, ...]:
 def _checkpoint_to_resume(partial: Path, cfg: Config) -> Checkpoint | None:
     """The checkpoint a cut-off run of this sweep goes on from: none when the folder holds none,
     or was made with settings that change results (it is then redone from round 1)."""
-    from strategies.server_app import find_checkpoint
+    from strategies.checkpoints import find_checkpoint
 
     if not (partial / "config.json").is_file():
         return None
@@ -205,15 +210,19 @@ def _checkpoint_to_resume(partial: Path, cfg: Config) -> Checkpoint | None:
 
 
 def _run_all(todo: list[RunSpec], configs: dict[str, Config], root: Path, ray_address: str | None,
-             started: Callable[[RunSpec], None], finished: Callable[[RunSpec, Path, float], None]) -> str | None:
-    """Run ``todo`` one after another; returns the id of the run an interrupt stopped, if any.
+             started: Callable[[RunSpec], None],
+             finished: Callable[[RunSpec, Path, float], None]) -> tuple[str | None, int | None]:
+    """Run ``todo`` one after another; returns the id of the run an interrupt stopped and the
+    signal that asked to stop, if any.
 
     Runs whose simulation settings agree run inside one Flower simulation (Ray started once,
     client processes kept warm: the start-up a run would pay again is paid once per sweep),
     whose workers play the partitions of every run; a run's clients keep their state in its
     own folder."""
     from simulations.run import check_resources, simulate
-    from strategies.server_app import STOP, FleetServer
+    from strategies.server import fleet_server
+
+    stop = threading.Event()  # set by Ctrl-C / SIGTERM (simulate): the running run ends after its round
 
     groups: dict[tuple[object, ...], list[RunSpec]] = {}
     for spec in todo:
@@ -234,7 +243,7 @@ def _run_all(todo: list[RunSpec], configs: dict[str, Config], root: Path, ray_ad
 
         def server_main(grid: object, group: list[RunSpec] = group, stopped: list[str] = stopped) -> None:
             for spec in group:
-                if STOP.is_set():
+                if stop.is_set():
                     stopped.append(spec.run_id)
                     return
                 started(spec)
@@ -245,14 +254,15 @@ def _run_all(todo: list[RunSpec], configs: dict[str, Config], root: Path, ray_ad
                 else:
                     (partial / "summary.json").unlink(missing_ok=True)
                 t0 = time.perf_counter()
-                server = FleetServer(grid, configs[spec.run_id], partial, resume_from=ckpt, pool=True)  # type: ignore[arg-type]
+                server = fleet_server(grid, configs[spec.run_id], partial, resume_from=ckpt, pool=True,  # type: ignore[arg-type]
+                                      stop=stop)
                 summary = server.run()
                 if summary.get("interrupted"):
                     stopped.append(spec.run_id)
                     return
                 finished(spec, partial, time.perf_counter() - t0)
 
-        simulate(server_main, first, population, ray_address, quiet=True)
-        if stopped:
-            return stopped[0]
-    return None
+        stopped_by = simulate(server_main, first, population, ray_address, quiet=True, stop=stop)
+        if stopped or stopped_by is not None:
+            return (stopped[0] if stopped else None), stopped_by
+    return None, None

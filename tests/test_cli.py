@@ -1,4 +1,4 @@
-from fedtitan.cli import main
+from simulations.cli import main
 
 
 def test_devices_list_show_and_errors(capsys):
@@ -26,3 +26,27 @@ def test_data_summary_with_heatmap(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "class_9" in out and png.exists() and png.stat().st_size > 1000
     assert main(["data", "summary", "digits", "--partition", "dirichlet", "--alpha", "0"]) == 2
+
+
+def test_data_summary_shows_the_partition_a_run_trains_on(tmp_path, capsys):
+    """At alpha = 0.1, seed 3, a partition drawn without the preset's min_samples = 20 has a
+    client with 2 samples; the run redraws it. The summary is the run's partition.csv."""
+    import pandas as pd
+
+    from simulations.cli import _partition_table, build_parser
+
+    sets = ["data.alpha=0.1", "run.seed=3"]
+    out = tmp_path / "run"
+    args = ["run", "quickstart", "--quiet", "--out", str(out)]
+    for o in [*sets, "run.rounds=1", "simulation.engine=local", "tracking.report=false"]:
+        args += ["--set", o]
+    assert main(args) == 0
+    ran = pd.read_csv(out / "partition.csv", index_col=0)
+    shown = _partition_table(build_parser().parse_args(["data", "summary", "quickstart", "--set", sets[0],
+                                                         "--set", sets[1]]))
+    pd.testing.assert_frame_equal(shown.reset_index(drop=True), ran.reset_index(drop=True), check_dtype=False)
+    assert ran.iloc[:, 0].min() >= 20  # data.min_samples of the preset
+    # the old flags override the preset's settings: --alpha and --seed are data.alpha and run.seed
+    flags = _partition_table(build_parser().parse_args(["data", "summary", "quickstart", "--alpha", "0.1",
+                                                         "--seed", "3"]))
+    pd.testing.assert_frame_equal(flags, shown)

@@ -52,7 +52,7 @@ def test_resolution_and_one_line_errors_for_missing_devices():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cli_says_which_devices_are_visible(capsys):
-    from fedtitan.cli import main
+    from simulations.cli import main
 
     assert main(["run", "--quiet", "--set", "compute.device=cuda", "--set", "run.rounds=1"]) == 2
     err = capsys.readouterr().err

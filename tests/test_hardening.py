@@ -10,7 +10,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from fedtitan.cli import main
+from simulations.cli import main
 
 BASE = ["--set", "data.num_clients=3", "--set", "run.rounds=2", "--set", "server.fraction=1.0",
         "--set", "selection.local_steps=2"]
@@ -78,7 +78,7 @@ def ray_tmp(monkeypatch):
 @pytest.mark.slow
 def test_interrupt_keeps_finished_rounds_and_leaks_no_ray(tmp_path, ray_tmp):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "fedtitan.cli", "run", "--quiet", "--out", str(out),
+    cmd = [sys.executable, "-m", "simulations.cli", "run", "--quiet", "--out", str(out),
            "--set", "data.num_clients=3", "--set", "run.rounds=200", "--set", "server.fraction=1.0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

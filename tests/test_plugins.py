@@ -15,6 +15,7 @@ import pytest
 
 from fedtitan.config import load_config
 from fedtitan.errors import ConfigError
+from fedtitan.preflight import check_config
 from fedtitan.training.client import client_round, setup_for
 from strategies.registry import build_strategy, check_strategy
 
@@ -48,8 +49,8 @@ def test_module_class_selector_runs_with_its_own_options(monkeypatch):
     assert out.metrics["selected"] == 2 * 10 and out.state["selector"] == {"selections": 2}
     assert out.metrics["sim_select_s"] > 0  # forward_candidates = True: the cost model bills its forward
     with pytest.raises(ConfigError, match="unknown option 'temprature'.*did you mean 'temperature'"):
-        load_config("quickstart", ["selection.method=fedtitan_example.selectors:MarginSelector",
-                                   "selection.options.temprature=2.0"])
+        check_config(load_config("quickstart", ["selection.method=fedtitan_example.selectors:MarginSelector",
+                                                "selection.options.temprature=2.0"]))
 
 
 @pytest.mark.parametrize(("spec", "message"), [
@@ -61,7 +62,7 @@ def test_module_class_selector_runs_with_its_own_options(monkeypatch):
 ])
 def test_bad_selector_plugins_are_one_line_errors(spec, message):
     with pytest.raises(ConfigError) as exc:
-        load_config("quickstart", [f"selection.method={spec}"])
+        check_config(load_config("quickstart", [f"selection.method={spec}"]))
     assert message in str(exc.value) and "\n" not in str(exc.value)
 
 
@@ -81,7 +82,7 @@ def test_a_run_with_installed_plugins(installed, tmp_path):
     """`fedtitan run --set selection.method=margin --set server.strategy=normbound` once the
     package is installed (here: on PYTHONPATH, which Ray's workers inherit)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(installed), os.environ.get("PYTHONPATH", "")])}
-    args = [sys.executable, "-m", "fedtitan.cli", "run", "--quiet", "--out", str(tmp_path / "run")]
+    args = [sys.executable, "-m", "simulations.cli", "run", "--quiet", "--out", str(tmp_path / "run")]
     for o in [*BASE, "selection.method=margin", "server.strategy=normbound", "server.strategy_options.max_norm=50"]:
         args += ["--set", o]
     res = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from fedtitan.errors import DataError
+from fedtitan.errors import DataError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -169,10 +169,7 @@ def download(name: str, to: str | os.PathLike[str] | None = None, quiet: bool = 
     from fedtitan.paths import data_dirs
 
     if name not in SOURCES:
-        import difflib
-
-        close = difflib.get_close_matches(name, DATASETS, n=1)
-        raise DataError(f"no download for {name!r}{f'; did you mean {close[0]!r}?' if close else ''} "
+        raise DataError(f"no download for {name!r}{did_you_mean(name, DATASETS)} "
                         f"(available: {', '.join(DATASETS)})")
     root = Path(to).expanduser() if to else data_dirs(None)[0]
     try:

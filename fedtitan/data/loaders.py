@@ -127,24 +127,14 @@ def _holdout_groups(groups: np.ndarray, test_fraction: float, seed: int) -> np.n
     return np.isin(groups, held)
 
 
-def _group_ids(groups: np.ndarray) -> np.ndarray:
-    """Map arbitrary group labels (strings) to dense int64 ids in sorted order."""
-    _, inv = np.unique(groups, return_inverse=True)
-    return inv.astype(np.int64)
-
-
 # --------------------------------------------------------------------------- cifar10
 
 
-def load_cifar10(data_dir: str | os.PathLike[str] | None = None, download: bool = False) -> Dataset:
+def load_cifar10(data_dir: str | os.PathLike[str] | None = None) -> Dataset:
     """CIFAR-10 from the official python tarball/folder, or the offline JPEG pack."""
     official = _find("cifar10", ["cifar-10-batches-py", "cifar10/cifar-10-batches-py",
                                  "cifar-10-python.tar.gz", "cifar10/cifar-10-python.tar.gz"], data_dir)
     pack = _find("cifar10", ["cifar10/cifar10-jpeg.npz", "cifar10-jpeg.npz"], data_dir)
-    if official is None and pack is None and download:
-        from fedtitan.data.download import download as fetch_dataset
-
-        official = fetch_dataset("cifar10", data_dir)
     if official is not None:
         arrays = _cached("cifar10-official", official, lambda: _read_cifar_official(official))
     elif pack is not None:

@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from fedtitan.errors import ConfigError
+from fedtitan.errors import ConfigError, did_you_mean
 
 GB = 1024**3
 MBIT = 1e6 / 8  # bytes per second in one Mbit/s
@@ -193,11 +193,7 @@ def get_profile(name: str, extra: dict[str, DeviceProfile] | None = None) -> Dev
     if name.endswith(".toml"):
         profiles = load_profiles(name)
         return next(iter(profiles.values()))
-    import difflib
-
-    close = difflib.get_close_matches(name, list(CATALOG), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"unknown device {name!r}{hint} Known devices: {', '.join(CATALOG)}")
+    raise ConfigError(f"unknown device {name!r}{did_you_mean(name, CATALOG)} Known devices: {', '.join(CATALOG)}")
 
 
 def profile_toml(profile: DeviceProfile) -> str:

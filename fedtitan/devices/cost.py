@@ -56,10 +56,6 @@ def fine_cost(p: DeviceProfile, forward_flops: float, candidates: int) -> PhaseC
     return _phase(forward_flops * candidates / p.select_flops, p.select_w, p.idle_w)
 
 
-def eval_cost(p: DeviceProfile, forward_flops: float, samples: int) -> PhaseCost:
-    return _phase(forward_flops * samples / p.train_flops, p.train_w, p.idle_w)
-
-
 def comm_cost(p: DeviceProfile, bytes_down: float, bytes_up: float) -> PhaseCost:
     seconds = bytes_down / p.downlink_bps + bytes_up / p.uplink_bps
     return PhaseCost(seconds, p.radio_w * seconds)

@@ -29,7 +29,7 @@ A trace (``fleet.trace = "trace.csv"``) overrides the model where it has a value
 
 from __future__ import annotations
 
-import difflib
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedtitan.devices.catalog import DeviceProfile
-from fedtitan.errors import ConfigError
+from fedtitan.errors import ConfigError, did_you_mean
 
 FACTOR_COLUMNS = ("available", "speed_factor", "select_share", "bandwidth_factor")
 
@@ -321,12 +321,24 @@ class Trace:
 def load_trace(path: str | Path, devices: Sequence[str] | None = None) -> Trace:
     """Read and validate a trace CSV for a fleet whose clients are ``devices`` (one name per
     partition id; ``None``: check the file alone). Every problem is one line: missing columns,
-    negative or empty intervals, overlaps, unknown devices or partitions, values out of range."""
+    negative or empty intervals, overlaps, unknown devices or partitions, values out of range.
+
+    A file is read once for as long as it is unchanged (cached by path, size and modification
+    time), so checking a run's config before it starts and building its fleet cost one read."""
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+    except OSError:
+        raise ConfigError(f"fleet.trace: {p} not found") from None
+    return _load_trace(str(p), st.st_mtime_ns, st.st_size, None if devices is None else tuple(devices))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_trace(resolved: str, mtime_ns: int, size: int, devices: tuple[str, ...] | None) -> Trace:
+    """:func:`load_trace`, once per (file, its size and modification time, fleet)."""
     import pandas as pd
 
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ConfigError(f"fleet.trace: {p} not found")
+    p = Path(resolved)
     try:
         df = pd.read_csv(p)
     except Exception as exc:
@@ -379,9 +391,8 @@ def load_trace(path: str | Path, devices: Sequence[str] | None = None) -> Trace:
             if not dev or dev == "nan":
                 raise ConfigError(f"fleet.trace {p} line {line}: give a device or a partition_id")
             if kinds is not None and dev not in kinds:
-                close = difflib.get_close_matches(dev, sorted(kinds), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(f"fleet.trace {p} line {line}: device {dev!r} is not in this fleet{hint} "
+                raise ConfigError(f"fleet.trace {p} line {line}: device {dev!r} is not in this fleet"
+                                  f"{did_you_mean(dev, sorted(kinds))} "
                                   f"(fleet: {', '.join(sorted(kinds))})")
             by_device.setdefault(dev, []).append(tr)
     for key, rows in [*by_partition.items(), *by_device.items()]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedtitan.devices.catalog import DeviceProfile, get_profile
+from fedtitan.devices.catalog import DeviceProfile, get_profile, load_profiles
 from fedtitan.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -48,6 +48,18 @@ def fleet_spec(cfg: Config) -> FleetSpec:
     if f.devices:
         return FleetSpec(size=cfg.data.num_clients, devices=tuple(f.devices), variation=f.variation)
     return FleetSpec.from_mix(f.mix, size=cfg.data.num_clients, variation=f.variation)
+
+
+def fleet_profiles(cfg: Config) -> dict[str, DeviceProfile]:
+    """The profiles ``fleet.profiles`` adds to the catalog (none when unset)."""
+    return load_profiles(cfg.fleet.profiles) if cfg.fleet.profiles else {}
+
+
+def fleet_devices(cfg: Config, extra: dict[str, DeviceProfile] | None = None) -> list[str]:
+    """The device name of every client of the run ``cfg`` describes (one per partition id),
+    each checked against the catalog and ``fleet.profiles`` (``extra``: those profiles, when
+    the caller has them already). The one place a run's device list is made."""
+    return device_names(fleet_spec(cfg), cfg.run.seed, fleet_profiles(cfg) if extra is None else extra)
 
 
 def device_names(spec: FleetSpec, seed: int, extra: dict[str, DeviceProfile] | None = None) -> list[str]:

@@ -9,12 +9,12 @@ preset's ``[fleet]`` keys, and keys given with ``--set fleet.KEY=...`` still win
 
 from __future__ import annotations
 
-import difflib
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedtitan.errors import ConfigError
+from fedtitan.errors import ConfigError, did_you_mean
 
 # From the catalog: the papers' lab, a phone-class fleet, a mixed edge fleet, a Pi cluster.
 BUILTIN_FLEETS: dict[str, dict[str, Any]] = {
@@ -29,21 +29,14 @@ BUILTIN_NOTES = {
     "phones": "mid-range phones on battery, available by a diurnal cycle",
     "pi-cluster": "Raspberry Pi 4 and 5, half each",
 }
-# What a named fleet may set: the fleet section's keys but its own name and file.
-NOT_IN_A_FLEET = ("name", "file")
 
 
-def _fleet_keys() -> list[str]:
-    from fedtitan.config import FleetSection
-
-    return [k for k in FleetSection.model_fields if k not in NOT_IN_A_FLEET]
-
-
-def check_fleet(name: str, table: Any, where: str) -> dict[str, Any]:
-    """A named fleet's table, checked: only ``fleet.*`` keys (one line naming any other)."""
+def check_fleet(name: str, table: Any, where: str, keys: Sequence[str]) -> dict[str, Any]:
+    """A named fleet's table, checked: only ``keys`` (the ``fleet.*`` settings a named fleet may
+    hold, :data:`fedtitan.config.FLEET_SETTINGS`; one line naming any other)."""
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: fleet {name!r} must be a table of fleet settings ([fleets.{name}])")
-    allowed = _fleet_keys()
+    allowed = list(keys)
     for key in table:
         if key not in allowed:
             raise ConfigError(f"{where}: fleet {name!r} sets {key!r}, which is not a fleet setting; a named fleet "
@@ -51,7 +44,7 @@ def check_fleet(name: str, table: Any, where: str) -> dict[str, Any]:
     return dict(table)
 
 
-def read_fleets_file(path: str) -> dict[str, dict[str, Any]]:
+def read_fleets_file(path: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The ``[fleets.NAME]`` tables of a fleets TOML file."""
     p = Path(path).expanduser()
     try:
@@ -63,26 +56,26 @@ def read_fleets_file(path: str) -> dict[str, dict[str, Any]]:
     extra = [k for k in doc if k != "fleets"]
     if extra or not isinstance(doc.get("fleets", {}), dict):
         raise ConfigError(f"config fleet.file: {p} may hold only [fleets.NAME] tables (found {', '.join(extra)})")
-    return {n: check_fleet(n, t, str(p)) for n, t in doc.get("fleets", {}).items()}
+    return {n: check_fleet(n, t, str(p), keys) for n, t in doc.get("fleets", {}).items()}
 
 
-def all_fleets(preset_fleets: dict[str, Any] | None = None, file: str | None = None) -> dict[str, tuple[str, dict]]:
+def all_fleets(preset_fleets: dict[str, Any] | None, file: str | None,
+               keys: Sequence[str]) -> dict[str, tuple[str, dict]]:
     """Name -> (where it comes from, its fleet settings), built-ins first, then ``file``'s,
-    then the preset's."""
+    then the preset's; ``keys``: the settings a named fleet may hold."""
     out: dict[str, tuple[str, dict]] = {n: ("built-in", dict(t)) for n, t in BUILTIN_FLEETS.items()}
     if file:
-        out.update({n: (f"file {file}", t) for n, t in read_fleets_file(file).items()})
-    out.update({n: ("preset", check_fleet(n, t, "preset [fleets]")) for n, t in (preset_fleets or {}).items()})
+        out.update({n: (f"file {file}", t) for n, t in read_fleets_file(file, keys).items()})
+    out.update({n: ("preset", check_fleet(n, t, "preset [fleets]", keys)) for n, t in (preset_fleets or {}).items()})
     return out
 
 
-def named_fleet(name: str, preset_fleets: dict[str, Any] | None = None, file: str | None = None) -> dict[str, Any]:
+def named_fleet(name: str, preset_fleets: dict[str, Any] | None, file: str | None,
+                keys: Sequence[str]) -> dict[str, Any]:
     """The settings of fleet ``name``; an unknown name is one line listing the names there are."""
-    fleets = all_fleets(preset_fleets, file)
+    fleets = all_fleets(preset_fleets, file, keys)
     if name not in fleets:
-        close = difflib.get_close_matches(name, list(fleets), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"config fleet.name: unknown fleet {name!r}{hint} Fleets: {', '.join(fleets)}")
+        raise ConfigError(f"config fleet.name: unknown fleet {name!r}{did_you_mean(name, fleets)} Fleets: {', '.join(fleets)}")
     return dict(fleets[name][1])
 
 

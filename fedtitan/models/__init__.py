@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 
 from fedtitan.errors import ConfigError
 from fedtitan.models import zoo
 from fedtitan.models.base import BlockModel
-from fedtitan.models.flops import count_forward_flops, model_flops, param_bytes
+from fedtitan.models.flops import count_forward_flops, param_bytes
 
 MODELS: dict[str, Callable[..., BlockModel]] = {
     "mlp": zoo.mlp,
@@ -35,6 +36,13 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **opt
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     return MODELS[name](tuple(input_shape), num_classes, **options)
+
+
+@functools.lru_cache(maxsize=128)
+def model_flops(name: str, input_shape: tuple[int, ...], num_classes: int, n_blocks: int | None = None) -> int:
+    """Forward FLOPs per sample of model ``name`` (:func:`count_forward_flops`), cached per
+    (model name, input shape, classes, blocks)."""
+    return count_forward_flops(build_model(name, input_shape, num_classes), input_shape, n_blocks)
 
 
 __all__ = ["MODELS", "BlockModel", "build_model", "count_forward_flops", "model_flops", "param_bytes", "takes_stem"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -28,14 +26,6 @@ def count_forward_flops(model: nn.Module, input_shape: tuple[int, ...], n_blocks
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
-
-
-@functools.lru_cache(maxsize=128)
-def model_flops(name: str, input_shape: tuple[int, ...], num_classes: int, n_blocks: int | None = None) -> int:
-    """Cached per (model name, input shape, classes, blocks)."""
-    from fedtitan.models import build_model
-
-    return count_forward_flops(build_model(name, input_shape, num_classes), input_shape, n_blocks)
 
 
 def param_bytes(model: nn.Module) -> int:

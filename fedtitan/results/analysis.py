@@ -132,10 +132,12 @@ def per_seed(rounds: pd.DataFrame, by: list[str], window: float = 1 / 6) -> pd.D
 
 
 def time_to_accuracy(curve: pd.DataFrame, target: float, x: str = "virtual_time_s",
-                     also: str | None = "energy_cum_j") -> tuple[float, float]:
+                     also: str | None = "energy_cum_j", interpolate: bool = True) -> tuple[float, float]:
     """First ``x`` at which accuracy reaches ``target``, linearly interpolated between the
     evaluation before and the one at/after the crossing (and ``also`` at that point). NaN if
-    never reached. The curve starts from (0, 0) only if it has such a row."""
+    never reached. The curve starts from (0, 0) only if it has such a row. With
+    ``interpolate=False``: ``x`` of the first evaluation at or above ``target`` (the
+    single-device tables count steps and seconds so). The one time-to-target rule."""
     c = curve.dropna(subset=["accuracy"]).sort_values(x)
     acc, xs = c["accuracy"].to_numpy(), c[x].to_numpy()
     ys = c[also].to_numpy() if also else None
@@ -143,8 +145,8 @@ def time_to_accuracy(curve: pd.DataFrame, target: float, x: str = "virtual_time_
     if len(hit) == 0:
         return math.nan, math.nan
     i = int(hit[0])
-    if i == 0:
-        return float(xs[0]), float(ys[0]) if ys is not None else math.nan
+    if i == 0 or not interpolate:
+        return float(xs[i]), float(ys[i]) if ys is not None else math.nan
     a0, a1 = acc[i - 1], acc[i]
     f = (target - a0) / (a1 - a0) if a1 != a0 else 1.0
     xv = xs[i - 1] + f * (xs[i] - xs[i - 1])

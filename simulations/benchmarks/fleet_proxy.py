@@ -96,7 +96,7 @@ def _deployment(tmp: Path, certs: Path, address: str, rounds: int, env: dict[str
     (home / "config.toml").write_text(f'[superlink]\ndefault = "lab"\n\n[superlink.lab]\naddress = "{control}"\n'
                                       f'root-certificates = "{certs / "ca.crt"}"\n')
     e = {**env, "FLWR_HOME": str(home)}
-    fed = [sys.executable, "-m", "fedtitan.cli"]
+    fed = [sys.executable, "-m", "simulations.cli"]
     nodes = []
     keys = {"proxy": (0, 1), "direct": (2, 3)}[tag]
     for pid, k in enumerate(keys):
@@ -134,7 +134,7 @@ def main() -> None:
         verify = upstream_verify(str(certs / "ca.crt"))
         # 1. latency, as deployed: `fedtitan superlink` (the SuperLink and the proxy, two processes)
         c1, f1 = _free_port(), _free_port()
-        sl = subprocess.Popen([sys.executable, "-m", "fedtitan.cli", "superlink", "--certs", str(certs), "--host",
+        sl = subprocess.Popen([sys.executable, "-m", "simulations.cli", "superlink", "--certs", str(certs), "--host",
                                "127.0.0.1", "--port", str(f1), "--control-port", str(c1), "--results-root",
                                str(tmp / "results1")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

@@ -72,7 +72,7 @@ def run_population(clients: int, data: Path, rounds: int, out: Path, dynamics: s
     overrides = ["data.dataset=npz", f"data.path={data}", "data.partition=iid", f"data.num_clients={clients}",
                  "data.min_samples=1", f"server.fraction={20 / clients}", f"run.rounds={rounds}",
                  "selection.method=rs", "server.eval_samples=1000", "fleet.variation=0", f"fleet.dynamics={dynamics}"]
-    cmd = [sys.executable, "-m", "fedtitan.cli", "run", "--quiet", "--out", str(out),
+    cmd = [sys.executable, "-m", "simulations.cli", "run", "--quiet", "--out", str(out),
            *[a for o in overrides for a in ("--set", o)]]
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
     t0 = time.perf_counter()

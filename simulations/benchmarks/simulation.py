@@ -40,8 +40,8 @@ from fedtitan.config import load_config
 from fedtitan.training.client import build_global_model, client_round, dataset_for, setup_for
 from fedtitan.training.common import evaluate
 from simulations.benchmarks.machine import OtherLoad, report
+from strategies.evaluation import eval_indices
 from strategies.fleet import ClientResult, fedavg
-from strategies.server_app import eval_indices
 
 
 class PeakRSS:

@@ -27,7 +27,7 @@ from pathlib import Path
 def _timed(args: list[str]) -> float:
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fedtitan.cli", *args], env=env, check=True, stdout=subprocess.DEVNULL,
+    subprocess.run([sys.executable, "-m", "simulations.cli", *args], env=env, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, timeout=900)
     return time.perf_counter() - t0
 

@@ -94,7 +94,7 @@ def model_figures(model_name: str) -> dict:
     from fedtitan.devices.budgets import activation_bytes_per_sample
     from fedtitan.devices.cost import coarse_cost, fine_cost
     from fedtitan.models import build_model, count_forward_flops, param_bytes
-    from simulations.single_device import device_step
+    from simulations.papers.single_device import device_step
 
     shape, v, b, k = (3, 32, 32), 100, 10, 30
     net = build_model(model_name, shape, 10)

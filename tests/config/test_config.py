@@ -1,15 +1,18 @@
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedtitan.config import _known_keys, load_config, preset_names
 from fedtitan.errors import ConfigError
+from fedtitan.preflight import check_config
 
 
 def test_presets_validate():
     assert {"quickstart", "titan-fl-cifar10", "pruning-cifar10", "har"} <= set(preset_names())
     for name in preset_names():
-        load_config(name)
+        check_config(load_config(name))
     cfg = load_config("titan-fl-cifar10")
     assert (cfg.data.num_clients, cfg.data.classes_per_client, cfg.server.fraction) == (50, 5, 0.2)
     assert (cfg.selection.local_steps, cfg.selection.batch_size, cfg.selection.velocity) == (3, 10, 100)
@@ -41,8 +44,31 @@ def test_required_override_keys_exist():
 ])
 def test_bad_overrides_give_one_line(override, message):
     with pytest.raises(ConfigError, match=message) as info:
-        load_config("quickstart", [override])
+        check_config(load_config("quickstart", [override]))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("override", ["fleet.mix=nano:1", "model.name=vgg", "model.stem=imagenet",
+                                      "selection.method=titna", "data.dataset=cifar11"])
+def test_names_are_checked_by_preflight_not_by_validation(override):
+    """The config knows no registry (it sits below them): a name is checked by
+    fedtitan.preflight.check_config, which the launcher calls before a run starts."""
+    cfg = load_config("quickstart", [override])
+    with pytest.raises(ConfigError, match="unknown value|has one stem"):
+        check_config(cfg)
+
+
+def test_the_config_module_imports_nothing_of_the_library_above_it():
+    import ast
+
+    import fedtitan.config as config_module
+
+    tree = ast.parse(Path(config_module.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    ours = sorted(m for m in imported if m.startswith("fedtitan"))
+    # errors: the bottom; devices.fleets: a leaf (imports only errors); compute: a device spec's syntax
+    assert ours == ["fedtitan.compute", "fedtitan.devices.fleets", "fedtitan.errors"]
 
 
 @settings(max_examples=150, deadline=None)

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedtitan.cli import main as cli_main
 from fedtitan.data import download as dl
 from fedtitan.data import load_dataset
 from fedtitan.errors import DataError
+from simulations.cli import main as cli_main
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

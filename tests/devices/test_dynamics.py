@@ -162,7 +162,7 @@ def test_every_device_at_once_equals_each_device_alone_bit_for_bit(tmp_path, kin
 
 
 def test_fleet_csv_holds_every_device_or_only_the_sampled_ones(tmp_path, monkeypatch):
-    import strategies.server_app as server_app
+    import strategies.rows as rows
     from simulations.run import run
 
     base = ["simulation.engine=local", "run.rounds=3", "data.num_clients=8", "server.fraction=0.5",
@@ -179,7 +179,7 @@ def test_fleet_csv_holds_every_device_or_only_the_sampled_ones(tmp_path, monkeyp
             full = pd.read_csv(tmp_path / "all" / "fleet.csv")
             pd.testing.assert_frame_equal(fleet.reset_index(drop=True),
                                           full[full.sampled == 1].reset_index(drop=True))
-        monkeypatch.setattr(server_app, "TIMELINE_ALL_MAX", 4)  # "auto" then finds 8 devices too many
+        monkeypatch.setattr(rows, "TIMELINE_ALL_MAX", 4)  # "auto" then finds 8 devices too many
     assert counts["all"] == [8, 8, 8] and counts["auto"] == counts["sampled"] and sum(counts["sampled"]) < 24
 
 

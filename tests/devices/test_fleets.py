@@ -48,7 +48,7 @@ def test_named_fleet_errors_are_one_line(tmp_path):
 def test_a_sweep_across_named_fleets_names_and_indexes_its_runs_by_fleet(tmp_path):
     from simulations.sweep import sweep
 
-    root, specs = sweep("quickstart", ["fleet.name=edge-mix,pi-cluster", "selection.method=titan,rs"], 1,
+    root, specs, _ = sweep("quickstart", ["fleet.name=edge-mix,pi-cluster", "selection.method=titan,rs"], 1,
                         ["run.rounds=1", "data.num_clients=4", "simulation.engine=local"], tmp_path / "sw",
                         quiet=True)
     index = pd.read_csv(root / "index.csv")
@@ -67,7 +67,7 @@ def test_a_sweep_across_named_fleets_names_and_indexes_its_runs_by_fleet(tmp_pat
 
 
 def test_results_tables_read_a_sweep_across_fleets_per_fleet(tmp_path, capsys):
-    from simulations import results_tables
+    from simulations.papers import results_tables
     from simulations.sweep import sweep
 
     sweep("quickstart", ["fleet.name=edge-mix,pi-cluster", "selection.method=titan,rs"], 2,

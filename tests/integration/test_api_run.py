@@ -1,4 +1,4 @@
-"""fedtitan.api end to end on Flower + Ray: two runs in one process, then Ctrl-C in a third."""
+"""The Python API (simulations.api, as fedtitan.run) end to end on Flower + Ray: two runs in one process, then Ctrl-C in a third."""
 
 import os
 import signal

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from fedtitan.certs import make_certs
-from fedtitan.cli import main as cli_main
+from simulations.cli import main as cli_main
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,7 +116,7 @@ class _Lab:
         self.env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                     "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-        self.fed = [sys.executable, "-m", "fedtitan.cli"]
+        self.fed = [sys.executable, "-m", "simulations.cli"]
         self.procs: list[subprocess.Popen] = []
         self.logs = tmp_path / "logs"
         self.logs.mkdir()

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedtitan.cli import main as cli_main
 from fedtitan.config import load_config
+from simulations.cli import main as cli_main
 from simulations.run import run
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,13 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _fedtitan(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fedtitan.cli", *args], env=_env(**env), cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "simulations.cli", *args], env=_env(**env), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _faulty(*args: str) -> subprocess.CompletedProcess:
+    """``fedtitan ARGS`` with the faults its leading ``--kill-*`` options name (tests/faults.py)."""
+    return subprocess.run([sys.executable, "-m", "tests.faults", *args], env=_env(), cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -69,8 +75,8 @@ def cut_and_resume(tmp_path: Path, overrides: list[str], kill_round: int) -> tup
     cfg = load_config("quickstart", [*BASE, *overrides])
     full, cut = tmp_path / "full", tmp_path / "cut"
     run(cfg, full, quiet=True)
-    killed = _fedtitan("run", "--quiet", "--out", str(cut), *_sets([*BASE, *overrides]),
-                       FEDTITAN_TEST_KILL_AT_ROUND=str(kill_round))
+    killed = _faulty("--kill-at-round", str(kill_round), "run", "--quiet", "--out", str(cut),
+                     *_sets([*BASE, *overrides]))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert len(pd.read_csv(cut / "rounds.csv")) == kill_round - 1 and not (cut / "summary.json").exists()
     assert cli_main(["resume", str(cut), "--quiet"]) == 0
@@ -147,7 +153,7 @@ def test_a_battery_limited_fleet_resumes_exactly(tmp_path):
 def test_a_corrupt_checkpoint_is_refused_and_the_previous_one_used(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     run(load_config("quickstart", BASE), full, quiet=True)
-    killed = _fedtitan("run", "--quiet", "--out", str(cut), *_sets(BASE), FEDTITAN_TEST_KILL_AT_ROUND="5")
+    killed = _faulty("--kill-at-round", "5", "run", "--quiet", "--out", str(cut), *_sets(BASE))
     assert killed.returncode == -signal.SIGKILL
     newest = cut / "checkpoints" / "round-000004.npz"
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated
@@ -230,7 +236,7 @@ def test_ray_run_killed_from_outside_resumes_exactly(tmp_path):
     before = len(_ray_left())
     run(load_config("quickstart", RAY), full, quiet=True)
     k = _random_round(1, 3)
-    proc = subprocess.Popen([sys.executable, "-m", "fedtitan.cli", "run", "--quiet", "--out", str(cut), *_sets(RAY)],
+    proc = subprocess.Popen([sys.executable, "-m", "simulations.cli", "run", "--quiet", "--out", str(cut), *_sets(RAY)],
                             env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = cut / "checkpoints" / f"round-{k:06d}.npz"
     t0 = time.time()
@@ -254,8 +260,7 @@ def test_a_ray_worker_killed_mid_round_is_restarted_and_the_run_is_unchanged(tmp
     clients = pd.read_csv(full / "clients.csv")
     victim = int(clients[clients.server_round == 2].partition_id.iloc[-1])
     marker = tmp_path / "killed-once"
-    res = _fedtitan("run", "--quiet", "--out", str(hit), *_sets(RAY),
-                    FEDTITAN_TEST_KILL_CLIENT=f"2:{victim}:{marker}")
+    res = _faulty("--kill-client", f"2:{victim}:{marker}", "run", "--quiet", "--out", str(hit), *_sets(RAY))
     assert res.returncode == 0, res.stderr[-2000:]
     assert marker.exists()  # the worker training that partition in round 2 was SIGKILLed
     assert "died mid-round; sending their work again" in res.stderr
@@ -269,7 +274,7 @@ def test_a_sweep_cut_mid_run_resumes_that_run_from_its_checkpoint(tmp_path):
     gives what Ray gives)."""
     args = ["sweep", "quickstart", "--grid", "selection.method=titan,rs", "--out", str(tmp_path / "sw"), "--quiet",
             "--no-report", *_sets(RAY)]
-    proc = subprocess.Popen([sys.executable, "-m", "fedtitan.cli", *args], env=_env(), cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "simulations.cli", *args], env=_env(), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     second = tmp_path / "sw" / ".partial-selection.method=rs__seed=0"
     t0 = time.time()

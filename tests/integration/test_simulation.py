@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from fedtitan.cli import main as cli_main
 from fedtitan.config import load_config
+from simulations.cli import main as cli_main
 from simulations.run import run
 
 pytestmark = pytest.mark.slow

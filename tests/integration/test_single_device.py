@@ -1,11 +1,11 @@
-"""simulations.single_device on real CIFAR-10: a few steps of two methods, then a resume."""
+"""simulations.papers.single_device on real CIFAR-10: a few steps of two methods, then a resume."""
 
 import sys
 
 import pandas as pd
 import pytest
 
-from simulations import single_device
+from simulations.papers import single_device
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +117,7 @@ def test_processes_share_one_out(shared_data, tmp_path, monkeypatch, capsys):
     assert "rs seed 0: running in another process; skipped" in capsys.readouterr().out
     assert set(pd.read_csv(tmp_path / "curves.csv").method) == {"titan"}
 
-    cmd = [sys.executable, "-m", "simulations.single_device", *base]
+    cmd = [sys.executable, "-m", "simulations.papers.single_device", *base]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs

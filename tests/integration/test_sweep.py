@@ -19,7 +19,7 @@ ARGS = ["sweep", "quickstart", "--grid", "selection.method=titan,rs,is", "--seed
 
 def test_sweep_resume_after_kill_and_report(tmp_path):
     out = tmp_path / "sw"
-    cmd = [sys.executable, "-m", "fedtitan.cli", *ARGS, "--out", str(out)]
+    cmd = [sys.executable, "-m", "simulations.cli", *ARGS, "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
@@ -60,7 +60,7 @@ def test_runs_sharing_one_simulation_equal_standalone_runs(tmp_path):
 
     base = ["data.num_clients=3", "run.rounds=2", "server.fraction=1.0", "selection.local_steps=2",
             "fleet.mix=rpi4:1", "simulation.arrays=object-store"]  # one board serves every run
-    root, _ = sweep("quickstart", ["selection.method=rs,titan", "data.num_clients=4,3"], 1,
+    root, _, _ = sweep("quickstart", ["selection.method=rs,titan", "data.num_clients=4,3"], 1,
                     [o for o in base if not o.startswith("data.num_clients")], tmp_path / "sw", quiet=True)
     run(load_config("quickstart", [*base, "selection.method=titan"]), tmp_path / "alone", quiet=True)
     swept = pd.read_csv(root / "selection.method=titan__data.num_clients=3__seed=0" / "rounds.csv")
@@ -84,7 +84,7 @@ def test_sigterm_stops_like_ctrl_c(tmp_path, verb, monkeypatch):
     out = tmp_path / "out"
     common = ["--quiet", "--out", str(out), "--set", "data.num_clients=3", "--set", "run.rounds=300",
               "--set", "server.fraction=1.0"]
-    cmd = [sys.executable, "-m", "fedtitan.cli", verb, "quickstart", *common]
+    cmd = [sys.executable, "-m", "simulations.cli", verb, "quickstart", *common]
     if verb == "sweep":
         cmd += ["--grid", "selection.method=titan,rs", "--no-report"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)

@@ -1,6 +1,7 @@
 """Trackers fed by a real simulation: each round logged as it lands, the report at the end."""
 
 import glob
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -61,16 +62,18 @@ def test_a_resumed_run_continues_the_same_tracker_run(backend, tmp_path, monkeyp
     import subprocess
     import sys
 
-    from fedtitan.cli import main as cli_main
+    from simulations.cli import main as cli_main
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "run"
     sets = [a for o in ["run.rounds=4", "simulation.engine=local", f"tracking.backend={backend}",
                         "tracking.report=false"] for a in ("--set", o)]
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FEDTITAN_TEST_KILL_AT_ROUND": "3"}
-    killed = subprocess.run([sys.executable, "-m", "fedtitan.cli", "run", "--quiet", "--out", str(out), *sets],
-                            env=env, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    killed = subprocess.run([sys.executable, "-m", "tests.faults", "--kill-at-round", "3",  # tests/faults.py
+                             "run", "--quiet", "--out", str(out), *sets],
+                            env=env, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
+                            timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert cli_main(["resume", str(out), "--quiet"]) == 0
     rounds = pd.read_csv(out / "rounds.csv")

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from fedtitan.errors import FedtitanError
-from simulations import pruning_kept, results_tables
+from simulations.papers import pruning_kept, results_tables
 
 
 def test_label_shift_by_hand():

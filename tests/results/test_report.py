@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pandas as pd
 
-from fedtitan.cli import main
 from fedtitan.results.report import build_report
+from simulations.cli import main
 
 
 def _fake_sweep(root):
@@ -97,7 +97,7 @@ def test_verdict_when_only_some_runs_reach_the_target():
 
 
 def test_results_tables_on_a_pruning_sweep_under_way(tmp_path, capsys):
-    from simulations import results_tables
+    from simulations.papers import results_tables
 
     sweep = tmp_path / "pruning-cifar10-full"
     _fake_sweep(sweep)
@@ -122,7 +122,7 @@ def test_results_tables_on_a_pruning_sweep_under_way(tmp_path, capsys):
 def test_results_tables_separates_the_warm_up_epoch_from_selection(tmp_path, capsys):
     import shutil
 
-    from simulations import results_tables
+    from simulations.papers import results_tables
 
     sweep = tmp_path / "pruning-cifar10-full"
     _fake_sweep(sweep)
@@ -167,7 +167,7 @@ def _fake_fl_sweep(sweep, seeds_of, acc):
 
 
 def test_results_tables_on_one_method_and_on_seeds_only(tmp_path, capsys):
-    from simulations import results_tables
+    from simulations.papers import results_tables
 
     _fake_fl_sweep(tmp_path / "titan-only", {"titan": (0, 1)}, {"titan": 0.40})  # no rs to take a target from
     results_tables.sweep(tmp_path, "titan-only")
@@ -180,7 +180,7 @@ def test_results_tables_on_one_method_and_on_seeds_only(tmp_path, capsys):
 
 
 def test_results_tables_pairs_titan_with_every_baseline(tmp_path, capsys):
-    from simulations import results_tables
+    from simulations.papers import results_tables
 
     _fake_fl_sweep(tmp_path / "fl", {"titan": (0, 1), "rs": (0, 1), "cis": (0, 1), "is": (0,)},
                    {"titan": 0.40, "rs": 0.38, "cis": 0.41, "is": 0.30})

@@ -1,4 +1,4 @@
-"""simulations.table1: Table 1 from single-device curves, on hand-made curves."""
+"""simulations.papers.table1: Table 1 from single-device curves, on hand-made curves."""
 
 import json
 import sys
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulations import single_device, table1
+from simulations.papers import single_device, table1
 
 
 def _curves(model: str, per_method: dict[str, list[float]], sim_per_step: dict[str, float]) -> pd.DataFrame:
@@ -137,7 +137,7 @@ def test_stem_for_a_model_with_one_is_one_line(monkeypatch, capsys):
 
 
 def test_results_tables_prints_table1_beside_the_other_tables(tmp_path, capsys, monkeypatch):
-    from simulations import results_tables
+    from simulations.papers import results_tables
 
     d = tmp_path / "single-device-table1" / "cnn"
     d.mkdir(parents=True)

@@ -14,6 +14,7 @@ import pytest
 
 from fedtitan.config import load_config
 from fedtitan.errors import ConfigError
+from fedtitan.preflight import check_config
 from fedtitan.results import tracking
 from fedtitan.results.tracking import Tracker, flatten, make_tracker
 
@@ -80,7 +81,7 @@ def test_mlflow_file_store_refused_is_one_line(tmp_path, monkeypatch):
         pytest.skip("this MLflow accepts file stores")
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     with pytest.raises(ConfigError, match="MLFLOW_ALLOW_FILE_STORE=true") as info:
-        load_config("quickstart", ["tracking.backend=mlflow", f"tracking.uri={tmp_path.as_uri()}"])
+        check_config(load_config("quickstart", ["tracking.backend=mlflow", f"tracking.uri={tmp_path.as_uri()}"]))
     assert "\n" not in str(info.value)
 
 
@@ -156,7 +157,7 @@ def test_missing_extra_is_one_line(monkeypatch):
     real = tracking.importlib.util.find_spec
     monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
     with pytest.raises(ConfigError, match=r"pip install 'fedtitan\[wandb\]'") as info:
-        load_config("quickstart", ["tracking.backend=wandb"])
+        check_config(load_config("quickstart", ["tracking.backend=wandb"]))
     assert "\n" not in str(info.value)
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from strategies.server_app import OBJECT_STORE_FROM_BYTES, wants_object_store
+from strategies.messages import OBJECT_STORE_FROM_BYTES, wants_object_store
 
 
 class InMemoryGrid:  # named as Flower's simulation grid

@@ -46,7 +46,7 @@ def test_deadline_and_wait_all():
 
 
 def test_error_gist_finds_the_clients_own_message():
-    from strategies.server_app import error_gist
+    from strategies.messages import error_gist
 
     ray = ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::ClientAppActor.run()\x1b[39m (pid=1)\n"
            "  Traceback ...\nException ClientAppException occurred. Message: injected client failure (partition 1)\n")

@@ -13,8 +13,8 @@ from fedtitan.config import load_config
 from fedtitan.errors import ConfigError
 from fedtitan.training.client import client_round, setup_for
 from strategies.aggregate import FedtitanFedAvg, FlowerAggregator, to_arrays
+from strategies.messages import parse_reply
 from strategies.registry import build_strategy, check_strategy
-from strategies.server_app import parse_reply
 
 BASE = ["data.num_clients=5", "selection.local_steps=3", "fleet.variation=0"]
 

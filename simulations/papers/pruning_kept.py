@@ -1,6 +1,6 @@
 """Which samples warm-up-loss pruning keeps on non-IID clients, against a random subset.
 
-    python -m simulations.pruning_kept --data-dir ../shared/data --seeds 2 --out docs/results/pruning-kept
+    python -m simulations.papers.pruning_kept --data-dir ../shared/data --seeds 2 --out docs/results/pruning-kept
 
 An ablation behind docs/results.md's reading of the full-training-set pruning study. For each
 seed it builds the sweep's round-1 state exactly as a run of the ``pruning-cifar10`` preset does

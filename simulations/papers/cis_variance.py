@@ -1,8 +1,8 @@
 """C-IS's variance on the real buffers of a Titan run, against uniform and plain IS.
 
-    python -m simulations.cis_variance --data-dir ../shared/data --out docs/results/cis-variance
+    python -m simulations.papers.cis_variance --data-dir ../shared/data --out docs/results/cis-variance
 
-Runs Titan's single-device setting (``simulations.single_device``: CIFAR-10 stream, v = 100,
+Runs Titan's single-device setting (``simulations.papers.single_device``: CIFAR-10 stream, v = 100,
 B = 10, buffer 30, small CNN, the paper's lr schedule) and, every ``--log-every`` steps, keeps
 the buffer C-IS draws from: its labels, per-sample last-layer gradient norms and Gram matrix
 (the closed form the selector itself uses). For each logged buffer it computes the exact

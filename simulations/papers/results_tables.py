@@ -1,6 +1,6 @@
 """Print the markdown tables of docs/results.md from the result folders.
 
-    python -m simulations.results_tables docs/results
+    python -m simulations.papers.results_tables docs/results
 """
 
 from __future__ import annotations
@@ -13,15 +13,7 @@ import pandas as pd
 
 from fedtitan.errors import FedtitanError
 from fedtitan.results import analysis
-
-
-def _md(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+from simulations.papers.markdown import md_table as _md
 
 
 def single_device(root: Path) -> None:
@@ -294,7 +286,7 @@ def single_device_conditions(root: Path) -> None:
 
 
 def cis_variance(root: Path) -> None:
-    """``simulations.cis_variance``: C-IS's exact variance on logged buffers, per training phase."""
+    """``simulations.papers.cis_variance``: C-IS's exact variance on logged buffers, per training phase."""
     f = root / "cis-variance" / "buffers.csv"
     if not f.exists():
         return
@@ -309,8 +301,8 @@ def cis_variance(root: Path) -> None:
 
 
 def pruning_kept(root: Path) -> None:
-    """``simulations.pruning_kept``: the label mix warm-up-loss pruning keeps on each client vs a random subset."""
-    from simulations import pruning_kept as pk
+    """``simulations.papers.pruning_kept``: the label mix warm-up-loss pruning keeps on each client vs a random subset."""
+    from simulations.papers import pruning_kept as pk
 
     d = root / "pruning-kept"
     if not (d / "clients.csv").exists():
@@ -331,7 +323,7 @@ def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results")
     single_device(root)
     if (root / "single-device-table1").is_dir():  # Titan's Table 1, model by model
-        from simulations import table1
+        from simulations.papers import table1
 
         print(table1.report(root / "single-device-table1"), end="\n\n")
     single_device_conditions(root)

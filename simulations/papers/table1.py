@@ -1,8 +1,8 @@
 """Titan's Table 1 from the single-device runs, model by model, beside the paper's.
 
-    python -m simulations.table1 docs/results/single-device-table1
+    python -m simulations.papers.table1 docs/results/single-device-table1
 
-Reads every ``MODEL/curves.csv`` under the folder (written by ``simulations.single_device``),
+Reads every ``MODEL/curves.csv`` under the folder (written by ``simulations.papers.single_device``),
 writes the combined ``curves.csv`` (columns ``dataset, model, method, seed, step, accuracy``
 and the rest) and ``table1.csv``, and prints the markdown table. For each model:
 
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedtitan.results.analysis import ci95
+from fedtitan.results.analysis import ci95, time_to_accuracy
 
 PAPER_METHODS = ["rs", "is", "ll", "hl", "ce", "ocs", "camel", "titan"]
 _PAPER_ROWS = {  # model: (normalised time to target x8, final accuracy % x8), in PAPER_METHODS order
@@ -64,7 +64,7 @@ def _backfill(df: pd.DataFrame, folder: Path, forwards: float | None) -> pd.Data
     from fedtitan.data import load_dataset
     from fedtitan.devices import get_profile
     from fedtitan.models import build_model, count_forward_flops
-    from simulations.single_device import device_step, model_options
+    from simulations.papers.single_device import device_step, model_options
 
     a = _args(folder)
     model = a.get("model", folder.name)
@@ -100,7 +100,7 @@ def combine(root: Path) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame()
     df = pd.concat([_backfill(d, folder, forwards) for folder, d in frames.items()], ignore_index=True)
-    from simulations.single_device import run_hardware
+    from simulations.papers.single_device import run_hardware
 
     df["hardware"] = run_hardware(df)
     first = ["dataset", "model", "method", "seed", "step", "accuracy"]
@@ -113,7 +113,7 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, method): final accuracy with a 95% interval, seeds, steps, and time
     to RS's mean final accuracy on the device clock normalised by RS's."""
     rows = []
-    from simulations.single_device import run_hardware
+    from simulations.papers.single_device import run_hardware
 
     df = df.assign(hardware=run_hardware(df))
     for model, d in df.groupby("model"):
@@ -126,8 +126,8 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
 
         def reach(m: str, mean_curve: pd.DataFrame = mean_curve, target: float = target) -> tuple[float, bool]:
             c = mean_curve[mean_curve.method == m].sort_values("step")
-            hit = c[c.accuracy >= target]
-            return (float(hit.sim_time_s.iloc[0]), True) if len(hit) else (float(c.sim_time_s.iloc[-1]), False)
+            t = time_to_accuracy(c, target, x="sim_time_s", also=None, interpolate=False)[0]
+            return (t, True) if not np.isnan(t) else (float(c.sim_time_s.iloc[-1]), False)
 
         rs_time = reach("rs")[0] if len(rs_final) else np.nan
         for m, f in final.groupby("method"):
@@ -201,9 +201,9 @@ def report(root: Path) -> str:
     out = markdown(t)
     v = verdict(t)
     if len(v):
-        from simulations.results_tables import _md
+        from simulations.papers.markdown import md_table
 
-        out += "\n\n" + _md(v)
+        out += "\n\n" + md_table(v)
     return out
 
 
@@ -211,7 +211,7 @@ def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results/single-device-table1")
     text = report(root)
     if not text:
-        raise SystemExit(f"no MODEL/curves.csv under {root}; run simulations.single_device first")
+        raise SystemExit(f"no MODEL/curves.csv under {root}; run simulations.papers.single_device first")
     print(text)
 
 

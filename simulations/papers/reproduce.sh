@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Scaled-down reproductions of both papers' headline experiments (docs/results.md).
-# Usage: bash simulations/reproduce.sh [DATA_DIR] [OUT_DIR] [SECTIONS]
+# Usage: bash simulations/papers/reproduce.sh [DATA_DIR] [OUT_DIR] [SECTIONS]
 #   SECTIONS: any of "har pruning fl long pruning-long" (the scaled studies, about 1.5 h on 2 cores;
 #   the default), "strategies dynamics noise idle" (about 4 h) and "fl-full pruning-full" (the
 #   papers' scale: about 10 h and 8 h on 2 cores for 3 seeds). Seeds are added one at a time
@@ -106,7 +106,7 @@ for section in $SECTIONS; do
     fedtitan report "$OUT/pruning-cifar10-full"
     # Which samples warm-up-loss pruning keeps on these clients vs a random subset (label shift;
     # round-1 warm-up epoch from the seed's initial model, no training rounds): about 20 min, 2 seeds.
-    python -m simulations.pruning_kept --data-dir "$DATA" --seeds 2 --out "$OUT/pruning-kept"
+    python -m simulations.papers.pruning_kept --data-dir "$DATA" --seeds 2 --out "$OUT/pruning-kept"
     ;;
   strategies)
     # Titan and random selection under FedAvg, FedProx (mu 0.01) and FedAdam (server lr 0.01), at
@@ -147,10 +147,10 @@ for section in $SECTIONS; do
     # 3a. Noisy streams on one device (Appendix B): 10/20/30% of the labels flipped, or 40% of the
     #     inputs with Gaussian noise (sd 1 in normalised units); Titan, random, IS; 3 seeds.
     for ln in 0.1 0.2 0.3; do
-      python -m simulations.single_device --steps 1500 --seeds 3 --data-dir "$DATA" --methods "titan;rs;is" \
+      python -m simulations.papers.single_device --steps 1500 --seeds 3 --data-dir "$DATA" --methods "titan;rs;is" \
         --label-noise "$ln" --out "$OUT/single-device-noise/label-$ln"
     done
-    python -m simulations.single_device --steps 1500 --seeds 3 --data-dir "$DATA" --methods "titan;rs;is" \
+    python -m simulations.papers.single_device --steps 1500 --seeds 3 --data-dir "$DATA" --methods "titan;rs;is" \
       --feature-noise 0.4 --feature-sigma 1.0 --out "$OUT/single-device-noise/feature-0.4"
     ;;
   idle)
@@ -158,7 +158,7 @@ for section in $SECTIONS; do
     #     follows a random walk in 0.1..1 on a Jetson Nano (CPU trains, GPU selects); Titan with the
     #     paper's buffers 15, 30, 100 and with buffer=auto (what the idle GPU can score per step),
     #     and random selection; accuracy and the simulated pipelined clock; 3 seeds.
-    python -m simulations.single_device --steps 1500 --seeds 3 --data-dir "$DATA" --idle walk \
+    python -m simulations.papers.single_device --steps 1500 --seeds 3 --data-dir "$DATA" --idle walk \
       --methods "titan;titan:buffer=auto;titan:buffer=15;titan:buffer=100;rs" --out "$OUT/single-device-idle"
     ;;
   *) echo "unknown section '$section' (choose from: har pruning fl long pruning-long strategies dynamics noise idle fl-full pruning-full)" >&2; exit 2 ;;

@@ -1,6 +1,7 @@
-"""``fedtitan`` command line: run, devices, data.
+"""``fedtitan`` command line: run, sweep, resume, report, plot, devices, data, deployment.
 
-User errors print one line and exit with status 2 (``--debug`` shows the traceback).
+The console script ``fedtitan`` (and ``python -m simulations.cli``) is :func:`main`. User
+errors print one line and exit with status 2 (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -9,8 +10,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedtitan.errors import FedtitanError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -28,7 +33,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if summary.get("interrupted"):
         print(f"fedtitan: interrupted after {summary['rounds']} rounds; they are in {out} "
               f"(`fedtitan resume {out}` goes on)", file=sys.stderr)
-        return _interrupted_status()
+        return _interrupted_status(summary.get("stopped_by"))
     return 0
 
 
@@ -47,17 +52,15 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     if summary.get("interrupted"):
         print(f"fedtitan: interrupted after {summary['rounds']} rounds; `fedtitan resume {args.dir}` goes on",
               file=sys.stderr)
-        return _interrupted_status()
+        return _interrupted_status(summary.get("stopped_by"))
     return 0
 
 
-def _interrupted_status() -> int:
+def _interrupted_status(stopped_by: object) -> int:
     """128 + the signal that stopped the run (130 for Ctrl-C, 143 for SIGTERM)."""
     import signal
 
-    from simulations.run import STOPPED_BY
-
-    return 128 + (STOPPED_BY[0] if STOPPED_BY else int(signal.SIGINT))
+    return 128 + (int(stopped_by) if isinstance(stopped_by, int) else int(signal.SIGINT))
 
 
 def _print_summary(out: str, summary: dict[str, object]) -> None:
@@ -78,12 +81,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from simulations.sweep import sweep
 
     out = args.out or f"sweeps/{Path(args.preset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    root, specs = sweep(args.preset, args.grid, args.seeds, args.set, out, ray_address=args.ray_address,
+    root, specs, stopped_by = sweep(args.preset, args.grid, args.seeds, args.set, out, ray_address=args.ray_address,
                         quiet=args.quiet)
     print(f"sweep: {len(specs)} runs in {root} (index.csv)")
-    from simulations.run import STOPPED_BY
-
-    code = _interrupted_status() if STOPPED_BY else 0
+    code = _interrupted_status(stopped_by) if stopped_by is not None else 0
     if not args.no_report:
         _report(root, args.target)
     return code
@@ -108,7 +109,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from fedtitan.api import figure
+    from fedtitan.results.views import figure
 
     fig, what = figure(args.kind, args.dir, args.target)
     fig.savefig(args.output, dpi=150)
@@ -183,7 +184,7 @@ def _cmd_devices(args: argparse.Namespace) -> int:
         print(profile_toml(p), end="")
         return 0
     if args.devices_cmd == "calibrate":
-        from fedtitan.devices.calibrate import calibrate
+        from simulations.calibrate import calibrate
 
         prof = calibrate(args.model, args.batch_size, args.seconds, args.name)
         text = profile_toml(prof)
@@ -205,14 +206,14 @@ def _devices_fleets(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from fedtitan.config import _read_preset
+    from fedtitan.config import FLEET_SETTINGS, read_preset
     from fedtitan.devices.fleets import BUILTIN_NOTES, all_fleets
 
-    preset_fleets = _read_preset(args.preset).get("fleets", {}) if args.preset else {}
+    preset_fleets = read_preset(args.preset).get("fleets", {}) if args.preset else {}
     table = Table(title="named fleets (select one with --set fleet.name=NAME, or sweep --grid fleet.name=A,B)")
     for col in ("name", "from", "settings", "about"):
         table.add_column(col)
-    for name, (where, settings) in all_fleets(preset_fleets, args.file).items():
+    for name, (where, settings) in all_fleets(preset_fleets, args.file, FLEET_SETTINGS).items():
         shown = "; ".join(f"{k}={v}" for k, v in settings.items())
         table.add_row(name, where, shown, BUILTIN_NOTES.get(name, "") if where == "built-in" else "")
     Console(width=180).print(table)
@@ -226,12 +227,9 @@ def _devices_trace(args: argparse.Namespace) -> int:
     devices = None
     if args.preset or args.set:
         from fedtitan.config import load_config
-        from fedtitan.devices import load_profiles
-        from fedtitan.devices.fleet import device_names, fleet_spec
+        from fedtitan.devices.fleet import fleet_devices
 
-        cfg = load_config(args.preset or "quickstart", args.set)
-        extra = load_profiles(cfg.fleet.profiles) if cfg.fleet.profiles else {}
-        devices = device_names(fleet_spec(cfg), cfg.run.seed, extra)
+        devices = fleet_devices(load_config(args.preset or "quickstart", args.set))
     trace = load_trace(args.path, devices)
     table, long = trace_summary(trace)
     import pandas as pd
@@ -256,13 +254,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
         print(f"{args.name}: ready in {out}")
         return 0
     if args.data_cmd != "summary":
-        raise FedtitanError("usage: fedtitan data {summary DATASET, download NAME [--to DIR]}")
-    from fedtitan.data import load_dataset, partition, summary
-
-    ds = load_dataset(args.dataset, data_dir=args.data_dir, path=args.path, seed=args.seed)
-    parts = partition(ds.y_train, args.partition, args.num_clients, seed=args.seed, alpha=args.alpha,
-                      classes_per_client=args.classes_per_client, groups=ds.groups_train)
-    df = summary(parts, ds.y_train, ds.num_classes)
+        raise FedtitanError("usage: fedtitan data {summary [PRESET] [--set KEY=VALUE], download NAME [--to DIR]}")
+    df = _partition_table(args)
     import pandas as pd
 
     with pd.option_context("display.max_rows", 200, "display.max_columns", 80, "display.width", 200):
@@ -273,6 +266,30 @@ def _cmd_data(args: argparse.Namespace) -> int:
         heatmap(df).savefig(args.heatmap, dpi=120)
         print(f"wrote {args.heatmap}")
     return 0
+
+
+# ``data summary``'s flags: each, when given, overrides one setting of the preset.
+SUMMARY_FLAGS = {"dataset": "data.dataset", "path": "data.path", "data_dir": "data.data_dir",
+                 "partition": "data.partition", "num_clients": "data.num_clients", "alpha": "data.alpha",
+                 "classes_per_client": "data.classes_per_client", "seed": "run.seed"}
+
+
+def _partition_table(args: argparse.Namespace) -> pd.DataFrame:
+    """The partition a run of the preset (with the flags and ``--set`` on top) trains on, one row
+    per client: the run's own code path (``dataset_for`` with ``data.max_train``,
+    ``partition_for`` with ``data.min_samples``), so it equals that run's ``partition.csv``."""
+    from fedtitan.config import load_config, preset_names
+    from fedtitan.data import summary
+    from fedtitan.data.loaders import LOADERS
+    from fedtitan.training.setup import dataset_for, partition_for
+
+    preset, sets = args.preset, []
+    if preset in (*LOADERS, "npz") and preset not in preset_names() and not Path(preset).exists():
+        preset, sets = "quickstart", [f"data.dataset={preset}"]  # a dataset name: the quickstart run on it
+    sets += [f"{key}={getattr(args, flag)}" for flag, key in SUMMARY_FLAGS.items() if getattr(args, flag) is not None]
+    cfg = load_config(preset, [*sets, *args.set])
+    ds = dataset_for(cfg)
+    return summary(partition_for(cfg, ds), ds.y_train, ds.num_classes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -399,15 +416,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     da = sub.add_parser("data", help="datasets and partitions")
     dasub = da.add_subparsers(dest="data_cmd")
-    sm = dasub.add_parser("summary", help="per-client counts and label histogram")
-    sm.add_argument("dataset")
-    sm.add_argument("--path", help="npz file for dataset 'npz'")
-    sm.add_argument("--data-dir")
-    sm.add_argument("--partition", default="dirichlet")
-    sm.add_argument("--num-clients", type=int, default=15)
-    sm.add_argument("--alpha", type=float, default=0.5)
-    sm.add_argument("--classes-per-client", type=int, default=2)
-    sm.add_argument("--seed", type=int, default=0)
+    sm = dasub.add_parser("summary", help="per-client counts and label histogram of the partition a run of PRESET "
+                                          "trains on (the same as that run's partition.csv)")
+    sm.add_argument("preset", nargs="?", default="quickstart",
+                    help="preset name or TOML file (default: quickstart); a dataset name means the quickstart "
+                         "preset on that dataset")
+    sm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    sm.add_argument("--dataset", help="data.dataset")
+    sm.add_argument("--path", help="data.path (npz file for dataset 'npz')")
+    sm.add_argument("--data-dir", help="data.data_dir")
+    sm.add_argument("--partition", help="data.partition")
+    sm.add_argument("--num-clients", type=int, help="data.num_clients")
+    sm.add_argument("--alpha", type=float, help="data.alpha")
+    sm.add_argument("--classes-per-client", type=int, help="data.classes_per_client")
+    sm.add_argument("--seed", type=int, help="run.seed")
     sm.add_argument("--heatmap", help="write a seaborn heatmap (PNG/PDF) to this path")
     dl = dasub.add_parser("download", help="fetch a dataset from its official source (checked, resumable)")
     dl.add_argument("name", help="cifar10, femnist, uci-har, speech-commands or mnist")

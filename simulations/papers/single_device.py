@@ -1,6 +1,6 @@
 """Titan's single-device setting (Table 1 of the paper), at a scale this machine runs.
 
-    python -m simulations.single_device --model mobilenet_v1 --steps 1500 --seeds 3 \
+    python -m simulations.papers.single_device --model mobilenet_v1 --steps 1500 --seeds 3 \
         --out docs/results/single-device-table1/mobilenet_v1
 
 One device streams a training set (v = 100 new samples per step), selects a batch of B = 10
@@ -55,6 +55,7 @@ from fedtitan.data import DataStream, load_dataset
 from fedtitan.errors import FedtitanError
 from fedtitan.fileio import atomic_writer
 from fedtitan.models import MODELS, build_model, takes_stem
+from fedtitan.results.analysis import time_to_accuracy
 from fedtitan.selection import build_selector
 from fedtitan.training import StreamingConfig, evaluate, lr_at, train_streaming
 
@@ -451,8 +452,8 @@ def main() -> None:
     mean_curve = df.groupby(["method", "step"]).accuracy.mean().reset_index()
     reach = {}
     for m, g in mean_curve.groupby("method"):
-        hit = g[g.accuracy >= target]
-        reach[m] = int(hit.step.min()) if len(hit) else np.nan
+        steps = time_to_accuracy(g, target, x="step", also=None, interpolate=False)[0]
+        reach[m] = np.nan if np.isnan(steps) else int(steps)
     summary["steps_to_rs_final"] = summary.method.map(reach)
     summary.to_csv(out / "summary.csv", index=False)
     import matplotlib

@@ -1,0 +1,341 @@
+"""The synchronous round loop: one run of rounds on a grid, each round a sequence of named steps.
+
+A round, as :meth:`FleetServer.round` reads::
+
+    sample   = sampler.sample(...)            # seeded, by partition id (strategies.sampling)
+    messages = broadcast(rnd, sampled)        # the aggregator builds the train messages
+    results  = collect(rnd, messages, ...)    # every reply, failure and timeout, parsed
+    hooks    (after_collect)                  # e.g. a test's fault injection (tests/faults.py)
+    included, round_s = policy.include(...)   # deadlines / first-k / exclusions (the policy)
+    updated  = aggregate(rnd, included)       # fedtitan's FedAvg or a Flower strategy
+    ev       = evaluate(rnd, sampled)         # central (and optionally federated) evaluation
+    record(RoundOutcome(...))                 # rows (strategies.rows) to the sinks
+
+The loop owns no I/O: it is handed its sinks (:mod:`strategies.sinks`), its checkpointer
+(:mod:`strategies.checkpoints`) and a stop event. What it composes is reusable by another
+loop: :class:`~strategies.sampling.Sampler`, :class:`~strategies.dispatch.Dispatch`
+(send/collect), :class:`~strategies.client_states.ClientStates`, the sinks and checkpoints.
+:func:`fleet_server` builds one for a run folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from clients.object_store import ServerArrays
+from fedtitan.checkpoint import Checkpoint
+from fedtitan.compute import describe, resolve_device, set_deterministic
+from fedtitan.config import Config
+from fedtitan.data import summary as partition_summary
+from fedtitan.results.tracking import make_tracker
+from fedtitan.training.client import build_global_model, dataset_for, partition_for
+from fedtitan.training.setup import fleet_dynamics
+from strategies.aggregate import AggregationFailed, Aggregator, make_aggregator, to_arrays
+from strategies.checkpoints import KEEP_CHECKPOINTS, Checkpointer, client_states_dir
+from strategies.client_states import ClientStates
+from strategies.dispatch import Dispatch
+from strategies.evaluation import CentralEval, Evaluation, eval_indices
+from strategies.fleet import ClientResult, FleetPolicy, finite
+from strategies.messages import (
+    CONFIG_KEY,
+    ROUND_KEY,
+    ROUND_START_KEY,
+    TOKEN_KEY,
+    wants_object_store,
+    without_arrays,
+)
+from strategies.registry import build_strategy
+from strategies.rows import (
+    History,
+    RoundOutcome,
+    client_rows,
+    failures,
+    fleet_rows,
+    round_energy_j,
+    round_row,
+)
+from strategies.sampling import Sample, Sampler
+from strategies.sinks import (
+    ProgressFn,
+    ProgressSink,
+    RoundRows,
+    RunEnd,
+    RunStart,
+    Sink,
+    Sinks,
+    TrackerSink,
+    WriterSink,
+)
+from strategies.state import load_strategy_state, strategy_state, unsaved
+
+log = logging.getLogger("fedtitan")
+# called with (server_round, results) once the round's replies are in, before anything of the
+# round is recorded (tests install faults here: tests/faults.py)
+AfterCollect = Callable[[int, list[ClientResult]], None]
+
+
+class FleetServer:
+    """One run on a grid. Construction keeps what it is given; :meth:`start` sets the run up
+    (data, model, the sinks' first writes) and :meth:`run` runs it to its end, or until
+    ``stop`` is set (the current round finishes first; the summary says ``interrupted``)."""
+
+    def __init__(self, grid: Grid, cfg: Config, client_states: ClientStates, *, sinks: Sequence[Sink] = (),
+                 checkpointer: Checkpointer | None = None, stop: threading.Event | None = None,
+                 resume_from: Checkpoint | None = None, pool: bool | None = None,
+                 after_collect: Sequence[AfterCollect] = (), token: str | None = None) -> None:
+        self.grid, self.cfg, self.cfg_json = grid, cfg, cfg.to_json()
+        self.states, self.sinks, self.checkpointer = client_states, Sinks(sinks), checkpointer
+        self.stop = stop if stop is not None else threading.Event()
+        self.resume_from, self.after_collect = resume_from, list(after_collect)
+        # names this run's client state on boards that keep it (a checkpoint carries it on)
+        self.token = str(resume_from.state["token"]) if resume_from else token or hashlib.sha1(
+            f"{self.cfg_json}|{time.time_ns()}".encode()).hexdigest()[:16]
+        s = cfg.server
+        self.policy = FleetPolicy(s.fraction, s.min_clients, s.policy, s.deadline_s, s.over_commit, cfg.run.seed)
+        self.dispatch = Dispatch(grid, s.timeout_s, pool)
+        self.aggregator: Aggregator = make_aggregator(None, "fedavg")
+        self.history = History()
+        self.virtual_s = 0.0
+        self.energy_cum = 0.0
+        self.started = False
+
+    # -------------------------------------------------------------------------- set-up
+    def start(self) -> None:
+        """Data, model and evaluation set; the sinks start (or go on from the checkpoint);
+        every RNG the server's side draws from (e.g. DP noise) starts from the seed."""
+        cfg = self.cfg
+        mode = set_deterministic(cfg.run.deterministic)
+        device = resolve_device(cfg.compute.device)
+        ds = dataset_for(cfg)
+        partition = partition_summary(partition_for(cfg, ds), ds.y_train, ds.num_classes)
+        model = build_global_model(cfg, ds)
+        self.global_state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        model.to(device)
+        ids = eval_indices(cfg, len(ds.y_test))
+        self.central = CentralEval(model, ds.tensor("test", ids).to(device), ds.labels("test", ids).to(device))
+        kept = self.sinks.start(RunStart(self.cfg_json, cfg.run.seed, {**describe(device), "mode": mode}, partition,
+                                         self.resume_from))
+        self.history = History(list(kept.rounds), list(kept.clients))
+        self.sampler = Sampler(self.policy, fleet_dynamics(cfg))
+        if self.resume_from is None:
+            random.seed(cfg.run.seed)
+            np.random.seed(cfg.run.seed % 2**32)  # noqa: NPY002 - Flower's DP noise draws from it
+            torch.manual_seed(cfg.run.seed)
+        self.started = True
+
+    def connect(self, partition_ids: dict[int, int] | None = None) -> list[int]:
+        """Wait for the clients (:meth:`Dispatch.connect`); the strategy is built for as many
+        as a round samples."""
+        nodes = self.dispatch.connect(self.cfg.data.num_clients, partition_ids)
+        self.aggregator = make_aggregator(build_strategy(self.cfg, self.policy.target(len(nodes))),
+                                          self.cfg.server.strategy)
+        if wants_object_store(self.cfg.simulation.arrays, self.global_state, self.grid):
+            self.dispatch.transport = ServerArrays.start()  # None unless Ray runs in this process
+        return nodes
+
+    # -------------------------------------------------------------------------- a round
+    def broadcast(self, rnd: int, sampled: list[int]) -> list[Message]:
+        """The aggregator's train messages, each with its partition's last state (if any)."""
+        config = ConfigRecord({CONFIG_KEY: self.cfg_json, TOKEN_KEY: self.token, ROUND_START_KEY: self.virtual_s})
+        arrays = to_arrays(self.global_state)
+        messages = self.aggregator.configure(rnd, arrays, config, self.grid, sampled)
+        transport = self.dispatch.transport
+        if transport is not None:  # the weights go through Ray's object store, once
+            key = transport.publish(f"{self.token}/{rnd}", self.global_state)
+            for m in messages:  # a strategy that sends other weights to some client keeps them inside
+                if m.content.array_records.get("arrays") is arrays:
+                    without_arrays(m, key)
+        for m in messages:  # a strategy may share one content between its messages: give each its own
+            self.states.attach(m, self.dispatch.partition_of.get(m.metadata.dst_node_id, -1))
+        return messages
+
+    def collect(self, rnd: int, messages: list[Message], sampled: list[int]) -> list[ClientResult]:
+        """Every sampled client's result; the states the clients sent back are stored."""
+        sent = [m.metadata.dst_node_id for m in messages]
+        replies = self.dispatch.send_surviving(messages, f"round {rnd}")
+        self.states.reset_io()
+        for node, reply in replies.items():
+            if node in self.dispatch.partition_of:
+                self.states.keep(rnd, self.dispatch.partition_of[node], reply)
+        stored = self.dispatch.stored_arrays(replies, f"{self.token}/{rnd}/")
+        return self.dispatch.results(replies, sent, sampled, stored)
+
+    def aggregate(self, rnd: int, included: list[ClientResult]) -> tuple[bool, str]:
+        """Update the global model from the included replies; (updated, why not)."""
+        need = self.cfg.server.min_clients
+        if len(included) < need or not included:
+            log.warning("round %d: only %d sampled clients succeeded (need %d); model not updated", rnd, len(included), need)
+            return False, f"{len(included)} included < server.min_clients={need}"
+        try:
+            new = self.aggregator.aggregate(rnd, included, self.global_state)
+        except AggregationFailed as exc:
+            log.warning("round %d: %s; model not updated", rnd, exc)
+            return False, str(exc)[:300]
+        if new is None:
+            return False, f"{self.aggregator.name} returned no arrays"
+        if not finite(new):
+            log.warning("round %d: %s produced non-finite weights; model not updated", rnd, self.aggregator.name)
+            return False, "non-finite aggregate"
+        self.global_state = new
+        return True, ""
+
+    def evaluate(self, rnd: int, sampled: list[int]) -> Evaluation:
+        s = self.cfg.server
+        if not (rnd % s.eval_every == 0 or rnd == self.cfg.run.rounds):
+            return Evaluation()
+        loss, acc = self.central(self.global_state)
+        client_acc = None
+        if s.client_eval:
+            content = RecordDict({"arrays": to_arrays(self.global_state),
+                                  "config": ConfigRecord({ROUND_KEY: rnd, CONFIG_KEY: self.cfg_json})})
+            client_acc = self.dispatch.ask(sampled, content, "evaluate", "accuracy")
+        return Evaluation(acc, loss, client_acc)
+
+    def record(self, outcome: RoundOutcome, sample: Sample) -> dict[str, Any]:
+        """The round's rows to the sinks; the virtual clock and the energy spent move on."""
+        rnd, d = outcome.server_round, self.dispatch
+        fleet = None if sample.factors is None else fleet_rows(
+            rnd, self.virtual_s, d.nodes, d.partition_of, self.sampler.dynamics.devices, sample.factors,
+            outcome.sampled, outcome.included, self.cfg.fleet.timeline)
+        self.virtual_s += outcome.round_s
+        self.energy_cum += round_energy_j(outcome.results)
+        rows = RoundRows(rnd, round_row(outcome, self.virtual_s, self.energy_cum), client_rows(outcome), fleet)
+        self.sinks.add_round(rows)
+        self.history.rounds.append(rows.row)
+        self.history.clients.extend(rows.clients)
+        return rows.row
+
+    def round(self, rnd: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        sample = self.sampler.sample(rnd, self.dispatch.nodes, self.dispatch.partition_of, self.virtual_s)
+        messages = self.broadcast(rnd, sample.sampled)
+        results = self.collect(rnd, messages, sample.sampled)
+        for hook in self.after_collect:
+            hook(rnd, results)
+        included, round_s = self.policy.include(results, sample.keep)
+        updated, why = self.aggregate(rnd, included)
+        ev = self.evaluate(rnd, sample.sampled)
+        outcome = RoundOutcome(rnd, sample.sampled, results, included, round_s, updated, why, ev,
+                               time.perf_counter() - t0, self.states.io_s, self.states.io_bytes)
+        return self.record(outcome, sample)
+
+    # -------------------------------------------------------------------------- checkpoints
+    def checkpoint(self, rnd: int, reached: int | None) -> None:
+        """Everything the run needs to go on from after round ``rnd``, as data, atomically;
+        its cost (and the client states stored this round) goes to the round's row."""
+        assert self.checkpointer is not None
+        strategy = getattr(self.aggregator, "strategy", None)
+        state = {
+            "config": self.cfg_json, "token": self.token, "model": self.global_state,
+            "strategy": strategy_state(strategy), "virtual_s": self.virtual_s, "energy_cum_j": self.energy_cum,
+            **self.sinks.checkpoint_state(), "client_rounds": self.states.rounds.copy(),
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),  # noqa: NPY002 - global, as Flower uses it
+                    "torch": torch.get_rng_state()},
+            "target_reached_round": reached,
+        }
+        t0 = time.perf_counter()
+        blob = self.checkpointer.encode(rnd, state)
+        io_s, io_bytes = self.states.io_s, self.states.io_bytes
+        # the round's row gets the checkpoint's size before the checkpoint exists: a run killed
+        # just after writing it resumes from it with the row complete
+        self.sinks.update_round({"checkpoint_s": io_s + time.perf_counter() - t0,
+                                 "checkpoint_bytes": io_bytes + len(blob)})
+        self.checkpointer.save(rnd, blob)
+        self.states.retain()
+        self.sinks.update_round({"checkpoint_s": io_s + time.perf_counter() - t0})
+
+    def restore(self, ckpt: Checkpoint) -> int:
+        """Put the run back as it was after ``ckpt``'s round (the sinks took back their rows
+        when they started); returns that round."""
+        st = ckpt.state
+        self.global_state = {k: np.asarray(v) for k, v in st["model"].items()}
+        load_strategy_state(getattr(self.aggregator, "strategy", None), st.get("strategy") or {})
+        self.virtual_s, self.energy_cum = float(st["virtual_s"]), float(st["energy_cum_j"])
+        older = self.checkpointer.older_client_rounds(ckpt.server_round) if self.checkpointer else []
+        self.states.restore(np.asarray(st["client_rounds"], dtype=np.int64), older)
+        rng = st["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])  # noqa: NPY002
+        torch.set_rng_state(rng["torch"])
+        return ckpt.server_round
+
+    # -------------------------------------------------------------------------- the run
+    def run(self, partition_ids: dict[int, int] | None = None) -> dict[str, Any]:
+        if not self.started:
+            self.start()
+        self.connect(partition_ids)
+        strategy = getattr(self.aggregator, "strategy", None)
+        missing = unsaved(strategy) if self.cfg.run.checkpoint_every else []
+        if missing:
+            log.warning("strategy %s keeps attributes fedtitan cannot save (%s): a resumed run starts them afresh; "
+                        "give it state_dict()/load_state_dict() (docs/extending.md)", self.aggregator.name,
+                        ", ".join(missing))
+        first = 1 if self.resume_from is None else self.restore(self.resume_from) + 1
+        t_start = time.perf_counter()
+        target = self.cfg.server.target_accuracy
+        reached, interrupted = None, False
+        last_row = self.history.rounds[-1] if self.history.rounds else {}
+        acc, loss = float(last_row.get("accuracy", math.nan)), float(last_row.get("loss", math.nan))
+        for rnd in range(first, self.cfg.run.rounds + 1):
+            if self.stop.is_set():
+                interrupted = True
+                log.warning("stopping before round %d as asked; finished rounds are on disk", rnd)
+                break
+            row = self.round(rnd)
+            acc, loss = row["accuracy"], row["loss"]
+            if target is not None and not math.isnan(acc) and acc >= target:
+                reached = rnd
+            last = rnd == self.cfg.run.rounds or reached is not None or self.stop.is_set()
+            if self.checkpointer is not None and self.checkpointer.due(rnd, last):
+                self.checkpoint(rnd, reached)
+            if reached is not None:
+                break
+        summary = {"rounds": len(self.history.rounds), "final_accuracy": acc, "final_loss": loss,
+                   "virtual_time_s": self.virtual_s, "energy_j": self.energy_cum,
+                   "wall_s": time.perf_counter() - t_start, "target_reached_round": reached, "interrupted": interrupted,
+                   **({"resumed_from_round": self.resume_from.server_round} if self.resume_from else {}),
+                   **self.failures()}
+        self.sinks.finish(RunEnd(summary, self.history, self.global_state))
+        return summary
+
+    def failures(self) -> dict[str, Any]:
+        """:func:`strategies.rows.failures` of the run's rows, logged when the run failed."""
+        out = failures(self.history, stopped=self.stop.is_set())
+        if "failed" in out:
+            log.error("run failed: %s", out["failed"])
+        return out
+
+
+def fleet_server(grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressFn | None = None,
+                 resume_from: Checkpoint | None = None, pool: bool | None = None,
+                 stop: threading.Event | None = None, after_collect: Sequence[AfterCollect] = ()) -> FleetServer:
+    """A run whose record is the folder ``out_dir`` (its files, checkpoints and clients'
+    states), followed by ``cfg.tracking``'s tracker and ``progress`` (called with each round's
+    row). Nothing is written before the server starts."""
+    run_dir = Path(out_dir).expanduser()
+    writer = WriterSink(run_dir, save_model=cfg.run.save_model)
+    sinks: list[Sink] = [writer]
+    t = cfg.tracking
+    if t.backend != "none":
+        sinks.append(TrackerSink(make_tracker(t.backend, t.uri, t.project, t.mode), run_dir,
+                                 json.loads(cfg.to_json()), report=t.report))
+    if progress is not None:
+        sinks.append(ProgressSink(progress))
+    token = hashlib.sha1(f"{cfg.to_json()}|{run_dir.resolve()}|{time.time_ns()}".encode()).hexdigest()[:16]
+    return FleetServer(grid, cfg, ClientStates(client_states_dir(run_dir), cfg.data.num_clients, KEEP_CHECKPOINTS),
+                       sinks=sinks, checkpointer=Checkpointer(run_dir, cfg.run.checkpoint_every, guard=writer.safe),
+                       stop=stop, resume_from=resume_from, pool=pool, after_collect=after_collect, token=token)
