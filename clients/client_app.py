@@ -17,13 +17,15 @@ state made before the round it is asked to train. A simulation worker plays whic
 partition a message names (``partition-id`` in its config). In a Ray simulation the model
 weights are not in the messages: the train message names the round's global weights in
 Ray's object store and the reply names the client's new ones (:mod:`clients.object_store`).
+
+Every message key is :mod:`fedtitan.wire`'s; the reply carries the client's report through its
+one translation (``ClientReport.to_wire``): its numbers in the ``metrics`` MetricRecord, its
+strings (the device's name) in a ``fedtitan-report`` ConfigRecord.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import signal
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,15 +34,36 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import adaptiveclipping_mod
 
 from clients import object_store
-from clients.object_store import ARRAYS_KEY
 from fedtitan.checkpoint import ClientStateStore, pack, unpack
 from fedtitan.compute import torch_threads
 from fedtitan.config import Config
 from fedtitan.training.client import client_evaluate, client_round
-
-# A client's state travels as npz bytes: in the train message under this key of its config
-# (with "fedtitan-state-round"), in the reply as a ConfigRecord {"npz": bytes, "round": int}.
-STATE_RECORD = "fedtitan-state"
+from fedtitan.wire import (
+    ARRAYS_KEY,
+    ARRAYS_NAME,
+    ARRAYS_RECORD,
+    CLIPPING_NORM_KEY,
+    CONFIG_RECORD,
+    METRICS_RECORD,
+    NODE_DEVICE,
+    NODE_METER,
+    NODE_NUM_PARTITIONS,
+    NODE_PARTITION,
+    NODE_STATE_DIR,
+    NUM_PARTITIONS,
+    OWN_CONFIG_KEYS,
+    PARTITION_ID,
+    PARTITION_KEY,
+    REPORT_RECORD,
+    ROUND_START_KEY,
+    RUN_CONFIG_KEY,
+    RUN_TOKEN_KEY,
+    SERVER_ROUND_KEY,
+    STATE_KEY,
+    STATE_NPZ,
+    STATE_RECORD,
+    STATE_ROUND,
+)
 
 app = ClientApp()
 
@@ -51,15 +74,15 @@ def _parse(config_json: str) -> Config:
 
 
 def _config(msg: Message) -> tuple[Config, ConfigRecord]:
-    rec = msg.content["config"]
+    rec = msg.content[CONFIG_RECORD]
     assert isinstance(rec, ConfigRecord)
-    return _parse(str(rec["config"])), rec
+    return _parse(str(rec[RUN_CONFIG_KEY])), rec
 
 
 def local_store(context: Context, cfg: Config, token: str) -> ClientStateStore | None:
     """This node's own state folder for the run ``token`` names (``state-dir`` in the node
     config), keeping as many rounds as a server resuming from its previous checkpoint needs."""
-    root = context.node_config.get("state-dir")
+    root = context.node_config.get(NODE_STATE_DIR)
     if not root:
         return None
     keep = max(2, cfg.run.checkpoint_every + 1)
@@ -72,68 +95,45 @@ def load_state(msg: Message, store: ClientStateStore | None, partition_id: int, 
     if store is not None:
         found = store.get(partition_id, before=server_round)
         return dict(found[1]) if found else {}
-    rec = msg.content["config"]
+    rec = msg.content[CONFIG_RECORD]
     assert isinstance(rec, ConfigRecord)
-    if STATE_RECORD not in rec:
+    if STATE_KEY not in rec:
         return {}
-    return dict(unpack(cast(bytes, rec[STATE_RECORD]), f"the client state sent for partition {partition_id}"))
+    return dict(unpack(cast(bytes, rec[STATE_KEY]), f"the client state sent for partition {partition_id}"))
 
 
 def _global_weights(msg: Message) -> dict[str, Any]:
     """The round's global weights: in the message, or named by it in Ray's object store."""
-    arrays = msg.content.array_records.get("arrays")
+    arrays = msg.content.array_records.get(ARRAYS_RECORD)
     if arrays is not None:
         return arrays.to_torch_state_dict()
-    rec = msg.content["config"]
+    rec = msg.content[CONFIG_RECORD]
     assert isinstance(rec, ConfigRecord)
     if ARRAYS_KEY not in rec:
-        raise ValueError("the train message carries no model weights (no 'arrays' record)")
+        raise ValueError(f"the train message carries no model weights (no {ARRAYS_RECORD!r} record)")
     return object_store.global_weights(str(rec[ARRAYS_KEY]))
 
 
 def _with_weights_inside(msg: Message) -> None:
     """Put the weights a message names into the message itself (for Flower's clipping mod,
     which reads them there)."""
-    rec = msg.content["config"]
+    rec = msg.content[CONFIG_RECORD]
     assert isinstance(rec, ConfigRecord)
-    if "arrays" not in msg.content.array_records and ARRAYS_KEY in rec:
-        msg.content["arrays"] = ArrayRecord(_global_weights(msg))
+    if ARRAYS_RECORD not in msg.content.array_records and ARRAYS_KEY in rec:
+        msg.content[ARRAYS_RECORD] = ArrayRecord(_global_weights(msg))
 
 
 def _node(context: Context) -> tuple[int, str | None, str | None]:
     nc = context.node_config
-    device = nc.get("device")
-    meter = nc.get("meter")
-    return int(nc["partition-id"]), (str(device) if device else None), (str(meter) if meter else None)
-
-
-# The key Flower's client-side DP wrappers put in the train config (flwr.supercore's
-# KEY_CLIPPING_NORM; spelled out here since Flower moves its internal modules between releases).
-KEY_CLIPPING_NORM = "clipping_norm"
-# Keys of the train config that are fedtitan's own; everything else came from the strategy.
-PARTITION_KEY = "partition-id"
-_OWN_KEYS = ("config", "server-round", "run-token", "round-start-s", PARTITION_KEY, STATE_RECORD,
-             f"{STATE_RECORD}-round", ARRAYS_KEY)
-
-
-# Tests only: "ROUND:PARTITION:MARKER" SIGKILLs the process training that partition in that
-# round, once (it creates the file MARKER first): a Ray worker killed mid-round, as the
-# out-of-memory killer does.
-KILL_ENV = "FEDTITAN_TEST_KILL_CLIENT"
-
-
-def _test_kill(server_round: object, partition_id: int) -> None:
-    rnd, _, rest = os.environ.get(KILL_ENV, "").partition(":")
-    pid, _, marker = rest.partition(":")
-    if rnd == str(server_round) and pid == str(partition_id) and marker and not os.path.exists(marker):
-        Path(marker).touch()
-        os.kill(os.getpid(), signal.SIGKILL)
+    device = nc.get(NODE_DEVICE)
+    meter = nc.get(NODE_METER)
+    return int(nc[NODE_PARTITION]), (str(device) if device else None), (str(meter) if meter else None)
 
 
 def _partition(rec: ConfigRecord, context: Context) -> int:
     """The partition this message is for: the one it names (a simulation worker plays any
     partition), else the node's own (a real SuperNode: one board, one partition)."""
-    return int(cast(int, rec[PARTITION_KEY])) if PARTITION_KEY in rec else int(context.node_config["partition-id"])
+    return int(cast(int, rec[PARTITION_KEY])) if PARTITION_KEY in rec else int(context.node_config[NODE_PARTITION])
 
 
 def _threads(cfg: Config, rec: ConfigRecord) -> int | None:
@@ -150,26 +150,26 @@ def _train(msg: Message, context: Context) -> Message:
     cfg, rec = _config(msg)
     _, device, meter = _node(context)
     pid = _partition(rec, context)
-    if KILL_ENV in os.environ:
-        _test_kill(rec["server-round"], pid)
-    strategy_config = {k: v for k, v in rec.items() if k not in _OWN_KEYS}
-    token = str(rec.get("run-token", ""))
-    server_round = int(cast(int, rec["server-round"]))
+    strategy_config = {k: v for k, v in rec.items() if k not in OWN_CONFIG_KEYS}  # what the strategy added
+    token = str(rec.get(RUN_TOKEN_KEY, ""))
+    server_round = int(cast(int, rec[SERVER_ROUND_KEY]))
     store = local_store(context, cfg, token)
     with torch_threads(_threads(cfg, rec)):
         out = client_round(cfg, pid, _global_weights(msg), load_state(msg, store, pid, server_round), server_round,
                            device=device, meter=meter, strategy_config=strategy_config,
-                           round_start_s=float(cast(float, rec.get("round-start-s", 0.0))))
-    metrics = MetricRecord(cast(dict[str, Any], out.metrics))
-    if "arrays" in msg.content.array_records or ARRAYS_KEY not in rec:  # the weights go back as they came
-        content = RecordDict({"arrays": ArrayRecord(out.state_dict), "metrics": metrics})
+                           round_start_s=float(cast(float, rec.get(ROUND_START_KEY, 0.0))))
+    numbers, strings = out.report.to_wire()
+    metrics = MetricRecord(cast(dict[str, Any], numbers))
+    if ARRAYS_RECORD in msg.content.array_records or ARRAYS_KEY not in rec:  # the weights go back as they came
+        content = RecordDict({ARRAYS_RECORD: ArrayRecord(out.state_dict), METRICS_RECORD: metrics})
     else:
         key = object_store.put_weights(f"{token}/{server_round}", out.state_dict)
-        content = RecordDict({"metrics": metrics, ARRAYS_KEY: ConfigRecord({"key": key})})
+        content = RecordDict({METRICS_RECORD: metrics, ARRAYS_KEY: ConfigRecord({ARRAYS_NAME: key})})
+    content[REPORT_RECORD] = ConfigRecord(cast(dict[str, Any], strings))
     if store is not None:
         store.put(pid, server_round, out.state)
     else:
-        content[STATE_RECORD] = ConfigRecord({"npz": pack(out.state), "round": server_round})
+        content[STATE_RECORD] = ConfigRecord({STATE_NPZ: pack(out.state), STATE_ROUND: server_round})
     return Message(content=content, reply_to=msg)
 
 
@@ -178,9 +178,9 @@ def train(msg: Message, context: Context) -> Message:
     """A round of local training. A client-side DP wrapper on the server sends a clipping
     norm: the update is then clipped here (Flower's adaptive clipping mod, which also
     reports whether it clipped, as the adaptive wrapper needs)."""
-    rec = msg.content["config"]
+    rec = msg.content[CONFIG_RECORD]
     assert isinstance(rec, ConfigRecord)
-    if KEY_CLIPPING_NORM in rec:
+    if CLIPPING_NORM_KEY in rec:
         _with_weights_inside(msg)
         return adaptiveclipping_mod(msg, context, _train)
     return _train(msg, context)
@@ -192,8 +192,8 @@ def query(msg: Message, context: Context) -> Message:
     node ids differ from run to run) and how many partitions its node config names (fewer
     than the run's clients: it is a simulation worker that plays any partition)."""
     pid, _, _ = _node(context)
-    num = int(cast(int, context.node_config.get("num-partitions", -1)))
-    return Message(content=RecordDict({"metrics": MetricRecord({"partition_id": pid, "num_partitions": num})}),
+    num = int(cast(int, context.node_config.get(NODE_NUM_PARTITIONS, -1)))
+    return Message(content=RecordDict({METRICS_RECORD: MetricRecord({PARTITION_ID: pid, NUM_PARTITIONS: num})}),
                    reply_to=msg)
 
 
@@ -203,4 +203,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     pid = _partition(rec, context)
     with torch_threads(_threads(cfg, rec)):
         metrics = client_evaluate(cfg, pid, _global_weights(msg))
-    return Message(content=RecordDict({"metrics": MetricRecord(cast(dict[str, Any], metrics))}), reply_to=msg)
+    return Message(content=RecordDict({METRICS_RECORD: MetricRecord(cast(dict[str, Any], metrics))}),
+                   reply_to=msg)

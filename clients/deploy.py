@@ -22,6 +22,13 @@ from typing import Any
 
 from fedtitan.errors import FedtitanError
 from fedtitan.paths import RESULTS_ROOT_ENV  # read by the ServerApp (strategies/server_app.py)
+from fedtitan.wire import (
+    NODE_DEVICE,
+    NODE_METER,
+    NODE_NUM_PARTITIONS,
+    NODE_PARTITION,
+    NODE_STATE_DIR,
+)
 
 
 def _exe(name: str) -> str:
@@ -220,7 +227,7 @@ def supernode_command(superlink: str, certs: str | None, insecure: bool, key: st
         raise FedtitanError(f"--partition-id must be in 0..{num_partitions - 1}, got {partition_id}")
     if meter not in ("measured", "simulated"):
         raise FedtitanError(f"--meter must be 'measured' or 'simulated', got {meter!r}")
-    node_config = f"partition-id={partition_id} num-partitions={num_partitions} meter=\"{meter}\""
+    node_config = f"{NODE_PARTITION}={partition_id} {NODE_NUM_PARTITIONS}={num_partitions} {NODE_METER}=\"{meter}\""
     if state_dir:
         folder = Path(state_dir).expanduser().resolve()
         if '"' in str(folder) or "\\" in str(folder):
@@ -229,12 +236,12 @@ def supernode_command(superlink: str, certs: str | None, insecure: bool, key: st
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise FedtitanError(f"--state-dir {folder}: cannot create it ({exc.strerror or exc})") from None
-        node_config += f' state-dir="{folder}"'
+        node_config += f' {NODE_STATE_DIR}="{folder}"'
     if device:
         from fedtitan.devices import get_profile
 
         get_profile(device)  # a clear error now rather than on the first round
-        node_config += f' device="{device}"'
+        node_config += f' {NODE_DEVICE}="{device}"'
     cmd = [_exe("flower-supernode"), "--superlink", superlink, "--node-config", node_config, "--port", str(port)]
     if insecure:
         if certs is None:

@@ -31,9 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-# In a train message's config: the name of the round's global weights on the board. In a
-# reply: a ConfigRecord of this name whose "key" names the client's new weights.
-ARRAYS_KEY = "fedtitan-arrays"
+from fedtitan.wire import ARRAYS_KEY  # train config: the round's weights' name; reply: the client's
+
 BOARD_NAME = "fedtitan-arrays-board"
 
 

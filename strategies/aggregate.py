@@ -26,6 +26,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from fedtitan.wire import ARRAYS_RECORD, CONFIG_RECORD, SERVER_ROUND_KEY
 from strategies.fleet import ClientResult, fedavg
 
 
@@ -50,8 +51,8 @@ class FedtitanFedAvg:
 
     def configure(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid,
                   nodes: list[int]) -> list[Message]:
-        config["server-round"] = server_round
-        content = RecordDict({"arrays": arrays, "config": config})
+        config[SERVER_ROUND_KEY] = server_round
+        content = RecordDict({ARRAYS_RECORD: arrays, CONFIG_RECORD: config})
         return [Message(content, dst_node_id=n, message_type="train") for n in nodes]
 
     def aggregate(self, server_round: int, included: list[ClientResult],
@@ -136,10 +137,10 @@ def with_arrays(result: ClientResult) -> Any:
     """The reply message of ``result`` with its weights inside (a Flower strategy reads them
     there; in a Ray simulation they came through the object store)."""
     reply = result.raw
-    if isinstance(reply, Message) and result.arrays is not None and "arrays" not in reply.content.array_records:
+    if isinstance(reply, Message) and result.arrays is not None and ARRAYS_RECORD not in reply.content.array_records:
         with warnings.catch_warnings():  # the object store's arrays are read-only; ArrayRecord copies them
             warnings.simplefilter("ignore", UserWarning)
-            reply.content["arrays"] = to_arrays(result.arrays)
+            reply.content[ARRAYS_RECORD] = to_arrays(result.arrays)
     return reply
 
 

@@ -15,7 +15,8 @@ import numpy as np
 from flwr.app import Message
 
 from fedtitan.checkpoint import ClientStateStore
-from strategies.messages import STATE_RECORD, STATE_ROUND_KEY, state_of, with_config
+from fedtitan.wire import STATE_KEY, STATE_ROUND_KEY
+from strategies.messages import state_of, with_config
 
 
 class ClientStates:
@@ -37,7 +38,7 @@ class ClientStates:
         client mods (Flower's DP clipping) want exactly one ConfigRecord."""
         if 0 <= partition_id < len(self.rounds) and self.rounds[partition_id] >= 0:
             r = int(self.rounds[partition_id])
-            with_config(message, {STATE_RECORD: self.store.read(partition_id, r), STATE_ROUND_KEY: r})
+            with_config(message, {STATE_KEY: self.store.read(partition_id, r), STATE_ROUND_KEY: r})
 
     def keep(self, server_round: int, partition_id: int, reply: Message) -> None:
         """Store the state a client sent back (boards keep theirs), keeping what the

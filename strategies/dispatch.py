@@ -18,9 +18,9 @@ from flwr.serverapp import Grid
 
 from clients.object_store import ServerArrays
 from fedtitan.status import Status
+from fedtitan.wire import PARTITION_KEY
 from strategies.fleet import ClientResult, finite_each
 from strategies.messages import (
-    PARTITION_KEY,
     ask_partition_ids,
     metric_of,
     parse_reply,

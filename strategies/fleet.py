@@ -23,6 +23,7 @@ class ClientResult:
     arrays: dict[str, np.ndarray] | None = None
     error: str = ""
     raw: object = None  # the reply message itself, for a Flower strategy's aggregate_train
+    device: str = ""  # the device's name, as the client reported it ("" when it never replied)
 
     @property
     def time_s(self) -> float:

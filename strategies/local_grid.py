@@ -18,6 +18,8 @@ from uuid import uuid4
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 
+from fedtitan.wire import NODE_NUM_PARTITIONS, NODE_PARTITION
+
 log = logging.getLogger("fedtitan")
 
 # Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION (spelled out: Flower moves its internal modules)
@@ -34,7 +36,7 @@ class LocalGrid(Grid):
         self._run_id = run_id
         self.contexts = {
             FIRST_NODE_ID + i: Context(run_id=run_id, node_id=FIRST_NODE_ID + i,
-                                       node_config={"partition-id": i, "num-partitions": num_nodes},
+                                       node_config={NODE_PARTITION: i, NODE_NUM_PARTITIONS: num_nodes},
                                        state=RecordDict(), run_config={})
             for i in range(num_nodes)
         }

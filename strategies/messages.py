@@ -15,22 +15,24 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from clients.object_store import ARRAYS_KEY
 from fedtitan.status import Status
+from fedtitan.wire import (
+    ARRAYS_KEY,
+    ARRAYS_NAME,
+    ARRAYS_RECORD,
+    CONFIG_RECORD,
+    METRICS_RECORD,
+    NUM_PARTITIONS,
+    PARTITION_ID,
+    QUERY_KEY,
+    QUERY_PARTITION,
+    REPORT_RECORD,
+    STATE_NPZ,
+    STATE_RECORD,
+    ClientReport,
+)
 from strategies.fleet import ClientResult, finite
 
-# keys of a train (or evaluate) message's config record
-CONFIG_KEY = "config"  # the run's config, as JSON
-ROUND_KEY = "server-round"  # the round an evaluate message is for
-TOKEN_KEY = "run-token"  # names this run's client state on boards that keep it
-ROUND_START_KEY = "round-start-s"  # the virtual clock at the round's start
-PARTITION_KEY = "partition-id"  # the partition a simulation worker plays
-STATE_RECORD = "fedtitan-state"  # a client's state: a key of a train message's config, a record of the reply
-STATE_ROUND_KEY = f"{STATE_RECORD}-round"  # the round that state was made in
-# a query message: "what" asks for the node's partition id; its reply's metrics
-WHAT_KEY = "what"
-PARTITION_ID_METRIC = "partition_id"
-NUM_PARTITIONS_METRIC = "num_partitions"
 # simulation.arrays = "auto": models from this size travel through Ray's object store (at
 # MobileNetV1's 12 MB it saves about 40 ms per client; at the small CNN's 0.4 MB the two ways
 # cost the same within noise)
@@ -59,20 +61,20 @@ def metric_of(replies: dict[int, Message], key: str) -> dict[int, float]:
     out = {}
     for sender, reply in replies.items():
         if not reply.has_error():
-            rec = reply.content["metrics"]
+            rec = reply.content[METRICS_RECORD]
             assert isinstance(rec, MetricRecord)
             out[sender] = float(cast(float, rec[key]))
     return out
 
 
 def _partition_query() -> RecordDict:
-    return RecordDict({"config": ConfigRecord({WHAT_KEY: "partition-id"})})
+    return RecordDict({CONFIG_RECORD: ConfigRecord({QUERY_KEY: QUERY_PARTITION})})
 
 
 def ask_partition_ids(grid: Grid, n: int, timeout_s: float) -> dict[int, int]:
     """Node id -> partition id of every connected node (waiting for at least ``n``)."""
     nodes = wait_for_nodes(grid, n, timeout_s)
-    told = _ask(grid, nodes, _partition_query(), "query", PARTITION_ID_METRIC, timeout_s)
+    told = _ask(grid, nodes, _partition_query(), "query", PARTITION_ID, timeout_s)
     return {node: int(v) for node, v in told.items()}
 
 
@@ -82,7 +84,7 @@ def workers_or_partitions(grid: Grid, n: int, timeout_s: float) -> tuple[list[in
     ``flwr run``'s default federation of 2 simulated SuperNodes does), else ``([], node id ->
     partition id)`` of real SuperNodes, one partition each (waiting for ``n`` of them)."""
     first = wait_for_nodes(grid, 1, timeout_s)
-    told = _ask(grid, first, _partition_query(), "query", NUM_PARTITIONS_METRIC, timeout_s)
+    told = _ask(grid, first, _partition_query(), "query", NUM_PARTITIONS, timeout_s)
     if told and all(int(v) != n for v in told.values()):
         return sorted(told), None
     return [], ask_partition_ids(grid, n, timeout_s)
@@ -91,10 +93,10 @@ def workers_or_partitions(grid: Grid, n: int, timeout_s: float) -> tuple[list[in
 def with_config(message: Message, entries: dict[str, Any]) -> None:
     """Give ``message`` a config record of its own with ``entries`` added (a strategy may share
     one content, and one config, between all its messages)."""
-    rec = message.content["config"]
+    rec = message.content[CONFIG_RECORD]
     assert isinstance(rec, ConfigRecord)
     own = ConfigRecord({**{k: rec[k] for k in rec}, **entries})
-    message.content = RecordDict({**{k: message.content[k] for k in message.content}, "config": own})
+    message.content = RecordDict({**{k: message.content[k] for k in message.content}, CONFIG_RECORD: own})
 
 
 def worker_died(reason: str) -> bool:
@@ -123,7 +125,7 @@ def wants_object_store(mode: str, weights: dict[str, np.ndarray], grid: Any) -> 
 
 def without_arrays(message: Message, key: str) -> None:
     """Let ``message`` name the weights published under ``key`` instead of carrying them."""
-    content = {k: message.content[k] for k in message.content if k != "arrays"}
+    content = {k: message.content[k] for k in message.content if k != ARRAYS_RECORD}
     message.content = RecordDict(content)
     with_config(message, {ARRAYS_KEY: key})
 
@@ -132,7 +134,7 @@ def stored_key(reply: Message) -> str | None:
     """The object-store key a successful reply names its new weights by (None: they travel inside)."""
     if reply.has_error() or ARRAYS_KEY not in reply.content.config_records:
         return None
-    return str(reply.content.config_records[ARRAYS_KEY]["key"])
+    return str(reply.content.config_records[ARRAYS_KEY][ARRAYS_NAME])
 
 
 def parse_reply(reply: Message, node_id: int, stored: dict[str, np.ndarray] | None = None,
@@ -144,22 +146,23 @@ def parse_reply(reply: Message, node_id: int, stored: dict[str, np.ndarray] | No
         reason = str(reply.error.reason)
         dropped = "InjectedDrop" in reason or "dropped mid-round" in reason
         return ClientResult(node_id, Status.DROPPED if dropped else Status.FAILED, error=error_gist(reason))
-    metrics_rec = reply.content["metrics"]
+    metrics_rec = reply.content[METRICS_RECORD]
     assert isinstance(metrics_rec, MetricRecord)
     metrics = {k: float(v) for k, v in metrics_rec.items() if isinstance(v, int | float)}
-    status = Status.from_code(metrics.get("status", 0.0))
-    arrays_rec = reply.content.array_records.get("arrays")
+    report = ClientReport.from_wire(metrics_rec, reply.content.config_records.get(REPORT_RECORD))
+    status, device = report.status, report.device
+    arrays_rec = reply.content.array_records.get(ARRAYS_RECORD)
     arrays = None
     if ARRAYS_KEY in reply.content.config_records:
         if stored is None:
-            return ClientResult(node_id, Status.FAILED, metrics,
+            return ClientResult(node_id, Status.FAILED, metrics, device=device,
                                 error="its new weights were lost from Ray's object store (its process died)")
         arrays = stored
     elif arrays_rec is not None:
         arrays = {k: v.numpy() for k, v in arrays_rec.items()}
     if arrays is not None and check and status.trained and not finite(arrays):
         status = Status.NONFINITE
-    return ClientResult(node_id, status, metrics, arrays, raw=reply)
+    return ClientResult(node_id, status, metrics, arrays, raw=reply, device=device)
 
 
 def state_of(reply: Message) -> bytes | None:
@@ -167,6 +170,6 @@ def state_of(reply: Message) -> bytes | None:
     if reply.has_error():
         return None
     rec = reply.content.config_records.get(STATE_RECORD)
-    if rec is None or "npz" not in rec:
+    if rec is None or STATE_NPZ not in rec:
         return None
-    return cast(bytes, rec["npz"])
+    return cast(bytes, rec[STATE_NPZ])

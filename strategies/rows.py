@@ -13,16 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from fedtitan.devices.catalog import CATALOG
 from fedtitan.status import Status
 from strategies.evaluation import Evaluation
 from strategies.fleet import ClientResult
 
-DEVICE_NAMES = list(CATALOG)
 # fleet.timeline = "auto": fleet.csv gets every device's row each round up to this many devices,
 # the sampled devices' beyond (100,000 rows cost about 0.4 s and 5 MB a round)
 TIMELINE_ALL_MAX = 10_000
-_ROW_FIRST = ("sim_time_s", "sim_energy_j", "num-examples", "partition_id", "device_id", "status")
+_ROW_FIRST = ("sim_time_s", "sim_energy_j", "num-examples", "partition_id", "status")
 _FAILED = (Status.FAILED, Status.NONFINITE, Status.DROPPED)
 _LEFT_OUT = (Status.STRAGGLER, Status.DECLINED, Status.UNAVAILABLE)
 
@@ -67,11 +65,10 @@ def round_energy_j(results: list[ClientResult]) -> float:
 
 def client_row(rnd: int, r: ClientResult, included: bool, client_accuracy: float) -> dict[str, Any]:
     """One row of clients.csv: who, what happened, and every metric the client sent."""
-    device_id = r.metrics.get("device_id", -1)
     return {
         "server_round": rnd, "node_id": r.node_id,
         "partition_id": int(r.metrics["partition_id"]) if "partition_id" in r.metrics else -1,
-        "device": DEVICE_NAMES[int(device_id)] if 0 <= device_id < len(DEVICE_NAMES) else "",
+        "device": r.device,
         "status": str(r.status), "included": included, "sim_time_s": r.metrics.get("sim_time_s", math.nan),
         "sim_energy_j": r.metrics.get("sim_energy_j", math.nan), "num_examples": r.metrics.get("num-examples", 0.0),
         **{k: v for k, v in r.metrics.items() if k not in _ROW_FIRST},

@@ -44,20 +44,21 @@ from fedtitan.data import summary as partition_summary
 from fedtitan.results.tracking import make_tracker
 from fedtitan.training.client import build_global_model, dataset_for, partition_for
 from fedtitan.training.setup import fleet_dynamics
+from fedtitan.wire import (
+    ARRAYS_RECORD,
+    CONFIG_RECORD,
+    ROUND_START_KEY,
+    RUN_CONFIG_KEY,
+    RUN_TOKEN_KEY,
+    SERVER_ROUND_KEY,
+)
 from strategies.aggregate import AggregationFailed, Aggregator, make_aggregator, to_arrays
 from strategies.checkpoints import KEEP_CHECKPOINTS, Checkpointer, client_states_dir
 from strategies.client_states import ClientStates
 from strategies.dispatch import Dispatch
 from strategies.evaluation import CentralEval, Evaluation, eval_indices
 from strategies.fleet import ClientResult, FleetPolicy, finite
-from strategies.messages import (
-    CONFIG_KEY,
-    ROUND_KEY,
-    ROUND_START_KEY,
-    TOKEN_KEY,
-    wants_object_store,
-    without_arrays,
-)
+from strategies.messages import wants_object_store, without_arrays
 from strategies.registry import build_strategy
 from strategies.rows import (
     History,
@@ -150,14 +151,14 @@ class FleetServer:
     # -------------------------------------------------------------------------- a round
     def broadcast(self, rnd: int, sampled: list[int]) -> list[Message]:
         """The aggregator's train messages, each with its partition's last state (if any)."""
-        config = ConfigRecord({CONFIG_KEY: self.cfg_json, TOKEN_KEY: self.token, ROUND_START_KEY: self.virtual_s})
+        config = ConfigRecord({RUN_CONFIG_KEY: self.cfg_json, RUN_TOKEN_KEY: self.token, ROUND_START_KEY: self.virtual_s})
         arrays = to_arrays(self.global_state)
         messages = self.aggregator.configure(rnd, arrays, config, self.grid, sampled)
         transport = self.dispatch.transport
         if transport is not None:  # the weights go through Ray's object store, once
             key = transport.publish(f"{self.token}/{rnd}", self.global_state)
             for m in messages:  # a strategy that sends other weights to some client keeps them inside
-                if m.content.array_records.get("arrays") is arrays:
+                if m.content.array_records.get(ARRAYS_RECORD) is arrays:
                     without_arrays(m, key)
         for m in messages:  # a strategy may share one content between its messages: give each its own
             self.states.attach(m, self.dispatch.partition_of.get(m.metadata.dst_node_id, -1))
@@ -200,8 +201,8 @@ class FleetServer:
         loss, acc = self.central(self.global_state)
         client_acc = None
         if s.client_eval:
-            content = RecordDict({"arrays": to_arrays(self.global_state),
-                                  "config": ConfigRecord({ROUND_KEY: rnd, CONFIG_KEY: self.cfg_json})})
+            content = RecordDict({ARRAYS_RECORD: to_arrays(self.global_state),
+                                  CONFIG_RECORD: ConfigRecord({SERVER_ROUND_KEY: rnd, RUN_CONFIG_KEY: self.cfg_json})})
             client_acc = self.dispatch.ask(sampled, content, "evaluate", "accuracy")
         return Evaluation(acc, loss, client_acc)
 

@@ -21,6 +21,7 @@ from fedtitan.checkpoint import Checkpoint
 from fedtitan.config import Config, load_config
 from fedtitan.errors import FedtitanError
 from fedtitan.paths import RESULTS_ROOT_ENV, inside_root
+from fedtitan.preflight import check_config
 from strategies.checkpoints import resume_config
 from strategies.server import AfterCollect, fleet_server
 from strategies.sinks import ProgressFn
@@ -67,7 +68,7 @@ def main(grid: Grid, context: Context) -> None:
                       file=sys.stderr, flush=True)
                 return
         else:
-            cfg = load_config(str(rc.get("preset", "quickstart")), overrides)
+            cfg = check_config(load_config(str(rc.get("preset", "quickstart")), overrides))
         if not out:
             out = f"runs/{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
             if root:

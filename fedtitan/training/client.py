@@ -3,9 +3,11 @@
 ``client_round`` takes the run config, the client's partition id, the global weights, the
 client's persistent state (stream position, selector buffer, pruning subset, battery) and
 what the server's strategy asked for (e.g. FedProx's ``proximal-mu``), trains within the
-device's budgets, and returns new weights, flat numeric metrics and the new state. The
-per-process set-up lives in :mod:`fedtitan.training.setup`, injected faults in
-:mod:`fedtitan.training.faults`; the two training regimes are ``_streaming`` and ``_static``.
+device's budgets, and returns new weights, its report (:class:`fedtitan.wire.ClientReport`, the
+device by name) and the new state. The per-process set-up lives in :mod:`fedtitan.training.setup`,
+injected faults in :mod:`fedtitan.training.faults`. The two training regimes, ``_streaming`` and
+``_static``, read a frozen :class:`RoundContext` and return their :class:`Work` (what they did and
+what it cost), which the round assembles into the report.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -24,8 +26,14 @@ from fedtitan.config import Config
 from fedtitan.data import DataStream, NoiseSpec
 from fedtitan.devices import Battery, MeasuredMeter, affordable_units
 from fedtitan.devices.budgets import adaptive_ratio, check_memory, round_budget
-from fedtitan.devices.catalog import CATALOG, DeviceProfile
-from fedtitan.devices.cost import auto_buffer_size, static_round, streaming_round, train_cost
+from fedtitan.devices.catalog import DeviceProfile
+from fedtitan.devices.cost import (
+    RoundCost,
+    auto_buffer_size,
+    static_round,
+    streaming_round,
+    train_cost,
+)
 from fedtitan.selection import build_selector, prune
 from fedtitan.selection.pruning import WARMUP_PRUNERS, normalise_scores
 from fedtitan.selection.selectors import camel_flops
@@ -43,34 +51,96 @@ from fedtitan.training.setup import (
     setup_for,
     train_units,
 )
-from fedtitan.training.static import StaticConfig, train_static, warmup, warmup_samples_total
+from fedtitan.training.static import (
+    StaticConfig,
+    StaticResult,
+    train_static,
+    warmup,
+    warmup_samples_total,
+)
 from fedtitan.training.streaming import StreamingConfig, train_streaming
+from fedtitan.wire import ACCURACY, LOSS, NUM_EXAMPLES, PARTITION_ID, PROXIMAL_MU_KEY, ClientReport
 
-__all__ = ["InjectedDrop", "InjectedFault", "RoundOutput", "build_global_model", "client_evaluate", "client_round",
-           "dataset_for", "partition_for", "setup_for"]
-
-DEVICE_IDS = {name: i for i, name in enumerate(CATALOG)}
+__all__ = ["ClientReport", "InjectedDrop", "InjectedFault", "RoundContext", "RoundOutput", "build_global_model",
+           "client_evaluate", "client_round", "dataset_for", "partition_for", "setup_for"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class RoundOutput:
+    """A client round's new weights, its report and the state the client continues from."""
+
     state_dict: dict[str, torch.Tensor]
-    metrics: dict[str, float]
+    report: ClientReport
+    state: dict[str, Any]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The report's numbers as they travel (a train reply's MetricRecord)."""
+        return self.report.to_wire()[0]
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """What a regime's round works with, fixed at the round's start. ``state`` is the client's
+    persistent state: the regimes leave in it what the next round continues from."""
+
+    cfg: Config
+    setup: Setup
+    data: DeviceData  # the dataset's tensors on the training unit
+    profile: DeviceProfile  # as the device is at this moment (the fleet's dynamics applied)
+    partition_id: int
+    server_round: int
+    select_dev: torch.device
+    rng: np.random.Generator  # seeded from (seed, server_round, partition_id)
+    prox: Proximal | None  # FedProx's term, anchored at the global weights
+    budget_j: float | None  # the most this round may spend
     state: dict[str, Any]
 
 
-def _base_metrics(partition_id: int, profile: DeviceProfile, n_examples: int) -> dict[str, float]:
-    return {
-        "num-examples": float(n_examples), "partition_id": float(partition_id),
-        "device_id": float(DEVICE_IDS.get(profile.name, -1)), "train_loss": 0.0, "sim_time_s": 0.0,
-        "sim_energy_j": 0.0, "sim_train_s": 0.0, "sim_select_s": 0.0, "sim_comm_s": 0.0, "sim_train_j": 0.0,
-        "sim_select_j": 0.0, "sim_comm_j": 0.0, "sim_idle_j": 0.0, "train_wall_ms": 0.0,
-        "select_wall_ms": 0.0, "sync_wall_ms": 0.0, "steps_wall_ms": 0.0, "train_on_gpu": 0.0, "select_on_gpu": 0.0,
-        "streamed": 0.0, "selected": 0.0, "steps": 0.0, "rho": 1.0, "proximal_mu": 0.0, "fault_scaled": 0.0,
-        "available": 1.0, "speed_factor": 1.0, "select_share": 1.0, "bandwidth_factor": 1.0, "buffer_size": 0.0,
-        "status": Status.OK.code, "measured": 0.0, "wall_s": 0.0, "energy_j": 0.0,
-        "energy_available": 1.0, "battery_j": -1.0,
-    }
+@dataclass(frozen=True)
+class SimCost:
+    """The simulated round and its phases, as the report carries them."""
+
+    time_s: float = 0.0
+    energy_j: float = 0.0
+    train_s: float = 0.0  # training, warm-up included
+    select_s: float = 0.0
+    comm_s: float = 0.0
+    train_j: float = 0.0
+    select_j: float = 0.0
+    comm_j: float = 0.0
+    idle_j: float = 0.0
+
+    @classmethod
+    def of(cls, cost: RoundCost) -> SimCost:
+        ph = cost.phases
+        train, warm, select = ph["train"], ph.get("warmup"), ph.get("select")
+        return cls(
+            time_s=cost.time_s, energy_j=cost.energy_j,
+            train_s=train.time_s + warm.time_s if warm is not None else train.time_s,
+            select_s=select.time_s if select is not None else 0.0, comm_s=ph["comm"].time_s,
+            train_j=train.energy_j + warm.energy_j if warm is not None else train.energy_j,
+            select_j=select.energy_j if select is not None else 0.0, comm_j=ph["comm"].energy_j, idle_j=ph["idle"].energy_j,
+        )
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a regime did in a round and what it cost (nothing at all when it declined)."""
+
+    status: Status
+    sim: SimCost = SimCost()
+    num_examples: int = 0
+    train_loss: float = 0.0
+    streamed: int = 0  # streaming: samples streamed; static: samples warmed up
+    selected: int = 0  # streaming: samples selected; static: samples trained
+    steps: int = 0
+    train_wall_ms: float = 0.0
+    select_wall_ms: float = 0.0
+    sync_wall_ms: float = 0.0
+    steps_wall_ms: float = 0.0
+    rho: float = 1.0
+    buffer_size: int = 0  # candidates per selection (streaming)
 
 
 def client_round(
@@ -94,7 +164,7 @@ def client_round(
     model = setup.model.to(train_dev)  # a no-op unless a measured board trains on another unit
     model.load_state_dict(global_state)  # the one copy in (CPU arrays -> the training unit)
     data = data_on(cfg, train_dev)
-    mu = float((strategy_config or {}).get("proximal-mu", 0.0))
+    mu = float((strategy_config or {}).get(PROXIMAL_MU_KEY, 0.0))
     prox = Proximal.at(model, mu)  # anchored at the global weights just loaded
     seed_seq = [cfg.run.seed, server_round, partition_id]
     rng = np.random.default_rng(seed_seq)
@@ -106,60 +176,55 @@ def client_round(
     batch = cfg.selection.batch_size if cfg.regime == "streaming" else cfg.pruning.batch_size
     check_memory(profile, setup.memory_bytes, batch)
     battery = Battery(profile.battery_j, state.get("battery_j"))
-    metrics = _base_metrics(partition_id, profile, 0)
-    metrics["measured"] = 1.0 if meter == "measured" else 0.0
-    metrics["proximal_mu"] = mu
-    metrics.update(available=float(factors.available), speed_factor=factors.speed_factor,
-                   select_share=factors.select_share, bandwidth_factor=factors.bandwidth_factor)
+    report = ClientReport(partition_id, profile.name, measured=meter == "measured", proximal_mu=mu,
+                          available=bool(factors.available), speed_factor=factors.speed_factor,
+                          select_share=factors.select_share, bandwidth_factor=factors.bandwidth_factor)
     if not factors.available:  # offline at this moment (its trace or dynamics): no work, no energy
-        metrics["status"] = Status.UNAVAILABLE.code
-        return RoundOutput(global_state, metrics, state)
+        return RoundOutput(global_state, replace(report, status=Status.UNAVAILABLE), state)
     if not battery.available:
-        metrics["status"] = Status.UNAVAILABLE.code
-        metrics["battery_j"] = 0.0
-        return RoundOutput(global_state, metrics, state)
+        return RoundOutput(global_state, replace(report, status=Status.UNAVAILABLE, battery_j=0.0), state)
 
     measured = MeasuredMeter() if meter == "measured" else None
     if measured is not None:
         measured.start()
     t_wall = time.perf_counter()
-    metrics["train_on_gpu"] = float(train_dev.type != "cpu")
-    metrics["select_on_gpu"] = float(select_dev.type != "cpu")
-    budget_j = round_budget(profile.energy_budget_j, battery.level_j)
-    if cfg.regime == "streaming":
-        _streaming(cfg, setup, data, select_dev, partition_id, profile, state, server_round, rng, metrics, prox,
-                   budget_j)
-    else:
-        _static(cfg, setup, data, partition_id, profile, state, server_round, rng, metrics, prox, budget_j)
-    metrics["wall_s"] = time.perf_counter() - t_wall
+    ctx = RoundContext(cfg, setup, data, profile, partition_id, server_round, select_dev, rng, prox,
+                       round_budget(profile.energy_budget_j, battery.level_j), state)
+    work = _streaming(ctx) if cfg.regime == "streaming" else _static(ctx)
+    wall_s = time.perf_counter() - t_wall
+    energy_available, energy_j = True, work.sim.energy_j
     if measured is not None:
         m = measured.stop()
-        metrics["wall_s"] = m.time_s
-        metrics["energy_available"] = 1.0 if m.energy_j is not None else 0.0
-        metrics["energy_j"] = m.energy_j if m.energy_j is not None else math.nan
-    else:
-        metrics["energy_j"] = metrics["sim_energy_j"]
-    if faults.slow:
-        metrics["sim_time_s"] *= cfg.faults.slow_factor
-    spent = metrics["energy_j"] if meter == "measured" and metrics["energy_available"] else metrics["sim_energy_j"]
-    battery.spend(spent)
+        wall_s, energy_available = m.time_s, m.energy_j is not None
+        energy_j = m.energy_j if m.energy_j is not None else math.nan
+    battery.spend(energy_j if meter == "measured" and energy_available else work.sim.energy_j)
     if battery.level_j is not None:
         state["battery_j"] = battery.level_j
-        metrics["battery_j"] = battery.level_j
     if faults.drop:
         raise InjectedDrop(f"client dropped mid-round (partition {partition_id}, round {server_round})")
     new_state = to_cpu_state(model)  # the one copy out
     faults.corrupt(new_state, global_state, cfg.faults.scale_factor)
-    metrics["fault_scaled"] = float(faults.scale)
-    return RoundOutput(new_state, metrics, state)
+    sim = work.sim
+    report = replace(
+        report, status=work.status, num_examples=work.num_examples, train_loss=work.train_loss,
+        sim_time_s=sim.time_s * cfg.faults.slow_factor if faults.slow else sim.time_s, sim_energy_j=sim.energy_j,
+        sim_train_s=sim.train_s, sim_select_s=sim.select_s, sim_comm_s=sim.comm_s, sim_train_j=sim.train_j,
+        sim_select_j=sim.select_j, sim_comm_j=sim.comm_j, sim_idle_j=sim.idle_j,
+        train_wall_ms=work.train_wall_ms, select_wall_ms=work.select_wall_ms, sync_wall_ms=work.sync_wall_ms,
+        steps_wall_ms=work.steps_wall_ms, train_on_gpu=train_dev.type != "cpu", select_on_gpu=select_dev.type != "cpu",
+        streamed=work.streamed, selected=work.selected, steps=work.steps, rho=work.rho, buffer_size=work.buffer_size,
+        fault_scaled=faults.scale, wall_s=wall_s, energy_j=energy_j, energy_available=energy_available,
+        battery_j=battery.level_j,
+    )
+    return RoundOutput(new_state, report, state)
 
 
-def _streaming(cfg: Config, setup: Setup, data: DeviceData, select_dev: torch.device, pid: int,
-               profile: DeviceProfile, state: dict[str, Any], server_round: int, rng: np.random.Generator,
-               metrics: dict[str, float], prox: Proximal | None = None, budget_j: float | None = None) -> None:
+def _streaming(ctx: RoundContext) -> Work:
+    """Titan or a baseline selector over the client's stream, as many steps as the budget allows."""
+    cfg, setup, profile, pid, state = ctx.cfg, ctx.setup, ctx.profile, ctx.partition_id, ctx.state
     s, d = cfg.selection, cfg.data
     noise = NoiseSpec(d.feature_noise, d.feature_sigma, d.label_noise)
-    stream = DataStream(data, setup.parts[pid], s.velocity, cfg.run.seed, pid, noise)
+    stream = DataStream(ctx.data, setup.parts[pid], s.velocity, cfg.run.seed, pid, noise)
     if "stream" in state:
         stream.restore(state["stream"])
     buffer = s.buffer_size
@@ -180,54 +245,47 @@ def _streaming(cfg: Config, setup: Setup, data: DeviceData, select_dev: torch.de
               gradient_selection=bool(getattr(selector, "forward_candidates", True)),
               extra_select_flops=camel_flops(s.batch_size, s.velocity, math.prod(setup.dataset.input_shape))
               if s.method == "camel" else 0.0)
-    metrics["buffer_size"] = float(buffer if coarse else s.velocity)  # candidates per selection
+    candidates = int(buffer if coarse else s.velocity)  # per selection
     if coarse:  # predict with the most the filter can score per step: v new + the kept
         kw["coarse_samples"] = s.velocity + (buffer if s.carry_over else 0)
     fixed = streaming_round(profile, steps=0, **kw)  # exchange + idle during it
     one = streaming_round(profile, steps=1, **kw)
-    decision = affordable_units(budget_j, fixed.energy_j, one.energy_j - fixed.energy_j, s.local_steps)
-    metrics["status"] = (Status.OK if decision.status == "full" else Status(decision.status)).code
-    if decision.units == 0:
-        _decline(metrics)
-        return
-    global_step = (server_round - 1) * s.local_steps
+    decision = affordable_units(ctx.budget_j, fixed.energy_j, one.energy_j - fixed.energy_j, s.local_steps)
+    if decision.units == 0:  # not even one step fits: say so before spending anything
+        return Work(Status.DECLINED, buffer_size=candidates)
+    global_step = (ctx.server_round - 1) * s.local_steps
     lr = lr_at(s.lr, "step", global_step, 0, decay=s.lr_decay, every=s.lr_decay_every)
     scfg = StreamingConfig(steps=decision.units, batch_size=s.batch_size, velocity=s.velocity, lr=lr,
                            pipeline=cfg.run.pipeline)
-    records = train_streaming(setup.model, stream, selector, scfg, rng, select_device=select_dev, prox=prox)
+    records = train_streaming(setup.model, stream, selector, scfg, ctx.rng, select_device=ctx.select_dev,
+                              prox=ctx.prox)
     if coarse:  # bill what ran: the samples the coarse filter actually scored
         kw["coarse_samples"] = float(np.mean([r.info.get("coarse_forwards", s.velocity) for r in records]))
     cost = streaming_round(profile, steps=decision.units, **kw)
     state["stream"] = stream.state()
     state["selector"] = selector.state_dict()
-    metrics.update({
-        "num-examples": float(sum(r.selected for r in records)),
-        "train_loss": float(np.mean([r.loss for r in records])),
-        "sim_time_s": cost.time_s, "sim_energy_j": cost.energy_j,
-        "sim_train_s": cost.phases["train"].time_s, "sim_select_s": cost.phases["select"].time_s,
-        "sim_comm_s": cost.phases["comm"].time_s, "sim_train_j": cost.phases["train"].energy_j,
-        "sim_select_j": cost.phases["select"].energy_j, "sim_comm_j": cost.phases["comm"].energy_j,
-        "sim_idle_j": cost.phases["idle"].energy_j,
-        "train_wall_ms": float(sum(r.train_ms for r in records)),
-        "select_wall_ms": float(sum(r.select_ms for r in records) + records[0].info.get("pipeline_fill_ms", 0.0)),
-        "sync_wall_ms": float(sum(r.sync_ms for r in records)),
-        "steps_wall_ms": float(sum(r.wall_ms for r in records)),
-        "streamed": float(sum(r.streamed for r in records)), "selected": float(sum(r.selected for r in records)),
-        "steps": float(len(records)),
-    })
+    selected = sum(r.selected for r in records)
+    return Work(
+        Status.OK if decision.status == "full" else Status(decision.status), SimCost.of(cost),
+        num_examples=selected, train_loss=float(np.mean([r.loss for r in records])),
+        streamed=sum(r.streamed for r in records), selected=selected, steps=len(records),
+        train_wall_ms=float(sum(r.train_ms for r in records)),
+        select_wall_ms=float(sum(r.select_ms for r in records) + records[0].info.get("pipeline_fill_ms", 0.0)),
+        sync_wall_ms=float(sum(r.sync_ms for r in records)), steps_wall_ms=float(sum(r.wall_ms for r in records)),
+        buffer_size=candidates,
+    )
 
 
-def _static(cfg: Config, setup: Setup, data: DeviceData, pid: int, profile: DeviceProfile, state: dict[str, Any],
-            server_round: int, rng: np.random.Generator, metrics: dict[str, float],
-            prox: Proximal | None = None, budget_j: float | None = None) -> None:
+def _static(ctx: RoundContext) -> Work:
     """Pruned epochs. The warm-up (``WARMUP_PRUNERS``) runs in the first
     rounds the client is sampled: all of it when the round's budget allows, else as many
     iterations as fit, round after round (the loss sums wait in the client's state) until it
     is complete; then the client prunes and trains on the kept subset with what the budget
     leaves. A round spends at most ``budget_j``; one that cannot afford a single unit of work
     declines before spending anything."""
+    cfg, setup, profile, state = ctx.cfg, ctx.setup, ctx.profile, ctx.state
     p = cfg.pruning
-    idx = setup.parts[pid]
+    idx = setup.parts[ctx.partition_id]
     n = len(idx)
     scfg = StaticConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, optimizer=p.optimizer,
                         schedule=p.schedule)
@@ -235,86 +293,67 @@ def _static(cfg: Config, setup: Setup, data: DeviceData, pid: int, profile: Devi
     per_sample = train_cost(profile, fwd, 1)
     unit_j = per_sample.energy_j + profile.idle_w * per_sample.time_s  # one training sample, idle included
     spent_j = static_round(profile, forward_flops=fwd, train_samples=0, model_bytes=mb).energy_j  # the exchange
-    warmup_samples, warm_steps, warm_wall_s, status = 0, 0, 0.0, Status.OK
+    warm = StaticResult(0, 0, 0.0, 0.0)  # this round's warm-up
     if "kept" not in state and p.method in WARMUP_PRUNERS:
         total_iters = max(1, math.ceil(p.warmup_epochs * n / p.batch_size))
         total = warmup_samples_total(n, p.batch_size, total_iters)
         done = int(state.get("warmup_done", 0))  # warm-up samples processed in earlier rounds
-        w = affordable_units(budget_j, spent_j, unit_j, total - done)  # warm-up samples this round
+        w = affordable_units(ctx.budget_j, spent_j, unit_j, total - done)  # warm-up samples this round
         if w.units == 0:
-            _decline(metrics)
-            return
-        loss_sum, seen, wres = warmup(setup.model, data, idx, math.ceil(w.units / p.batch_size), scfg, rng, prox,
-                                      state.get("warmup_loss_sum"), state.get("warmup_seen"), max_samples=w.units)
-        warmup_samples, warm_steps, warm_wall_s = wres.samples, wres.steps, wres.wall_s
-        spent_j += unit_j * warmup_samples
-        state["warmup_done"] = done + warmup_samples
+            return Work(Status.DECLINED)
+        loss_sum, seen, warm = warmup(setup.model, ctx.data, idx, math.ceil(w.units / p.batch_size), scfg, ctx.rng,
+                                      ctx.prox, state.get("warmup_loss_sum"), state.get("warmup_seen"),
+                                      max_samples=w.units)
+        spent_j += unit_j * warm.samples
+        state["warmup_done"] = done + warm.samples
         if state["warmup_done"] < total:  # more warm-up next time; this round's update is the warm-up's
             state["warmup_loss_sum"], state["warmup_seen"] = loss_sum, seen
-            _static_metrics(metrics, profile, setup, Status.REDUCED, warmup_samples, 0, wres.mean_loss,
-                            warm_wall_s, warm_steps, warmup_samples, rho=0.0)
-            return
+            return _static_work(ctx, Status.REDUCED, warm, None, loss=warm.mean_loss, examples=warm.samples,
+                                rho=0.0)
         for key in ("warmup_loss_sum", "warmup_seen"):
             state.pop(key, None)
-        scores = normalise_scores(loss_sum, seen, p.unseen)
-        _prune(cfg, profile, setup, state, n, idx, rng, scores)
+        state["kept"], state["rho"] = _prune(ctx, normalise_scores(loss_sum, seen, p.unseen))
     elif "kept" not in state:
-        _prune(cfg, profile, setup, state, n, idx, rng, None)
+        state["kept"], state["rho"] = _prune(ctx, None)
     kept_ids = np.asarray(state["kept"])
-    decision = affordable_units(budget_j, spent_j, unit_j * p.epochs, len(kept_ids))  # kept samples to train
-    if decision.units == 0 and warmup_samples == 0:
-        _decline(metrics)
-        return
-    if decision.status != "full" or warmup_samples and decision.units == 0:
+    decision = affordable_units(ctx.budget_j, spent_j, unit_j * p.epochs, len(kept_ids))  # kept samples to train
+    if decision.units == 0 and warm.samples == 0:
+        return Work(Status.DECLINED)
+    status = Status.OK
+    if decision.status != "full" or warm.samples and decision.units == 0:
         status = Status.REDUCED
     use = kept_ids[: decision.units]
-    train_samples, loss, wall_s, steps = 0, math.nan, 0.0, 0
-    if len(use):
-        steps_per_round = p.epochs * math.ceil(len(use) / p.batch_size)
-        res = train_static(setup.model, data, use, scfg, rng, step_offset=(server_round - 1) * steps_per_round,
-                           total_steps=cfg.run.rounds * steps_per_round, prox=prox)
-        train_samples, loss, wall_s, steps = res.samples, res.mean_loss, res.wall_s, res.steps
     rho = float(state["rho"]) * decision.units / max(len(kept_ids), 1)
-    examples = len(use) if len(use) else warmup_samples
-    _static_metrics(metrics, profile, setup, status, warmup_samples, train_samples,
-                    loss if len(use) else metrics.get("train_loss", 0.0), wall_s + warm_wall_s, steps + warm_steps,
-                    examples, rho)
+    if not len(use):  # the warm-up was this round's work
+        return _static_work(ctx, status, warm, None, loss=0.0, examples=warm.samples, rho=rho)
+    steps_per_round = p.epochs * math.ceil(len(use) / p.batch_size)
+    res = train_static(setup.model, ctx.data, use, scfg, ctx.rng, step_offset=(ctx.server_round - 1) * steps_per_round,
+                       total_steps=cfg.run.rounds * steps_per_round, prox=ctx.prox)
+    return _static_work(ctx, status, warm, res, loss=res.mean_loss, examples=len(use), rho=rho)
 
 
-def _prune(cfg: Config, profile: DeviceProfile, setup: Setup, state: dict[str, Any], n: int, idx: np.ndarray,
-           rng: np.random.Generator, scores: np.ndarray | None) -> None:
-    """Keep ``floor(rho * n)`` samples (``pruning.adaptive``: the largest rho whose training
-    fits the per-round budget in the rounds after the warm-up)."""
-    p = cfg.pruning
+def _static_work(ctx: RoundContext, status: Status, warm: StaticResult, trained: StaticResult | None, *,
+                 loss: float, examples: int, rho: float) -> Work:
+    """A static round's work: this round's warm-up and training (None: none), billed together."""
+    train_samples, wall_s, steps = (trained.samples, trained.wall_s, trained.steps) if trained else (0, 0.0, 0)
+    cost = static_round(ctx.profile, forward_flops=ctx.setup.forward_flops, train_samples=train_samples,
+                        warmup_samples=warm.samples, model_bytes=ctx.setup.model_bytes)
+    return Work(status, SimCost.of(cost), num_examples=examples, train_loss=loss, streamed=warm.samples,
+                selected=train_samples, steps=steps + warm.steps, train_wall_ms=(wall_s + warm.wall_s) * 1e3, rho=rho)
+
+
+def _prune(ctx: RoundContext, scores: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """(kept sample ids, rho): ``floor(rho * n)`` of the client's samples (``pruning.adaptive``:
+    the largest rho whose training fits the per-round budget in the rounds after the warm-up)."""
+    p, setup = ctx.cfg.pruning, ctx.setup
+    idx = setup.parts[ctx.partition_id]
+    n = len(idx)
     rho = p.ratio
     if p.adaptive:
-        rho = adaptive_ratio(profile, rho=rho, n_samples=n, epochs=p.epochs, forward_flops=setup.forward_flops,
+        rho = adaptive_ratio(ctx.profile, rho=rho, n_samples=n, epochs=p.epochs, forward_flops=setup.forward_flops,
                              model_bytes=setup.model_bytes)
-    kept = prune(p.method, n, rho, scores=scores, rng=rng, labels=setup.dataset.y_train[idx])
-    state["kept"] = idx[kept]
-    state["rho"] = rho
-
-
-def _decline(metrics: dict[str, float]) -> None:
-    """Not even one unit of work fits: the client says so before it spends anything."""
-    metrics["status"] = Status.DECLINED.code
-    metrics["sim_time_s"], metrics["sim_energy_j"] = 0.0, 0.0
-
-
-def _static_metrics(metrics: dict[str, float], profile: DeviceProfile, setup: Setup, status: Status,
-                    warmup_samples: int, train_samples: int, loss: float, wall_s: float, steps: int,
-                    examples: int, rho: float) -> None:
-    cost = static_round(profile, forward_flops=setup.forward_flops, train_samples=train_samples,
-                        warmup_samples=warmup_samples, model_bytes=setup.model_bytes)
-    metrics.update({
-        "status": status.code, "rho": rho,
-        "num-examples": float(examples), "train_loss": loss, "sim_time_s": cost.time_s,
-        "sim_energy_j": cost.energy_j, "sim_train_s": cost.phases["train"].time_s + cost.phases["warmup"].time_s,
-        "sim_comm_s": cost.phases["comm"].time_s, "train_wall_ms": wall_s * 1e3, "steps": float(steps),
-        "sim_train_j": cost.phases["train"].energy_j + cost.phases["warmup"].energy_j,
-        "sim_comm_j": cost.phases["comm"].energy_j, "sim_idle_j": cost.phases["idle"].energy_j,
-        "selected": float(train_samples), "streamed": float(warmup_samples),
-    })
+    kept = prune(p.method, n, rho, scores=scores, rng=ctx.rng, labels=setup.dataset.y_train[idx])
+    return idx[kept], rho
 
 
 def client_evaluate(cfg: Config, partition_id: int, global_state: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -323,4 +362,4 @@ def client_evaluate(cfg: Config, partition_id: int, global_state: dict[str, torc
     setup.model.to(setup.device).load_state_dict(global_state)
     ids = setup.test_parts[partition_id]
     loss, acc = evaluate(setup.model, setup.data.tensor("test", ids), setup.data.labels("test", ids))
-    return {"num-examples": float(len(ids)), "loss": loss, "accuracy": acc, "partition_id": float(partition_id)}
+    return {NUM_EXAMPLES: float(len(ids)), LOSS: loss, ACCURACY: acc, PARTITION_ID: float(partition_id)}

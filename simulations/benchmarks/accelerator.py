@@ -157,7 +157,7 @@ def main() -> None:
                            "data": "cifar10" if data_dir else "random, CIFAR-10 shaped",
                            "client_round": [client_round_bench(ds, resolve_device(d), args.repeats) for d in devices]}
     if not args.skip_fl:
-        fl = {"cpu": fl_round_bench("cpu", data_dir, args.clients)}
+        fl: dict[str, Any] = {"cpu": fl_round_bench("cpu", data_dir, args.clients)}
         gpu = "cuda" if torch.cuda.is_available() else ("mps" if "mps" in devices else None)
         fl["gpu"] = fl_round_bench(gpu, data_dir, args.clients) if gpu else None
         if fl["gpu"]:

@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -77,7 +78,7 @@ def run_population(clients: int, data: Path, rounds: int, out: Path, dynamics: s
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    stop, peak = threading.Event(), []
+    stop, peak = threading.Event(), cast(list[int], [])
     watcher = threading.Thread(target=peak_tree_rss, args=(proc.pid, stop, peak), daemon=True)
     watcher.start()
     _, err = proc.communicate()

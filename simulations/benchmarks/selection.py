@@ -29,7 +29,7 @@ from fedtitan.selection.coarse import CoarseFilter, coarse_features
 from fedtitan.selection.lastlayer import head_stats
 
 
-def _best_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+def _best_ms(fn, repeats: int) -> float:
     fn()
     times = []
     for _ in range(repeats):

@@ -37,6 +37,7 @@ import torch
 
 from fedtitan.compute import one_arena
 from fedtitan.config import load_config
+from fedtitan.status import Status
 from fedtitan.training.client import build_global_model, client_round, dataset_for, setup_for
 from fedtitan.training.common import evaluate
 from simulations.benchmarks.machine import OtherLoad, report
@@ -70,7 +71,7 @@ class PeakRSS:
         self._t.join()
 
 
-def plain_loop(cfg) -> float:  # type: ignore[no-untyped-def]
+def plain_loop(cfg) -> float:
     t0 = time.perf_counter()
     setup_for(cfg)
     ds = dataset_for(cfg)
@@ -83,14 +84,14 @@ def plain_loop(cfg) -> float:  # type: ignore[no-untyped-def]
         for pid in range(cfg.data.num_clients):
             out = client_round(cfg, pid, state, states.get(pid), rnd)
             states[pid] = out.state
-            results.append(ClientResult(pid, "ok", out.metrics, {k: v.numpy() for k, v in out.state_dict.items()}))
+            results.append(ClientResult(pid, Status.OK, out.metrics, {k: v.numpy() for k, v in out.state_dict.items()}))
         state = {k: torch.from_numpy(v) for k, v in fedavg(results).items()}
         model.load_state_dict(state)
         evaluate(model, ds.tensor("test", eval_ids), ds.labels("test", eval_ids))
     return time.perf_counter() - t0
 
 
-def replay_floor(cfg, clients: pd.DataFrame, threads: int,  # type: ignore[no-untyped-def]
+def replay_floor(cfg, clients: pd.DataFrame, threads: int,
                  eval_rounds: frozenset[int] = frozenset()) -> tuple[dict[int, float], dict[int, float]]:
     """Client seconds per round (the sampled clients' work replayed in this process at
     ``threads`` threads), and for each of ``eval_rounds`` the seconds of the server's central
@@ -135,7 +136,7 @@ def replay_floor(cfg, clients: pd.DataFrame, threads: int,  # type: ignore[no-un
     return client_s, eval_s
 
 
-def _ms(fn, reps: int = 5) -> float:  # type: ignore[no-untyped-def]
+def _ms(fn, reps: int = 5) -> float:
     fn()
     t0 = time.perf_counter()
     for _ in range(reps):
@@ -143,7 +144,7 @@ def _ms(fn, reps: int = 5) -> float:  # type: ignore[no-untyped-def]
     return round((time.perf_counter() - t0) / reps * 1e3, 2)
 
 
-def profile(cfg, clients_per_round: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def profile(cfg, clients_per_round: int) -> dict[str, float]:
     """Milliseconds of what a round moves and computes besides client training, on cfg's model."""
     import pickle
 
@@ -158,7 +159,7 @@ def profile(cfg, clients_per_round: int) -> dict[str, float]:  # type: ignore[no
     rec = ArrayRecord(sd)
     content = RecordDict({"arrays": rec, "config": ConfigRecord({"config": cfg.to_json()})})
     reply = RecordDict({"arrays": rec, "metrics": MetricRecord({"num-examples": 1.0})})
-    results = [ClientResult(i, "ok", {"num-examples": 1.0}, np_state) for i in range(clients_per_round)]
+    results = [ClientResult(i, Status.OK, {"num-examples": 1.0}, np_state) for i in range(clients_per_round)]
     return {
         "model_mb": round(sum(v.nbytes for v in np_state.values()) / 2**20, 2),
         "server_arrays_build_ms": _ms(lambda: to_arrays(np_state)),  # once a round

@@ -30,6 +30,7 @@ import resource
 import subprocess
 import sys
 import time
+from typing import Any
 
 PAPER_EXTRA_MB = {"alexnet": 105, "mobilenet_v1": 37, "squeezenet": 25, "resnet50": 114}
 
@@ -75,7 +76,8 @@ def _child(model_name: str, method: str, steps: int) -> None:
     torch.manual_seed(0)
     model = build_model(model_name, ds.input_shape, 10)
     stream = DataStream(DeviceData.on(ds, torch.device("cpu")), np.arange(n), v=100, seed=0, client=0)
-    selector = build_selector(method, **({"buffer_size": 30} if method == "titan" else {}))
+    options: dict[str, Any] = {"buffer_size": 30} if method == "titan" else {}
+    selector = build_selector(method, **options)
     base_mb = _reset_peak()  # the data, model and imports are common to both methods: not counted
     recs = train_streaming(model, stream, selector, StreamingConfig(steps=steps, batch_size=10, velocity=100,
                                                                     lr=0.01, pipeline=False), rng)
@@ -102,7 +104,7 @@ def model_figures(model_name: str) -> dict:
     sample = 4 * math.prod(shape)
     extra = param_bytes(net) + (v + k) * sample + k * activation_bytes_per_sample(net, shape)
     nano = get_profile("jetson-nano-10w")
-    kw = dict(forward_flops=fwd, block_flops=block, batch=b, velocity=v, buffer=k, dim=math.prod(shape),
+    kw: dict[str, Any] = dict(forward_flops=fwd, block_flops=block, batch=b, velocity=v, buffer=k, dim=math.prod(shape),
               coarse_forwards=v + k - b)
     t_titan, e_titan = device_step("titan", nano, **kw)
     t_rs, e_rs = device_step("rs", nano, **kw)

@@ -44,14 +44,14 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
         rng = np.random.default_rng([seed, 1])
         state = {"step": 0}
 
-        def logging_draw(labels, norms, gram, batch_size, rng_, weighting=True, _seed=seed, _state=state):  # type: ignore[no-untyped-def]
+        def logging_draw(labels, norms, gram, batch_size, rng_, weighting=True, _seed=seed, _state=state):
             if _state["step"] % args.log_every == 0:
                 v = cis.estimator_variances(labels, norms, gram, batch_size)
                 rows.append({"seed": _seed, "step": _state["step"], "candidates": len(labels),
                              "classes": len(np.unique(labels)), **v})
             return real_draw(labels, norms, gram, batch_size, rng_, weighting)
 
-        selectors.cis_draw = logging_draw  # type: ignore[assignment]
+        selectors.cis_draw = logging_draw
         try:
             for step in range(args.steps):
                 state["step"] = step

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import pandas as pd
 
@@ -314,7 +315,7 @@ def pruning_kept(root: Path) -> None:
           "set from the training set; shares of the client's rare classes (under 10% of its data) and of its "
           "top class, before and after\n")
     print(_md(pd.DataFrame(s["per_rho_method"])))
-    r = s["spearman_share_vs_loss"]
+    r = cast(dict[str, Any], s["spearman_share_vs_loss"])
     print(f"\nrank correlation of a class's share of a client's data with its mean warm-up loss: median "
           f"{r['median']:.2f}, negative on {r['negative_share']:.0%} of {r['clients']} clients\n")
 

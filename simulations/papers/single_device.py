@@ -166,7 +166,7 @@ class PartialRun:
                              if state["key"].get(k) != v)
             raise SystemExit(f"error: {self.path} is a partial run with other settings: {diff}; "
                              "rerun with those settings, or delete the file to start this run over")
-        return state  # type: ignore[no-any-return]
+        return state
 
     def claim(self) -> bool:
         """Take this run (call under :func:`out_lock`): False while another process runs it. The
@@ -242,7 +242,7 @@ def method_summary(method: str, final: pd.DataFrame) -> dict:
             "wall_ms_on": on, "hardware": ", ".join(kinds)}
 
 
-def run_one(ds, method: str, seed: int, args: argparse.Namespace, eval_x, eval_y,  # type: ignore[no-untyped-def]
+def run_one(ds, method: str, seed: int, args: argparse.Namespace, eval_x, eval_y,
             partial: PartialRun | None = None) -> list[dict]:
     import math
 
@@ -262,17 +262,17 @@ def run_one(ds, method: str, seed: int, args: argparse.Namespace, eval_x, eval_y
     # "titan:coarse=random,metric=sqeuclidean" passes options to the selector; "titan:buffer=auto"
     # sizes Titan's buffer every step to what the idle unit can score (needs --idle walk)
     name, _, opt_text = method.partition(":")
-    opts: dict[str, object] = {"buffer_size": args.buffer} if name == "titan" else {}
+    opts: dict[str, Any] = {"buffer_size": args.buffer} if name == "titan" else {}
     auto = False
     for item in filter(None, opt_text.split(",")):
-        k, _, v = item.partition("=")
-        if k == "buffer" and v == "auto":
+        key, _, v = item.partition("=")
+        if key == "buffer" and v == "auto":
             auto = True
             continue
-        if k == "buffer":
+        if key == "buffer":
             opts["buffer_size"] = int(v)
             continue
-        opts[k] = {"true": True, "false": False}.get(v, v)
+        opts[key] = {"true": True, "false": False}.get(v, v)
     selector = build_selector(name, **opts)
     idle = IdleShare(args, seed) if args.idle == "walk" else None
     if auto and idle is None:
@@ -306,7 +306,7 @@ def run_one(ds, method: str, seed: int, args: argparse.Namespace, eval_x, eval_y
         chunk_steps = min(args.eval_every, args.steps - step)
         # the learning rate is constant within a chunk of eval_every <= 100 steps
         lr = lr_at(lr0, "step", step, args.steps, decay=0.95, every=100)
-        k_fixed = int(opts.get("buffer_size", args.buffer)) if name == "titan" else args.velocity  # type: ignore[call-overload]
+        k_fixed = int(opts.get("buffer_size", args.buffer)) if name == "titan" else int(args.velocity)
         if idle is None:
             cfg = StreamingConfig(steps=chunk_steps, batch_size=args.batch, velocity=args.velocity, lr=lr,
                                   pipeline=False)
