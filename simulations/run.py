@@ -359,6 +359,10 @@ def run(cfg: Config, out: str | Path, ray_address: str | None = None, quiet: boo
     """Simulate ``cfg`` with ``data.num_clients`` virtual SuperNodes; results go to ``out``.
     ``resume_from``: a checkpoint of the run in ``out`` to go on from (see :func:`resume`)."""
     one_arena()  # before the progress display's thread (simulate says why)
+    from fedtitan.preflight import check_config
+
+    # A misspelled name fails here, before the run folder exists (check_resources checks again).
+    check_config(cfg)
     out_dir = prepare_dir(out)
     # Fail fast on data and resource problems in this process, before Ray starts.
     check_resources(cfg, attach=bool(ray_address or cfg.simulation.ray_address))

@@ -51,6 +51,14 @@ def test_bad_overrides_are_one_line_errors(bad, match):
     assert "\n" not in str(info.value)
 
 
+def test_a_misspelled_name_fails_before_the_run_folder_exists(tmp_path):
+    out = tmp_path / "x"
+    with pytest.raises(FedtitanError, match="did you mean 'cnn'") as info:
+        fedtitan.run("quickstart", {"model.name": "cnnn"}, out=out, quiet=True)
+    assert "\n" not in str(info.value)
+    assert not out.exists()
+
+
 def test_grid_from_a_dict():
     assert api._grid_items({"selection.method": ["titan", "rs"], "pruning.ratio": [0.2, 0.5]}) == [
         "selection.method=titan,rs", "pruning.ratio=0.2,0.5"]
