@@ -92,8 +92,10 @@ def find_checkpoint(run_dir: str | Path) -> Checkpoint | None:
 def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> tuple[Config, Checkpoint | None]:
     """The config a cut-off run goes on with (its own config.json plus ``overrides``, of which
     only ``run.rounds`` and settings that do not change results may differ) and the checkpoint
-    it goes on from (None when the run already finished every round). One-line errors."""
+    it goes on from (None when the run already finished every round). Every name the config gives
+    is checked (``fedtitan.preflight.check_config``). One-line errors."""
     from fedtitan.config import RESULT_NEUTRAL, apply_overrides, changed_settings, validate
+    from fedtitan.preflight import check_config
 
     run_dir = Path(run_dir)
     try:
@@ -102,7 +104,7 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> tu
         raise FedtitanError(f"{run_dir} is not a fedtitan run folder (no config.json)") from None
     except (OSError, ValueError) as exc:
         raise FedtitanError(f"cannot read {run_dir / 'config.json'}: {exc}") from None
-    cfg = validate(apply_overrides(json.loads(json.dumps(stored)), list(overrides or [])))
+    cfg = check_config(validate(apply_overrides(json.loads(json.dumps(stored)), list(overrides or []))))
     changed = changed_settings(stored, cfg, (*RESULT_NEUTRAL, *RESUME_MAY_CHANGE))
     if changed:
         raise FedtitanError(f"cannot resume {run_dir} with {changed[0]}: that setting changes what the run computes "

@@ -197,6 +197,22 @@ def test_changed_settings_names_what_affects_results():
     assert changed_settings(old, base) == []
 
 
+def test_resume_checks_the_names_a_stored_config_gives(tmp_path):
+    """A run folder whose config names something that no longer exists (a renamed model, a
+    hand-edited config.json) is refused with the preflight's one line before any checkpoint."""
+    import json
+
+    from fedtitan.errors import ConfigError
+    from strategies.checkpoints import resume_config
+
+    stored = load_config("quickstart", []).model_dump(mode="json")
+    stored["model"]["name"] = "cnnn"
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match="did you mean 'cnn'") as info:
+        resume_config(tmp_path)
+    assert "\n" not in str(info.value)
+
+
 def test_npz_is_a_zip_of_plain_arrays():
     with zipfile.ZipFile(io.BytesIO(pack({"a": np.arange(3)}))) as z:
         assert sorted(z.namelist()) == ["__tree__.npy", "a0.npy"]
