@@ -281,13 +281,20 @@ def _partition_table(args: argparse.Namespace) -> pd.DataFrame:
     from fedtitan.config import load_config, preset_names
     from fedtitan.data import summary
     from fedtitan.data.loaders import LOADERS
+    from fedtitan.errors import ConfigError, did_you_mean
+    from fedtitan.preflight import check_config
     from fedtitan.training.setup import dataset_for, partition_for
 
     preset, sets = args.preset, []
-    if preset in (*LOADERS, "npz") and preset not in preset_names() and not Path(preset).exists():
+    presets, datasets = preset_names(), [*LOADERS, "npz"]
+    if preset not in presets and not preset.endswith(".toml") and not Path(preset).exists():
+        if preset not in datasets:
+            raise ConfigError(f"{preset!r} is neither a preset, a TOML file nor a dataset"
+                              f"{did_you_mean(preset, [*presets, *datasets])} Presets: {', '.join(presets)}; "
+                              f"datasets: {', '.join(datasets)}")
         preset, sets = "quickstart", [f"data.dataset={preset}"]  # a dataset name: the quickstart run on it
     sets += [f"{key}={getattr(args, flag)}" for flag, key in SUMMARY_FLAGS.items() if getattr(args, flag) is not None]
-    cfg = load_config(preset, [*sets, *args.set])
+    cfg = check_config(load_config(preset, [*sets, *args.set]))
     ds = dataset_for(cfg)
     return summary(partition_for(cfg, ds), ds.y_train, ds.num_classes)
 
@@ -419,8 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm = dasub.add_parser("summary", help="per-client counts and label histogram of the partition a run of PRESET "
                                           "trains on (the same as that run's partition.csv)")
     sm.add_argument("preset", nargs="?", default="quickstart",
-                    help="preset name or TOML file (default: quickstart); a dataset name means the quickstart "
-                         "preset on that dataset")
+                    help="preset name, TOML file or dataset name (default: quickstart); a bare dataset name "
+                         "(e.g. cifar10) means the quickstart preset's data settings on that dataset")
     sm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     sm.add_argument("--dataset", help="data.dataset")
     sm.add_argument("--path", help="data.path (npz file for dataset 'npz')")

@@ -28,6 +28,21 @@ def test_data_summary_with_heatmap(tmp_path, capsys):
     assert main(["data", "summary", "digits", "--partition", "dirichlet", "--alpha", "0"]) == 2
 
 
+def _one_line_error(capsys, argv, match):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_data_summary_checks_names(capsys):
+    """A misspelled dataset in --dataset or --set is preflight's one line with a did-you-mean;
+    a positional that is neither a preset, a TOML file nor a dataset suggests from both."""
+    _one_line_error(capsys, ["data", "summary", "--dataset", "cifar1"], "did you mean 'cifar10'")
+    _one_line_error(capsys, ["data", "summary", "--set", "data.dataset=cifar1"], "did you mean 'cifar10'")
+    _one_line_error(capsys, ["data", "summary", "cifar1"], "did you mean 'cifar10'")
+    _one_line_error(capsys, ["data", "summary", "quickstar"], "did you mean 'quickstart'")
+
+
 def test_data_summary_shows_the_partition_a_run_trains_on(tmp_path, capsys):
     """At alpha = 0.1, seed 3, a partition drawn without the preset's min_samples = 20 has a
     client with 2 samples; the run redraws it. The summary is the run's partition.csv."""
