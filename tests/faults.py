@@ -1,7 +1,8 @@
 """Faults for tests, from this one place: a server SIGKILLed mid-round, a client process killed.
 
 Production code checks no test flag: the round calls its ``after_collect`` hooks (see
-:func:`strategies.server_app.run_server`) and the ClientApp is plain; the faults below are
+:func:`strategies.server.fleet_server`, which both a run's :func:`strategies.server_app.run_server`
+and a sweep's runs build their server with) and the ClientApp is plain; the faults below are
 installed only by tests.
 
 - :func:`kill_at_round` -- an ``after_collect`` hook that SIGKILLs this process mid-round N,
@@ -12,7 +13,9 @@ installed only by tests.
   as the out-of-memory killer does.
 - ``python -m tests.faults [--kill-at-round N] [--kill-client ROUND:PARTITION:MARKER] ARGS...``
   installs them and runs the ``fedtitan`` command line with ``ARGS`` (what the subprocess tests
-  in tests/integration/test_resume.py and test_tracking_run.py run).
+  in tests/integration/test_resume.py and test_tracking_run.py run). ``ARGS`` may be ``run``,
+  ``resume`` or ``sweep``; in a sweep, ``--kill-at-round N`` kills the whole sweep in round N of
+  the first run that reaches it.
 """
 
 from __future__ import annotations
@@ -70,14 +73,20 @@ def with_train_mod(app: Any, mod: Callable[..., Any]) -> Any:
 
 
 def install(kill_at: int | None = None, kill_client: str | None = None) -> None:
-    """Put the faults where the launcher picks up the server's entry and the ClientApp (the
-    module attributes it imports when a run starts); ``kill_client``: ``ROUND:PARTITION:MARKER``."""
+    """Put the faults where the launcher picks up the server and the ClientApp (the module
+    attributes it imports when a run starts: ``strategies.server_app.run_server`` for a run,
+    ``strategies.server.fleet_server`` for each run of a sweep); ``kill_client``:
+    ``ROUND:PARTITION:MARKER``."""
     import clients.client_app
+    import strategies.server
     import strategies.server_app
 
     if kill_at is not None:
+        hooks = [kill_at_round(kill_at)]
         strategies.server_app.run_server = functools.partial(  # type: ignore[assignment]
-            strategies.server_app.run_server, after_collect=[kill_at_round(kill_at)])
+            strategies.server_app.run_server, after_collect=hooks)
+        strategies.server.fleet_server = functools.partial(  # type: ignore[assignment]
+            strategies.server.fleet_server, after_collect=hooks)
     if kill_client is not None:
         rnd, pid, marker = kill_client.split(":", 2)
         clients.client_app.app = with_train_mod(clients.client_app.app, kill_client_mod(int(rnd), int(pid), marker))
