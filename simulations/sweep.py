@@ -182,9 +182,13 @@ def sweep(preset: str, grid_items: list[str], seeds: int, overrides: list[str], 
             prog.update(task, advance=1)
 
         interrupted, stopped_by = _run_all(todo, configs, root, ray_address, started, finished)
-        if interrupted:
+        # A signal during a group's last run (or between runs) stops the sweep with no run cut
+        # off: the runs still to go are what the message is about then.
+        left = [s.run_id for s in todo if status[s.run_id] == "pending"]
+        if interrupted or (stopped_by is not None and left):
             prog.stop()
-            print(f"sweep interrupted during {interrupted}; run the same command again to resume")
+            where = f"during {interrupted}" if interrupted else f"with {len(left)} of {len(specs)} runs to go"
+            print(f"sweep interrupted {where}; run the same command again to resume")
     return root, all_specs, stopped_by
 
 
