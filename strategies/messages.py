@@ -1,8 +1,9 @@
-"""The server's side of Flower's wire: its message keys, and helpers that build, send and read messages.
+"""The server's side of Flower's wire: helpers that build, send and read messages.
 
-Every key the server puts in a message, or reads from a reply, is named here once (the
-clients' own spelling is in :mod:`clients.client_app`). Nothing here keeps state between
-calls: the functions take a grid or a message and give back data.
+Every key the server puts in a message, or reads from a reply, is :mod:`fedtitan.wire`'s (the
+one place every key is named, for the clients too); a reply's report is read with
+``ClientReport.from_wire``. Nothing here keeps state between calls: the functions take a grid
+or a message and give back data.
 """
 
 from __future__ import annotations
@@ -146,10 +147,15 @@ def parse_reply(reply: Message, node_id: int, stored: dict[str, np.ndarray] | No
         reason = str(reply.error.reason)
         dropped = "InjectedDrop" in reason or "dropped mid-round" in reason
         return ClientResult(node_id, Status.DROPPED if dropped else Status.FAILED, error=error_gist(reason))
-    metrics_rec = reply.content[METRICS_RECORD]
-    assert isinstance(metrics_rec, MetricRecord)
+    try:
+        metrics_rec = reply.content[METRICS_RECORD]
+        if not isinstance(metrics_rec, MetricRecord):
+            raise ValueError(f"{METRICS_RECORD!r} is a {type(metrics_rec).__name__}, not a MetricRecord")
+        report = ClientReport.from_wire(metrics_rec, reply.content.config_records.get(REPORT_RECORD))
+    except (KeyError, ValueError) as exc:
+        # a board on another version, a mod that drops a metric: this client failed, not the run
+        return ClientResult(node_id, Status.FAILED, error=f"malformed report: {exc}")
     metrics = {k: float(v) for k, v in metrics_rec.items() if isinstance(v, int | float)}
-    report = ClientReport.from_wire(metrics_rec, reply.content.config_records.get(REPORT_RECORD))
     status, device = report.status, report.device
     arrays_rec = reply.content.array_records.get(ARRAYS_RECORD)
     arrays = None

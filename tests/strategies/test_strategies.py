@@ -57,6 +57,32 @@ def _flat(state):
                            if np.issubdtype(np.asarray(v).dtype, np.floating)])
 
 
+# ------------------------------------------------------------------------------ replies
+@pytest.mark.parametrize("drop", ["steps", "num-examples", "metrics"])
+def test_a_malformed_report_fails_its_client_not_the_run(drop):
+    """A board on another version or a mod that drops a metric: that client failed, with the
+    reason; the round goes on."""
+    from fedtitan import wire
+    from fedtitan.status import Status
+    from fedtitan.wire import ClientReport
+
+    numbers, strings = ClientReport(partition_id=3, device="rpi4").to_wire()
+    instruction = Message(RecordDict({wire.CONFIG_RECORD: ConfigRecord({wire.SERVER_ROUND_KEY: 1})}),
+                          dst_node_id=103, message_type="train")
+    records = {wire.ARRAYS_RECORD: ArrayRecord({"w": torch.zeros(2)}),
+               wire.METRICS_RECORD: MetricRecord({k: v for k, v in numbers.items() if k != drop}),
+               wire.REPORT_RECORD: ConfigRecord(strings)}
+    if drop == "metrics":
+        del records[wire.METRICS_RECORD]
+    result = parse_reply(Message(RecordDict(records), reply_to=instruction), 103)
+    assert result.status == Status.FAILED and result.node_id == 103 and result.arrays is None
+    assert result.error.startswith("malformed report: ") and (drop == "metrics" or drop in result.error)
+    assert "\n" not in result.error
+    # a report with every key is read as before
+    records[wire.METRICS_RECORD] = MetricRecord(numbers)
+    assert parse_reply(Message(RecordDict(records), reply_to=instruction), 103).status == Status.OK
+
+
 # ------------------------------------------------------------------------------ registry
 
 
