@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedtitan.status import Status
+from fedtitan.wire import NUM_EXAMPLES
 
 
 @dataclass
@@ -92,7 +93,7 @@ class FleetPolicy:
 
 def fedavg(results: list[ClientResult]) -> dict[str, np.ndarray]:
     """Weighted mean by ``num-examples`` (equal weights if all are zero)."""
-    weights = np.array([max(r.metrics.get("num-examples", 0.0), 0.0) for r in results], dtype=np.float64)
+    weights = np.array([max(r.metrics.get(NUM_EXAMPLES, 0.0), 0.0) for r in results], dtype=np.float64)
     if weights.sum() <= 0:
         weights = np.ones(len(results))
     weights = weights / weights.sum()

@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 
 from fedtitan.status import Status
+from fedtitan.wire import NUM_EXAMPLES, PARTITION_ID, STATUS
 from strategies.evaluation import Evaluation
 from strategies.fleet import ClientResult
 
 # fleet.timeline = "auto": fleet.csv gets every device's row each round up to this many devices,
 # the sampled devices' beyond (100,000 rows cost about 0.4 s and 5 MB a round)
 TIMELINE_ALL_MAX = 10_000
-_ROW_FIRST = ("sim_time_s", "sim_energy_j", "num-examples", "partition_id", "status")
+_ROW_FIRST = ("sim_time_s", "sim_energy_j", NUM_EXAMPLES, PARTITION_ID, STATUS)  # metrics clients.csv puts first
 _FAILED = (Status.FAILED, Status.NONFINITE, Status.DROPPED)
 _LEFT_OUT = (Status.STRAGGLER, Status.DECLINED, Status.UNAVAILABLE)
 
@@ -67,10 +68,10 @@ def client_row(rnd: int, r: ClientResult, included: bool, client_accuracy: float
     """One row of clients.csv: who, what happened, and every metric the client sent."""
     return {
         "server_round": rnd, "node_id": r.node_id,
-        "partition_id": int(r.metrics["partition_id"]) if "partition_id" in r.metrics else -1,
+        "partition_id": int(r.metrics[PARTITION_ID]) if PARTITION_ID in r.metrics else -1,
         "device": r.device,
         "status": str(r.status), "included": included, "sim_time_s": r.metrics.get("sim_time_s", math.nan),
-        "sim_energy_j": r.metrics.get("sim_energy_j", math.nan), "num_examples": r.metrics.get("num-examples", 0.0),
+        "sim_energy_j": r.metrics.get("sim_energy_j", math.nan), "num_examples": r.metrics.get(NUM_EXAMPLES, 0.0),
         **{k: v for k, v in r.metrics.items() if k not in _ROW_FIRST},
         "client_accuracy": client_accuracy, "error": r.error,
     }

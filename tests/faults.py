@@ -28,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedtitan.wire import CONFIG_RECORD, NODE_PARTITION, PARTITION_KEY, SERVER_ROUND_KEY
+
 
 def kill_at_round(server_round: int) -> Callable[[int, list[Any]], None]:
     """An ``after_collect`` hook: SIGKILL this process once round ``server_round``'s replies are in."""
@@ -45,9 +47,9 @@ def kill_client_mod(server_round: int, partition_id: int, marker: str | Path) ->
     marker = str(marker)
 
     def mod(msg: Any, context: Any, call_next: Callable[[Any, Any], Any]) -> Any:
-        rec = msg.content.config_records.get("config")
-        if rec is not None and str(rec.get("server-round")) == str(server_round):
-            pid = rec["partition-id"] if "partition-id" in rec else context.node_config["partition-id"]
+        rec = msg.content.config_records.get(CONFIG_RECORD)
+        if rec is not None and str(rec.get(SERVER_ROUND_KEY)) == str(server_round):
+            pid = rec[PARTITION_KEY] if PARTITION_KEY in rec else context.node_config[NODE_PARTITION]
             if int(pid) == partition_id and not os.path.exists(marker):
                 Path(marker).touch()
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -19,11 +19,11 @@ from fedtitan.compute import DeviceData, keep_heap, resolve_device, set_determin
 from fedtitan.config import Config
 from fedtitan.data import load_dataset, partition
 from fedtitan.data.dataset import Dataset
-from fedtitan.devices import device_for, get_profile, load_profiles
+from fedtitan.devices import device_for, get_profile
 from fedtitan.devices.budgets import training_memory_bytes
 from fedtitan.devices.catalog import DeviceProfile
 from fedtitan.devices.dynamics import FleetDynamics, build_dynamics
-from fedtitan.devices.fleet import device_names, fleet_spec
+from fedtitan.devices.fleet import fleet_devices, fleet_profiles, fleet_spec
 from fedtitan.models import build_model, count_forward_flops, param_bytes
 from fedtitan.models.base import BlockModel
 
@@ -103,7 +103,7 @@ def _setup(cfg_json: str) -> Setup:
     test_parts = [np.sort(p) for p in np.array_split(test_perm, d.num_clients)]
     model = build_global_model(cfg, ds)
     batch = cfg.selection.batch_size if cfg.regime == "streaming" else cfg.pruning.batch_size
-    extra = load_profiles(cfg.fleet.profiles) if cfg.fleet.profiles else {}
+    extra = fleet_profiles(cfg)
     setup = Setup(
         dataset=ds, device=device, data=DeviceData.on(ds, device), parts=parts, test_parts=test_parts, model=model,
         forward_flops=count_forward_flops(model, ds.input_shape),
@@ -148,7 +148,7 @@ def _dynamics(cfg_json: str) -> FleetDynamics:
     cfg = Config.from_json(cfg_json)
     extra = setup_for(cfg).extra_profiles
     return build_dynamics(cfg.fleet.dynamics, cfg.fleet.dynamics_options, cfg.run.seed,
-                          device_names(fleet_spec(cfg), cfg.run.seed, extra), cfg.fleet.trace)
+                          fleet_devices(cfg, extra), cfg.fleet.trace)
 
 
 def fleet_dynamics(cfg: Config) -> FleetDynamics:

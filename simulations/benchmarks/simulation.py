@@ -40,6 +40,7 @@ from fedtitan.config import load_config
 from fedtitan.status import Status
 from fedtitan.training.client import build_global_model, client_round, dataset_for, setup_for
 from fedtitan.training.common import evaluate
+from fedtitan.wire import ARRAYS_RECORD, CONFIG_RECORD, METRICS_RECORD, NUM_EXAMPLES, RUN_CONFIG_KEY
 from simulations.benchmarks.machine import OtherLoad, report
 from strategies.evaluation import eval_indices
 from strategies.fleet import ClientResult, fedavg
@@ -157,9 +158,9 @@ def profile(cfg, clients_per_round: int) -> dict[str, float]:
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     np_state = {k: v.numpy() for k, v in sd.items()}
     rec = ArrayRecord(sd)
-    content = RecordDict({"arrays": rec, "config": ConfigRecord({"config": cfg.to_json()})})
-    reply = RecordDict({"arrays": rec, "metrics": MetricRecord({"num-examples": 1.0})})
-    results = [ClientResult(i, Status.OK, {"num-examples": 1.0}, np_state) for i in range(clients_per_round)]
+    content = RecordDict({ARRAYS_RECORD: rec, CONFIG_RECORD: ConfigRecord({RUN_CONFIG_KEY: cfg.to_json()})})
+    reply = RecordDict({ARRAYS_RECORD: rec, METRICS_RECORD: MetricRecord({NUM_EXAMPLES: 1.0})})
+    results = [ClientResult(i, Status.OK, {NUM_EXAMPLES: 1.0}, np_state) for i in range(clients_per_round)]
     return {
         "model_mb": round(sum(v.nbytes for v in np_state.values()) / 2**20, 2),
         "server_arrays_build_ms": _ms(lambda: to_arrays(np_state)),  # once a round
