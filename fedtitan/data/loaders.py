@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fedtitan.data.dataset import Dataset
-from fedtitan.errors import DataError, FedtitanError
+from fedtitan.errors import DataError, FedtitanError, did_you_mean
 from fedtitan.fileio import atomic_writer
 from fedtitan.paths import cache_dir, data_dirs
 
@@ -487,7 +487,8 @@ def load_dataset(
             raise DataError("dataset 'npz' needs data.path pointing at an .npz file with 'x' and 'y'")
         return load_npz(path, seed=seed)
     if name not in LOADERS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join([*LOADERS, 'npz'])}")
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join([*LOADERS, 'npz'])}"
+                        f"{did_you_mean(name, [*LOADERS, 'npz'])}")
     if name in ("uci-har", "speech-commands", "mnist"):
         return LOADERS[name](data_dir, seed=seed)
     if name == "digits":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fedtitan.errors import ConfigError
+from fedtitan.errors import ConfigError, did_you_mean
 
 Partition = list[np.ndarray]
 
@@ -163,7 +163,8 @@ def partition(
         return shards(labels, num_clients, classes_per_client, seed)
     if method == "natural":
         return natural(groups, num_clients, seed)
-    raise ConfigError(f"unknown partition {method!r}; choose one of {', '.join(PARTITIONERS)}")
+    raise ConfigError(f"unknown partition {method!r}; choose one of {', '.join(PARTITIONERS)}"
+                      f"{did_you_mean(method, PARTITIONERS)}")
 
 
 def summary(parts: Partition, labels: np.ndarray, num_classes: int) -> pd.DataFrame:

@@ -510,7 +510,8 @@ def build_dynamics(kind: str, options: Mapping[str, Any], seed: int, devices: Se
             raise ConfigError(f"config fleet.dynamics_options: {exc}") from None
         _check_ranges(kind, model)
     else:
-        raise ConfigError(f"config fleet.dynamics: unknown value {kind!r}; choose static, diurnal or random-walk")
+        raise ConfigError(f"config fleet.dynamics: unknown value {kind!r}; choose static, diurnal or random-walk"
+                          f"{did_you_mean(kind, ['static', *MODELS])}")
     trace = load_trace(trace_path, devices) if trace_path else None
     return FleetDynamics(model, devices, trace)
 

@@ -6,7 +6,7 @@ import functools
 import inspect
 from collections.abc import Callable
 
-from fedtitan.errors import ConfigError
+from fedtitan.errors import ConfigError, did_you_mean
 from fedtitan.models import zoo
 from fedtitan.models.base import BlockModel
 from fedtitan.models.flops import count_forward_flops, param_bytes
@@ -34,7 +34,7 @@ def takes_stem(name: str) -> bool:
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **options: object) -> BlockModel:
     """Build a model by short name for inputs of ``input_shape`` (channels first, no batch)."""
     if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}{did_you_mean(name, MODELS)}")
     return MODELS[name](tuple(input_shape), num_classes, **options)
 
 

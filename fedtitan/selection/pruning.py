@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from fedtitan.errors import ConfigError
+from fedtitan.errors import ConfigError, did_you_mean
 
 PRUNERS = ("warmup-loss", "warmup-loss-stratified", "random", "random-warmup", "full")
 WARMUP_PRUNERS = ("warmup-loss", "warmup-loss-stratified", "random-warmup")  # the client trains a warm-up before pruning
@@ -98,4 +98,5 @@ def prune(method: str, n: int, rho: float, *, scores: np.ndarray | None = None,
             pos = np.flatnonzero(inverse == c)  # this class's samples
             kept.append(pos[top_m(scores[pos], int(q))])
         return np.sort(np.concatenate(kept))
-    raise ConfigError(f"unknown pruning method {method!r}; choose one of {', '.join(PRUNERS)}")
+    raise ConfigError(f"unknown pruning method {method!r}; choose one of {', '.join(PRUNERS)}"
+                      f"{did_you_mean(method, PRUNERS)}")

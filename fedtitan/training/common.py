@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedtitan.errors import ConfigError
+from fedtitan.errors import ConfigError, did_you_mean
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
@@ -21,7 +21,7 @@ def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.0
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}{did_you_mean(name, OPTIMIZERS)}")
 
 
 def lr_at(base_lr: float, schedule: str, step: int, total: int, decay: float = 0.95,
@@ -37,7 +37,8 @@ def lr_at(base_lr: float, schedule: str, step: int, total: int, decay: float = 0
         return base_lr * decay ** (step // max(every, 1))
     if schedule == "cosine":
         return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
-    raise ConfigError(f"unknown lr schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    raise ConfigError(f"unknown lr schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}"
+                      f"{did_you_mean(schedule, SCHEDULES)}")
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
