@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedtitan.errors import FedtitanError
-from fedtitan.results.views import PLOT_KINDS, Run, Sweep, figure, load
+from fedtitan.results.views import Run, Sweep, load
 
 if TYPE_CHECKING:
     from fedtitan.config import Config
 
-__all__ = ["PLOT_KINDS", "Run", "Sweep", "figure", "load", "resume", "run", "short_errors", "sweep"]
+__all__ = ["Run", "Sweep", "load", "resume", "run", "short_errors", "sweep"]
 
 Overrides = Mapping[str, Any] | Sequence[str] | None
 

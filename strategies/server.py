@@ -42,8 +42,7 @@ from fedtitan.compute import describe, resolve_device, set_deterministic
 from fedtitan.config import Config
 from fedtitan.data import summary as partition_summary
 from fedtitan.results.tracking import make_tracker
-from fedtitan.training.client import build_global_model, dataset_for, partition_for
-from fedtitan.training.setup import fleet_dynamics
+from fedtitan.training.setup import build_global_model, dataset_for, fleet_dynamics, partition_for
 from fedtitan.wire import (
     ARRAYS_RECORD,
     CONFIG_RECORD,

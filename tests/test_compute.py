@@ -25,8 +25,8 @@ from fedtitan.errors import ConfigError
 from fedtitan.models.zoo import GlobalAvgPool
 from fedtitan.selection import build_selector
 from fedtitan.training import StreamingConfig, train_streaming
-from fedtitan.training.client import client_round, setup_for
-from fedtitan.training.setup import train_units
+from fedtitan.training.client import client_round
+from fedtitan.training.setup import setup_for, train_units
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 BASE = ["data.num_clients=3", "model.name=cnn", "model.width=8", "selection.local_steps=3"]

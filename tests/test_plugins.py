@@ -16,7 +16,8 @@ import pytest
 from fedtitan.config import load_config
 from fedtitan.errors import ConfigError
 from fedtitan.preflight import check_config
-from fedtitan.training.client import client_round, setup_for
+from fedtitan.training.client import client_round
+from fedtitan.training.setup import setup_for
 from strategies.registry import build_strategy, check_strategy
 
 PLUGIN = Path(__file__).parent / "plugins" / "fedtitan-example"

@@ -111,7 +111,7 @@ def _task_identity():
 def test_the_client_app_reply_carries_the_report_numbers_as_before_and_the_device_by_name(tmp_path):
     from clients.client_app import _train
     from fedtitan.config import load_config
-    from fedtitan.training.client import setup_for
+    from fedtitan.training.setup import setup_for
 
     profiles = tmp_path / "p.toml"
     profiles.write_text('[devices.pixel-lab]\nbase = "jetson-nano-10w"\n')

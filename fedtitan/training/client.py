@@ -42,12 +42,9 @@ from fedtitan.training.common import Proximal, evaluate, lr_at
 from fedtitan.training.faults import FaultPlan, InjectedDrop, InjectedFault
 from fedtitan.training.setup import (
     Setup,
-    build_global_model,
     data_on,
-    dataset_for,
     device_of,
     fleet_dynamics,
-    partition_for,
     setup_for,
     train_units,
 )
@@ -61,8 +58,7 @@ from fedtitan.training.static import (
 from fedtitan.training.streaming import StreamingConfig, train_streaming
 from fedtitan.wire import ACCURACY, LOSS, NUM_EXAMPLES, PARTITION_ID, PROXIMAL_MU_KEY, ClientReport
 
-__all__ = ["ClientReport", "InjectedDrop", "InjectedFault", "RoundContext", "RoundOutput", "build_global_model",
-           "client_evaluate", "client_round", "dataset_for", "partition_for", "setup_for"]
+__all__ = ["RoundContext", "RoundOutput", "client_evaluate", "client_round"]
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,8 @@ def client_round_bench(ds: Dataset, device: torch.device, repeats: int, steps: i
 def fl_round_bench(device_spec: str, data_dir: str | None, clients: int = 10) -> dict[str, Any]:
     """``clients`` client rounds of the titan-fl-cifar10 preset, in one process, on one device."""
     from fedtitan.config import load_config
-    from fedtitan.training.client import client_round, setup_for
+    from fedtitan.training.client import client_round
+    from fedtitan.training.setup import setup_for
 
     overrides = [f"compute.device={device_spec}"]
     tmp = None

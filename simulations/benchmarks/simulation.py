@@ -38,8 +38,9 @@ import torch
 from fedtitan.compute import one_arena
 from fedtitan.config import load_config
 from fedtitan.status import Status
-from fedtitan.training.client import build_global_model, client_round, dataset_for, setup_for
+from fedtitan.training.client import client_round
 from fedtitan.training.common import evaluate
+from fedtitan.training.setup import build_global_model, dataset_for, setup_for
 from fedtitan.wire import ARRAYS_RECORD, CONFIG_RECORD, METRICS_RECORD, NUM_EXAMPLES, RUN_CONFIG_KEY
 from simulations.benchmarks.machine import OtherLoad, report
 from strategies.evaluation import eval_indices

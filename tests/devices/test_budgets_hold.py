@@ -4,7 +4,8 @@ warm-up included (it spreads over rounds when a round cannot afford it)."""
 import pytest
 
 from fedtitan.config import load_config
-from fedtitan.training.client import client_round, setup_for
+from fedtitan.training.client import client_round
+from fedtitan.training.setup import setup_for
 
 
 def _profiles(tmp_path, **fields):

@@ -230,7 +230,8 @@ def test_titan_client_round_bills_the_kept_candidates_it_rescored():
     import numpy as np
 
     from fedtitan.config import load_config
-    from fedtitan.training.client import client_round, setup_for
+    from fedtitan.training.client import client_round
+    from fedtitan.training.setup import setup_for
 
     base = ["data.num_clients=3", "fleet.variation=0", "fleet.devices=rpi4", "selection.local_steps=3"]
     costs = {}

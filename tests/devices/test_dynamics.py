@@ -16,7 +16,8 @@ from fedtitan.devices.dynamics import (
     load_trace,
 )
 from fedtitan.errors import ConfigError
-from fedtitan.training.client import client_round, setup_for
+from fedtitan.training.client import client_round
+from fedtitan.training.setup import setup_for
 
 DEVICES = ["rpi4", "orin-nano", "rpi4", "jetson-nano-10w"]
 

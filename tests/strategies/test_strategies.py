@@ -11,7 +11,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 
 from fedtitan.config import load_config
 from fedtitan.errors import ConfigError
-from fedtitan.training.client import client_round, setup_for
+from fedtitan.training.client import client_round
+from fedtitan.training.setup import setup_for
 from strategies.aggregate import FedtitanFedAvg, FlowerAggregator, to_arrays
 from strategies.messages import parse_reply
 from strategies.registry import build_strategy, check_strategy

@@ -7,8 +7,8 @@ from __future__ import annotations
 from fedtitan.config import load_config
 from fedtitan.devices.catalog import CATALOG
 from fedtitan.status import Status
-from fedtitan.training.client import client_round, setup_for
-from fedtitan.training.setup import device_of
+from fedtitan.training.client import client_round
+from fedtitan.training.setup import device_of, setup_for
 from fedtitan.wire import ClientReport
 
 

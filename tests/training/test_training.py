@@ -97,7 +97,8 @@ def test_random_warmup_pays_the_warmup_and_keeps_a_random_subset():
     """``random-warmup``: the same warm-up as ``warmup-loss`` (same samples, same weights
     after it), then a uniform subset instead of the top losses."""
     from fedtitan.config import load_config
-    from fedtitan.training.client import client_round, setup_for
+    from fedtitan.training.client import client_round
+    from fedtitan.training.setup import setup_for
 
     out = {}
     for method in ("warmup-loss", "random-warmup", "random"):
@@ -117,7 +118,8 @@ def test_stratified_warmup_loss_keeps_the_clients_label_mix():
     client's data (to one sample), where plain ``warmup-loss`` shifts the mix."""
     from fedtitan.config import load_config
     from fedtitan.selection.pruning import class_quotas
-    from fedtitan.training.client import client_round, setup_for
+    from fedtitan.training.client import client_round
+    from fedtitan.training.setup import setup_for
 
     out = {}
     for method in ("warmup-loss", "warmup-loss-stratified"):
