@@ -1,14 +1,15 @@
 """A round's rows, built from what happened: pure functions from data to the dicts the tables hold.
 
 ``rounds.csv`` gets :func:`round_row`, ``clients.csv`` one :func:`client_row` per sampled
-client, ``fleet.csv`` (living fleets) :func:`fleet_rows`; :func:`failures` reads a run's rows
-back for its summary. Nothing here writes, sends or keeps state.
+client, ``fleet.csv`` (living fleets) :func:`fleet_rows`. Nothing here writes, sends or keeps
+state: what a run has recorded so far, and the summary's verdict on it, is
+:mod:`strategies.history`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,19 +44,6 @@ class RoundOutcome:
     wall_s: float
     state_io_s: float = 0.0
     state_io_bytes: int = 0
-
-
-@dataclass
-class History:
-    """A run's rows so far (resumed runs: the rows recorded before their checkpoint too)."""
-
-    rounds: list[dict[str, Any]] = field(default_factory=list)
-    clients: list[dict[str, Any]] = field(default_factory=list)
-
-
-def text(value: Any) -> str:
-    """A text cell of a row: rows read back from CSV on resume hold NaN where the text was empty."""
-    return value if isinstance(value, str) else ""
 
 
 def round_energy_j(results: list[ClientResult]) -> float:
@@ -122,19 +110,3 @@ def fleet_rows(rnd: int, virtual_s: float, nodes: list[int], partition_of: dict[
              "device": devices[pid], "available": int(up), "speed_factor": speed, "select_share": share,
              "bandwidth_factor": bw, "sampled": int(node in picked), "included": int(node in inc)}
             for node, up, speed, share, bw in columns]
-
-
-def failures(history: History, stopped: bool) -> dict[str, Any]:
-    """How many client rounds failed, and ``failed`` (the reason) when no round updated the
-    global model at all and the run was not stopped: such a run measured nothing, and a sweep
-    redoes it."""
-    rounds = history.rounds
-    out: dict[str, Any] = {"client_rounds_failed": sum(int(r["clients_failed"]) for r in rounds)}
-    errors = [text(c.get("error")) for c in history.clients if text(c.get("error"))]
-    if errors:
-        out["first_client_error"] = errors[0]
-    if rounds and not any(r["updated"] for r in rounds) and not stopped:
-        why = next((text(r["aggregation_error"]) for r in rounds if text(r["aggregation_error"])), "")
-        out["failed"] = f"no round updated the global model ({why})" + (
-            f"; first client error: {out['first_client_error']}" if errors else "")
-    return out

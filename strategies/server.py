@@ -57,17 +57,10 @@ from strategies.client_states import ClientStates
 from strategies.dispatch import Dispatch
 from strategies.evaluation import CentralEval, Evaluation, eval_indices
 from strategies.fleet import ClientResult, FleetPolicy, finite
+from strategies.history import History, failures
 from strategies.messages import wants_object_store, without_arrays
 from strategies.registry import build_strategy
-from strategies.rows import (
-    History,
-    RoundOutcome,
-    client_rows,
-    failures,
-    fleet_rows,
-    round_energy_j,
-    round_row,
-)
+from strategies.rows import RoundOutcome, client_rows, fleet_rows, round_energy_j, round_row
 from strategies.sampling import Sample, Sampler
 from strategies.sinks import (
     ProgressFn,
@@ -313,7 +306,7 @@ class FleetServer:
         return summary
 
     def failures(self) -> dict[str, Any]:
-        """:func:`strategies.rows.failures` of the run's rows, logged when the run failed."""
+        """:func:`strategies.history.failures` of the run's rows, logged when the run failed."""
         out = failures(self.history, stopped=self.stop.is_set())
         if "failed" in out:
             log.error("run failed: %s", out["failed"])

@@ -1,7 +1,7 @@
 """Flower's entry points to fedtitan's server: the ServerApp ``flwr run`` starts, and :func:`run_server`.
 
 The round loop is :mod:`strategies.server`; its parts are in the modules beside it
-(messages, dispatch, sampling, client states, rows, sinks, checkpoints).
+(messages, dispatch, sampling, client states, evaluation, rows, history, sinks, checkpoints).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from fedtitan.checkpoint import Checkpoint
 from fedtitan.results import RunWriter
 from fedtitan.results.analysis import tier_costs
 from fedtitan.results.tracking import Tracker
-from strategies.rows import History
+from strategies.history import History
 
 log = logging.getLogger("fedtitan")
 ProgressFn = Callable[[dict[str, Any]], None]
