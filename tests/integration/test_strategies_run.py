@@ -23,13 +23,18 @@ STRATEGIES = {
 }
 
 
+ON_RAY = {"fedadam", "dp-client-adaptive"}
+
+
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_quickstart_with_a_flower_strategy(name, tmp_path):
-    # the weights through Ray's object store (the quickstart MLP would send them in the
-    # messages): Flower's strategies read replies whose weights came from there, and its
-    # client-side clipping mod reads them from the messages
+    # ON_RAY: the weights through Ray's object store (the quickstart MLP would send them in the
+    # messages): a Flower strategy reads replies whose weights came from there (FedAdam, as every
+    # Flower strategy does, through strategies.aggregate.with_arrays), and the client-side
+    # clipping mod reads them from the messages. The others run in-process, weights in messages.
+    engine = "ray" if name in ON_RAY else "local"
     cfg = load_config("quickstart", ["run.rounds=3", f"server.strategy={name}", "simulation.arrays=object-store",
-                                     *STRATEGIES[name]])
+                                     f"simulation.engine={engine}", *STRATEGIES[name]])
     summary = run(cfg, tmp_path, quiet=True)
     rounds = pd.read_csv(tmp_path / "rounds.csv")
     clients = pd.read_csv(tmp_path / "clients.csv")

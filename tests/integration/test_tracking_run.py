@@ -17,7 +17,10 @@ def test_quickstart_logs_to_tracker(backend, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "run"
-    run(load_config("quickstart", ["run.rounds=2", f"tracking.backend={backend}"]), out, quiet=True)
+    # the in-process engine: what a tracker receives does not depend on Ray (the Ray path is
+    # tests/integration/test_simulation.py's)
+    run(load_config("quickstart", ["run.rounds=2", f"tracking.backend={backend}", "simulation.engine=local"]), out,
+        quiet=True)
     rounds = pd.read_csv(out / "rounds.csv")
     assert (out / "report.html").is_file()  # tracking.report: the run's report, written and logged
     if backend == "mlflow":
@@ -46,7 +49,8 @@ def test_sweep_runs_are_tracked_under_their_run_ids(tmp_path, monkeypatch):
     from simulations.sweep import sweep
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    sweep("quickstart", ["selection.method=rs"], 1, ["run.rounds=1", "tracking.backend=mlflow", "tracking.report=false"],
+    sweep("quickstart", ["selection.method=rs"], 1, ["run.rounds=1", "tracking.backend=mlflow", "tracking.report=false",
+                                                   "simulation.engine=local"],
           tmp_path / "sw", quiet=True)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'sw' / 'mlflow.db'}")  # one database per sweep
     (r,) = client.search_runs([client.get_experiment_by_name("fedtitan").experiment_id])

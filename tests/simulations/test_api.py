@@ -1,4 +1,4 @@
-"""The Python API (simulations.api, forwarded by fedtitan) without a simulation: settings, folders, tables (runs themselves: integration/test_api.py)."""
+"""The Python API (simulations.api, forwarded by fedtitan) without a simulation: settings, folders, tables (runs themselves: integration/test_api_run.py)."""
 
 import json
 import subprocess
