@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,10 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedtitan.config import DEVICE_PATTERN
 from fedtitan.data.dataset import Dataset
 from fedtitan.errors import ConfigError
-
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 def _mps_available() -> bool:

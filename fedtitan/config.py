@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tomllib
 from collections.abc import Iterable
 from importlib import resources
@@ -23,6 +24,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedtitan.errors import ConfigError, did_you_mean
+
+# the syntax of compute.device (fedtitan.compute resolves it)
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class _Section(BaseModel):
@@ -175,8 +179,6 @@ class ComputeSection(_Section):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        from fedtitan.compute import DEVICE_PATTERN  # a leaf: the syntax of a device spec
-
         v = v.strip().lower()
         if not DEVICE_PATTERN.match(v):
             raise ValueError("must be one of auto, cpu, cuda, cuda:N, mps")
