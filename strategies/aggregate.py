@@ -27,7 +27,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedtitan.wire import ARRAYS_RECORD, CONFIG_RECORD, SERVER_ROUND_KEY
-from strategies.fleet import ClientResult, fedavg
+from strategies.fleet import ClientResult
+from strategies.weights import fedavg
 
 
 def to_arrays(state: dict[str, np.ndarray]) -> ArrayRecord:

@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 from clients.object_store import ServerArrays
 from fedtitan.status import Status
 from fedtitan.wire import PARTITION_KEY
-from strategies.fleet import ClientResult, finite_each
+from strategies.fleet import ClientResult
 from strategies.messages import (
     ask_partition_ids,
     metric_of,
@@ -30,6 +30,7 @@ from strategies.messages import (
     worker_died,
     workers_or_partitions,
 )
+from strategies.weights import finite_each
 
 log = logging.getLogger("fedtitan")
 WORKER_RETRIES = 4  # re-sends of a dead client process's work, 1, 2, 4 and 8 s apart

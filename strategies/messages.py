@@ -32,7 +32,8 @@ from fedtitan.wire import (
     STATE_RECORD,
     ClientReport,
 )
-from strategies.fleet import ClientResult, finite
+from strategies.fleet import ClientResult
+from strategies.weights import finite
 
 # simulation.arrays = "auto": models from this size travel through Ray's object store (at
 # MobileNetV1's 12 MB it saves about 40 ms per client; at the small CNN's 0.4 MB the two ways

@@ -1,6 +1,6 @@
 """Which aggregation a run uses: ``server.strategy`` and ``[server.strategy_options]``.
 
-``fedavg`` (the default) is fedtitan's own FedAvg (:func:`strategies.fleet.fedavg`, the
+``fedavg`` (the default) is fedtitan's own FedAvg (:func:`strategies.weights.fedavg`, the
 reference). Every other name is a Flower Message-API strategy: one of Flower's by short
 name (table below), an installed ``fedtitan.strategies`` entry point, or
 ``package.module:ClassName``. Its options are checked against its constructor before Ray

@@ -56,7 +56,7 @@ from strategies.checkpoints import KEEP_CHECKPOINTS, Checkpointer, client_states
 from strategies.client_states import ClientStates
 from strategies.dispatch import Dispatch
 from strategies.evaluation import CentralEval, Evaluation, eval_indices
-from strategies.fleet import ClientResult, FleetPolicy, finite
+from strategies.fleet import ClientResult, FleetPolicy
 from strategies.history import History, failures
 from strategies.messages import wants_object_store, without_arrays
 from strategies.registry import build_strategy
@@ -74,6 +74,7 @@ from strategies.sinks import (
     WriterSink,
 )
 from strategies.state import load_strategy_state, strategy_state, unsaved
+from strategies.weights import finite
 
 log = logging.getLogger("fedtitan")
 # called with (server_round, results) once the round's replies are in, before anything of the

@@ -44,7 +44,8 @@ from fedtitan.training.setup import build_global_model, dataset_for, setup_for
 from fedtitan.wire import ARRAYS_RECORD, CONFIG_RECORD, METRICS_RECORD, NUM_EXAMPLES, RUN_CONFIG_KEY
 from simulations.benchmarks.machine import OtherLoad, report
 from strategies.evaluation import eval_indices
-from strategies.fleet import ClientResult, fedavg
+from strategies.fleet import ClientResult
+from strategies.weights import fedavg
 
 
 class PeakRSS:

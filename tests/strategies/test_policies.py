@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from fedtitan.status import Status
-from strategies.fleet import ClientResult, FleetPolicy, finite_each
+from strategies.fleet import ClientResult, FleetPolicy
+from strategies.weights import finite_each
 
 
 def _replies(times):
@@ -69,13 +70,13 @@ def test_fedavg_on_the_servers_cores_is_the_same_bits_as_on_one(monkeypatch):
     """FedAvg shares its pieces between threads; each piece is summed the same way, so the
     result is the same bits on 1, 2 or 3 threads (2.1M elements: enough to use them), and it
     is the float64 weighted mean."""
-    import strategies.fleet as fleet
+    import strategies.weights as weights
 
     results = _updates()
     outs = []
     for threads in (1, 2, 3):
-        monkeypatch.setattr(fleet, "_threads", lambda threads=threads: threads)
-        outs.append(fleet.fedavg(results))
+        monkeypatch.setattr(weights, "_threads", lambda threads=threads: threads)
+        outs.append(weights.fedavg(results))
     for other in outs[1:]:
         assert all(np.array_equal(outs[0][k], other[k]) for k in outs[0])
     w = np.array([r.metrics["num-examples"] for r in results])
