@@ -2,7 +2,7 @@
 ``key=value`` overrides. Every error is one line naming the key, the value and what is allowed.
 
 This module sits at the bottom of the library: it imports nothing of fedtitan but
-:mod:`fedtitan.errors` (and, when a config names a fleet, the leaf
+:mod:`fedtitan.errors` (and, when a config names a fleet or is read from a file, the leaf
 :mod:`fedtitan.devices.fleets`). :func:`validate` checks the settings' types, ranges and
 their consistency; the names a config gives (dataset, model, selector and its options,
 devices, dynamics and trace, tracker) are checked against their registries by
@@ -248,16 +248,39 @@ def read_preset(name_or_path: str) -> dict[str, Any]:
     if name_or_path.endswith(".toml") or path.exists():
         if not path.exists():
             raise ConfigError(f"config file not found: {path}")
-        text = path.read_text()
+        return _resolve_file_paths(_parse_toml(path.read_text(), name_or_path), path.resolve().parent)
     else:
         res = resources.files("fedtitan") / PRESET_DIR / f"{name_or_path}.toml"
         if not res.is_file():
             raise ConfigError(f"unknown preset {name_or_path!r}{did_you_mean(name_or_path, preset_names())} Presets: {', '.join(preset_names())}")
-        text = res.read_text()
+        return _parse_toml(res.read_text(), name_or_path)
+
+
+def _parse_toml(text: str, name: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{name_or_path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{name} is not valid TOML: {exc}") from None
+
+
+# The settings that name a file or folder: in a config file, a relative one is read from the
+# file's folder (not the working folder); ``key=value`` overrides stay relative to the latter.
+PATH_KEYS = {"data": ("path", "data_dir"), "fleet": ("file", "profiles", "trace")}
+
+
+def _resolve_file_paths(doc: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A config file's document with its relative paths (:data:`PATH_KEYS`, and the paths of
+    its ``[fleets.NAME]`` tables) made absolute against ``base``, the file's folder."""
+    from fedtitan.devices.fleets import resolve_path, resolve_paths
+
+    for section, keys in PATH_KEYS.items():
+        table = doc.get(section)
+        if isinstance(table, dict):
+            doc[section] = {k: resolve_path(v, base) if k in keys else v for k, v in table.items()}
+    fleets = doc.get("fleets")
+    if isinstance(fleets, dict):
+        doc["fleets"] = {n: resolve_paths(t, base) if isinstance(t, dict) else t for n, t in fleets.items()}
+    return doc
 
 
 def _parse_value(key: str, raw: str) -> Any:
