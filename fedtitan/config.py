@@ -122,6 +122,7 @@ class ServerSection(_Section):
     strategy: str = "fedavg"  # fedtitan's FedAvg, a Flower strategy's short name, or package.module:Class
     strategy_options: dict[str, Any] = Field(default_factory=dict)
     fraction: float = Field(0.2, gt=0, le=1)
+    clients_per_round: int | None = Field(None, ge=1)  # sampled each round, in place of fraction
     min_clients: int = Field(1, ge=1)
     policy: Literal["wait-all", "deadline", "first-k"] = "wait-all"
     deadline_s: float | None = Field(None, gt=0)
@@ -329,17 +330,59 @@ PAPER_WORDS = {"rho": "ratio", "pruning_ratio": "ratio", "keep": "ratio", "v": "
                "alpha_dirichlet": "alpha", "clients": "num_clients", "k": "classes_per_client"}
 
 
+# What Flower (pyproject's run config, flwr's strategies, simulation options) and pfl-research
+# call some settings, wherever they are typed: suggested, never accepted (docs/glossary.md).
+FOREIGN_WORDS = {
+    "num_partitions": "data.num_clients", "num_clients": "data.num_clients", "num_devices": "data.num_clients",
+    "num_users": "data.num_clients", "population": "data.num_clients",
+    "num_supernodes": "simulation.workers", "num_workers": "simulation.workers",
+    "num_rounds": "run.rounds", "num_server_rounds": "run.rounds", "central_num_iterations": "run.rounds",
+    "fraction_train": "server.fraction", "fraction_fit": "server.fraction", "sample_fraction": "server.fraction",
+    "cohort_size": "server.clients_per_round", "clients_per_round": "server.clients_per_round",
+    "num_clients_per_round": "server.clients_per_round",
+    "min_fit_clients": "server.min_clients", "min_train_nodes": "server.min_clients",
+    "min_available_clients": "server.min_clients", "min_available_nodes": "server.min_clients",
+    "fraction_evaluate": "server.client_eval", "evaluation_frequency": "server.eval_every",
+    "round_timeout": "server.timeout_s",
+}
+
+
 def key_hint(key: str) -> str:
-    """``; did you mean 'x'?`` for an unknown key: the config's name for a paper's word (``pruning.rho``
-    -> ``pruning.ratio``), else the closest known key; empty when nothing is close."""
+    """``; did you mean 'x'?`` for an unknown key: fedtitan's name for a word of Flower or
+    pfl-research (``server.cohort_size`` -> ``server.clients_per_round``) or of a paper
+    (``pruning.rho`` -> ``pruning.ratio``), else the closest known key; empty when nothing is close."""
     known = _known_keys()
     section, _, name = key.partition(".")
+    foreign = FOREIGN_WORDS.get(name.lower().replace("-", "_"))
+    if foreign in known and foreign != key:
+        return f"; did you mean {foreign!r}? (fedtitan's word; see docs/glossary.md)"
     word = PAPER_WORDS.get(name.lower())
     candidates = [f"{s}.{word}" for s in ([section] + [k.split(".")[0] for k in known]) if f"{s}.{word}" in known]
     return f"; did you mean {candidates[0]!r}?" if candidates else did_you_mean(key, known)
 
 
+# Pairs of settings a config gives one of: the one given replaces the other (``clients_per_round``
+# replaces a preset's ``fraction``); both given in one place (a file, or the overrides) is refused.
+EXCLUSIVE = (("server", "fraction", "clients_per_round"),)
+
+
+def _one_of_each_pair(doc: dict[str, Any], where: str) -> None:
+    """One line when ``doc`` (a config file's, or the overrides') gives both settings of a pair."""
+    for section, a, b in EXCLUSIVE:
+        table = doc.get(section)
+        if isinstance(table, dict) and table.get(a) is not None and table.get(b) is not None:
+            raise ConfigError(f"config {section}: {where} gives both {section}.{a} ({table[a]!r}) and "
+                              f"{section}.{b} ({table[b]!r}); give one")
+
+
 def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    given = {item.partition("=")[0].strip() for item in overrides}
+    for section, a, b in EXCLUSIVE:
+        if f"{section}.{a}" in given and f"{section}.{b}" in given:
+            raise ConfigError(f"config {section}: the overrides give both {section}.{a} and {section}.{b}; give one")
+        for one, other in ((a, b), (b, a)):  # an override of one replaces the other, wherever it was given
+            if f"{section}.{one}" in given and isinstance(doc.get(section), dict):
+                doc[section].pop(other, None)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. run.rounds=5)")
@@ -439,4 +482,5 @@ def load_config(preset: str | None = "quickstart", overrides: list[str] | None =
         named = named_fleet(str(name), preset_fleets, _overridden(overrides, "fleet.file", fleet.get("file")),
                             FLEET_SETTINGS)
         doc["fleet"] = {**{k: v for k, v in fleet.items() if k in ("file",)}, **named, "name": str(name)}
+    _one_of_each_pair(doc, preset or "the config")
     return validate(apply_overrides(doc, overrides))

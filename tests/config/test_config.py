@@ -102,3 +102,32 @@ def test_model_stem_reaches_the_built_model():
     cfg = load_config("quickstart", ["model.name=resnet18", "model.stem=imagenet"])
     assert model_options(cfg) == {"stem": "imagenet"}
     assert model_options(load_config("quickstart", ["model.name=resnet18"])) == {}
+
+
+@pytest.mark.parametrize("key, hint", [
+    ("data.num_partitions", "data.num_clients"), ("server.num_clients", "data.num_clients"),
+    ("fleet.num_devices", "data.num_clients"), ("simulation.num_supernodes", "simulation.workers"),
+    ("server.cohort_size", "server.clients_per_round"), ("data.clients_per_round", "server.clients_per_round"),
+    ("server.num_rounds", "run.rounds"), ("run.num-server-rounds", "run.rounds"),
+    ("server.fraction_train", "server.fraction"), ("server.fraction_fit", "server.fraction"),
+    ("server.min_fit_clients", "server.min_clients"),
+])
+def test_flower_and_pfl_words_suggest_fedtitans_key(key, hint):
+    with pytest.raises(ConfigError, match=rf"unknown config key '{key}'; did you mean '{hint}'\? \(fedtitan's word"):
+        load_config("quickstart", [f"{key}=3"])
+
+
+def test_clients_per_round_replaces_the_presets_fraction_and_both_at_once_are_refused(tmp_path):
+    cfg = load_config("quickstart", ["server.clients_per_round=3"])  # quickstart gives fraction = 0.4
+    assert cfg.server.clients_per_round == 3
+    assert load_config("quickstart", []).server.clients_per_round is None
+    with pytest.raises(ConfigError, match="give both server.fraction and server.clients_per_round; give one"):
+        load_config("quickstart", ["server.clients_per_round=3", "server.fraction=0.5"])
+    f = tmp_path / "c.toml"
+    f.write_text("[server]\nfraction = 0.5\nclients_per_round = 3\n")
+    with pytest.raises(ConfigError, match=r"gives both server.fraction \(0.5\) and server.clients_per_round \(3\)"):
+        load_config(str(f), [])
+    f.write_text("[server]\nclients_per_round = 3\n")
+    assert load_config(str(f), ["server.fraction=0.5"]).server.clients_per_round is None  # the override wins
+    with pytest.raises(ConfigError, match="server.clients_per_round"):
+        load_config("quickstart", ["server.clients_per_round=0"])
