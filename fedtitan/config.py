@@ -13,6 +13,7 @@ The presets are TOML files in ``fedtitan/presets/``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import tomllib
@@ -24,6 +25,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedtitan.errors import ConfigError, did_you_mean
+
+log = logging.getLogger(__name__)
 
 # the syntax of compute.device (fedtitan.compute resolves it)
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -413,13 +416,70 @@ def _format_error(exc: ValidationError) -> str:
     return f"config {loc or 'value'}: {msg}{shown}"
 
 
-def validate(doc: dict[str, Any]) -> Config:
+def validate(doc: dict[str, Any], explicit: Iterable[str] = (), given: Iterable[str] = ()) -> Config:
+    """The config ``doc`` describes, checked. ``explicit``: the keys the user typed (overrides,
+    their own config file); ``given``: those and a built-in preset's. A setting that has no
+    effect is refused when typed without the setting that would give it one, else flagged in
+    one warning (presets and sweeps set keys in bulk): :func:`inert_settings`."""
     try:
         cfg = Config.model_validate(doc)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc)) from None
     _check_consistency(cfg)
+    _flag_inert(cfg, set(explicit), set(given))
     return cfg
+
+
+_told: set[str] = set()
+
+
+def inert_settings(cfg: Config) -> list[tuple[str, str, str]]:
+    """(key, the key that would give it an effect, why it has none) for every setting of ``cfg``
+    away from its default that the run never reads (read where it is consumed: the static
+    regime's ``_static``/``_prune`` in fedtitan.training.client, ``FleetPolicy``, the faults)."""
+    out: list[tuple[str, str, str]] = []
+    p, s, f, t = cfg.pruning, cfg.server, cfg.faults, cfg.tracking
+    if p.method == "none":
+        default = PruningSection()
+        out += [(f"pruning.{n}", "pruning.method", f"{getattr(p, n)!r} has no effect without a pruning method "
+                 "(pruning.method = 'none', the streaming regime); set pruning.method (e.g. warmup-loss)")
+                for n in PruningSection.model_fields if n != "method" and getattr(p, n) != getattr(default, n)]
+    elif p.method == "full" and p.ratio != 1:
+        out.append(("pruning.ratio", "pruning.method", f"{p.ratio!r} has no effect with pruning.method = 'full' "
+                    "(every sample is kept); choose a pruning method such as warmup-loss"))
+    if s.deadline_s is not None and s.policy != "deadline":
+        out.append(("server.deadline_s", "server.policy", f"{s.deadline_s!r} has no effect with server.policy = "
+                    f"{s.policy!r}; set server.policy=deadline"))
+    if s.over_commit and s.policy != "first-k":
+        out.append(("server.over_commit", "server.policy", f"{s.over_commit!r} has no effect with server.policy = "
+                    f"{s.policy!r}; set server.policy=first-k"))
+    fd = FaultSection()
+    if f.slow_factor != fd.slow_factor and not f.slow:
+        out.append(("faults.slow_factor", "faults.slow", f"{f.slow_factor!r} has no effect with faults.slow = 0"))
+    if f.scale_factor != fd.scale_factor and not f.scale:
+        out.append(("faults.scale_factor", "faults.scale", f"{f.scale_factor!r} has no effect with faults.scale = 0"))
+    sel = cfg.selection
+    if sel.buffer_max != SelectionSection().buffer_max and sel.buffer_size != "auto":
+        out.append(("selection.buffer_max", "selection.buffer_size", f"{sel.buffer_max!r} has no effect unless "
+                    "selection.buffer_size = \"auto\""))
+    if t.backend == "none":
+        td = TrackingSection()
+        out += [(f"tracking.{n}", "tracking.backend", f"{getattr(t, n)!r} has no effect with tracking.backend = "
+                 "'none'; set tracking.backend") for n in ("uri", "project", "mode") if getattr(t, n) != getattr(td, n)]
+    elif t.mode != "offline" and t.backend != "wandb":
+        out.append(("tracking.mode", "tracking.backend", f"{t.mode!r} applies to wandb only"))
+    return out
+
+
+def _flag_inert(cfg: Config, explicit: set[str], given: set[str]) -> None:
+    """Refuse a setting without effect typed without its enabler; warn once for the others."""
+    for key, enabler, why in inert_settings(cfg):
+        if key in explicit and enabler not in given:
+            raise ConfigError(f"config {key}: {why}")
+        note = f"config {key}: {why}"
+        if note not in _told:
+            _told.add(note)
+            log.warning(note)
 
 
 def _check_consistency(cfg: Config) -> None:
@@ -473,6 +533,10 @@ def load_config(preset: str | None = "quickstart", overrides: list[str] | None =
     before the overrides are applied, so ``--set fleet.KEY`` still wins over it."""
     overrides = list(overrides or [])
     doc = read_preset(preset) if preset else {}
+    from_file = set(_settings(doc))  # what the preset or the user's file gives
+    explicit = {item.partition("=")[0].strip() for item in overrides}
+    if preset and (preset.endswith(".toml") or Path(preset).exists()):
+        explicit |= from_file  # the user's own file: typed, not a built-in preset's bulk
     preset_fleets = doc.pop("fleets", {})
     fleet = doc.get("fleet", {}) if isinstance(doc.get("fleet"), dict) else {}
     name = _overridden(overrides, "fleet.name", fleet.get("name"))
@@ -483,4 +547,4 @@ def load_config(preset: str | None = "quickstart", overrides: list[str] | None =
                             FLEET_SETTINGS)
         doc["fleet"] = {**{k: v for k, v in fleet.items() if k in ("file",)}, **named, "name": str(name)}
     _one_of_each_pair(doc, preset or "the config")
-    return validate(apply_overrides(doc, overrides))
+    return validate(apply_overrides(doc, overrides), explicit, explicit | from_file)
