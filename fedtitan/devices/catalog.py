@@ -14,6 +14,7 @@ import math
 import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 from fedtitan.errors import ConfigError, did_you_mean
 
@@ -27,7 +28,7 @@ RENAMED_FIELDS = {"uplink_bps": "uplink_bytes_per_s", "downlink_bps": "downlink_
 _renames_told: set[str] = set()
 
 
-def _renamed(tab: dict[str, object], where: str) -> dict[str, object]:
+def _renamed(tab: dict[str, Any], where: str) -> dict[str, Any]:
     """``tab`` with old field names (:data:`RENAMED_FIELDS`) under their new names, saying so
     once per old name (a one-line logging warning)."""
     out = dict(tab)
