@@ -2,7 +2,7 @@
 ``key=value`` overrides. Every error is one line naming the key, the value and what is allowed.
 
 This module sits at the bottom of the library: it imports nothing of fedtitan but
-:mod:`fedtitan.errors` (and, when a config names a fleet, the leaf
+:mod:`fedtitan.errors` (and, when a config names a fleet or is read from a file, the leaf
 :mod:`fedtitan.devices.fleets`). :func:`validate` checks the settings' types, ranges and
 their consistency; the names a config gives (dataset, model, selector and its options,
 devices, dynamics and trace, tracker) are checked against their registries by
@@ -13,6 +13,7 @@ The presets are TOML files in ``fedtitan/presets/``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import tomllib
@@ -24,6 +25,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedtitan.errors import ConfigError, did_you_mean
+
+log = logging.getLogger(__name__)
 
 # the syntax of compute.device (fedtitan.compute resolves it)
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -122,6 +125,7 @@ class ServerSection(_Section):
     strategy: str = "fedavg"  # fedtitan's FedAvg, a Flower strategy's short name, or package.module:Class
     strategy_options: dict[str, Any] = Field(default_factory=dict)
     fraction: float = Field(0.2, gt=0, le=1)
+    clients_per_round: int | None = Field(None, ge=1)  # sampled each round, in place of fraction
     min_clients: int = Field(1, ge=1)
     policy: Literal["wait-all", "deadline", "first-k"] = "wait-all"
     deadline_s: float | None = Field(None, gt=0)
@@ -248,16 +252,39 @@ def read_preset(name_or_path: str) -> dict[str, Any]:
     if name_or_path.endswith(".toml") or path.exists():
         if not path.exists():
             raise ConfigError(f"config file not found: {path}")
-        text = path.read_text()
+        return _resolve_file_paths(_parse_toml(path.read_text(), name_or_path), path.resolve().parent)
     else:
         res = resources.files("fedtitan") / PRESET_DIR / f"{name_or_path}.toml"
         if not res.is_file():
             raise ConfigError(f"unknown preset {name_or_path!r}{did_you_mean(name_or_path, preset_names())} Presets: {', '.join(preset_names())}")
-        text = res.read_text()
+        return _parse_toml(res.read_text(), name_or_path)
+
+
+def _parse_toml(text: str, name: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{name_or_path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{name} is not valid TOML: {exc}") from None
+
+
+# The settings that name a file or folder: in a config file, a relative one is read from the
+# file's folder (not the working folder); ``key=value`` overrides stay relative to the latter.
+PATH_KEYS = {"data": ("path", "data_dir"), "fleet": ("file", "profiles", "trace")}
+
+
+def _resolve_file_paths(doc: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A config file's document with its relative paths (:data:`PATH_KEYS`, and the paths of
+    its ``[fleets.NAME]`` tables) made absolute against ``base``, the file's folder."""
+    from fedtitan.devices.fleets import resolve_path, resolve_paths
+
+    for section, keys in PATH_KEYS.items():
+        table = doc.get(section)
+        if isinstance(table, dict):
+            doc[section] = {k: resolve_path(v, base) if k in keys else v for k, v in table.items()}
+    fleets = doc.get("fleets")
+    if isinstance(fleets, dict):
+        doc["fleets"] = {n: resolve_paths(t, base) if isinstance(t, dict) else t for n, t in fleets.items()}
+    return doc
 
 
 def _parse_value(key: str, raw: str) -> Any:
@@ -306,17 +333,59 @@ PAPER_WORDS = {"rho": "ratio", "pruning_ratio": "ratio", "keep": "ratio", "v": "
                "alpha_dirichlet": "alpha", "clients": "num_clients", "k": "classes_per_client"}
 
 
+# What Flower (pyproject's run config, flwr's strategies, simulation options) and pfl-research
+# call some settings, wherever they are typed: suggested, never accepted (docs/glossary.md).
+FOREIGN_WORDS = {
+    "num_partitions": "data.num_clients", "num_clients": "data.num_clients", "num_devices": "data.num_clients",
+    "num_users": "data.num_clients", "population": "data.num_clients",
+    "num_supernodes": "simulation.workers", "num_workers": "simulation.workers",
+    "num_rounds": "run.rounds", "num_server_rounds": "run.rounds", "central_num_iterations": "run.rounds",
+    "fraction_train": "server.fraction", "fraction_fit": "server.fraction", "sample_fraction": "server.fraction",
+    "cohort_size": "server.clients_per_round", "clients_per_round": "server.clients_per_round",
+    "num_clients_per_round": "server.clients_per_round",
+    "min_fit_clients": "server.min_clients", "min_train_nodes": "server.min_clients",
+    "min_available_clients": "server.min_clients", "min_available_nodes": "server.min_clients",
+    "fraction_evaluate": "server.client_eval", "evaluation_frequency": "server.eval_every",
+    "round_timeout": "server.timeout_s",
+}
+
+
 def key_hint(key: str) -> str:
-    """``; did you mean 'x'?`` for an unknown key: the config's name for a paper's word (``pruning.rho``
-    -> ``pruning.ratio``), else the closest known key; empty when nothing is close."""
+    """``; did you mean 'x'?`` for an unknown key: fedtitan's name for a word of Flower or
+    pfl-research (``server.cohort_size`` -> ``server.clients_per_round``) or of a paper
+    (``pruning.rho`` -> ``pruning.ratio``), else the closest known key; empty when nothing is close."""
     known = _known_keys()
     section, _, name = key.partition(".")
+    foreign = FOREIGN_WORDS.get(name.lower().replace("-", "_"))
+    if foreign in known and foreign != key:
+        return f"; did you mean {foreign!r}? (fedtitan's word; see docs/glossary.md)"
     word = PAPER_WORDS.get(name.lower())
     candidates = [f"{s}.{word}" for s in ([section] + [k.split(".")[0] for k in known]) if f"{s}.{word}" in known]
     return f"; did you mean {candidates[0]!r}?" if candidates else did_you_mean(key, known)
 
 
+# Pairs of settings a config gives one of: the one given replaces the other (``clients_per_round``
+# replaces a preset's ``fraction``); both given in one place (a file, or the overrides) is refused.
+EXCLUSIVE = (("server", "fraction", "clients_per_round"),)
+
+
+def _one_of_each_pair(doc: dict[str, Any], where: str) -> None:
+    """One line when ``doc`` (a config file's, or the overrides') gives both settings of a pair."""
+    for section, a, b in EXCLUSIVE:
+        table = doc.get(section)
+        if isinstance(table, dict) and table.get(a) is not None and table.get(b) is not None:
+            raise ConfigError(f"config {section}: {where} gives both {section}.{a} ({table[a]!r}) and "
+                              f"{section}.{b} ({table[b]!r}); give one")
+
+
 def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    given = {item.partition("=")[0].strip() for item in overrides}
+    for section, a, b in EXCLUSIVE:
+        if f"{section}.{a}" in given and f"{section}.{b}" in given:
+            raise ConfigError(f"config {section}: the overrides give both {section}.{a} and {section}.{b}; give one")
+        for one, other in ((a, b), (b, a)):  # an override of one replaces the other, wherever it was given
+            if f"{section}.{one}" in given and isinstance(doc.get(section), dict):
+                doc[section].pop(other, None)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. run.rounds=5)")
@@ -347,13 +416,70 @@ def _format_error(exc: ValidationError) -> str:
     return f"config {loc or 'value'}: {msg}{shown}"
 
 
-def validate(doc: dict[str, Any]) -> Config:
+def validate(doc: dict[str, Any], explicit: Iterable[str] = (), given: Iterable[str] = ()) -> Config:
+    """The config ``doc`` describes, checked. ``explicit``: the keys the user typed (overrides,
+    their own config file); ``given``: those and a built-in preset's. A setting that has no
+    effect is refused when typed without the setting that would give it one, else flagged in
+    one warning (presets and sweeps set keys in bulk): :func:`inert_settings`."""
     try:
         cfg = Config.model_validate(doc)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc)) from None
     _check_consistency(cfg)
+    _flag_inert(cfg, set(explicit), set(given))
     return cfg
+
+
+_told: set[str] = set()
+
+
+def inert_settings(cfg: Config) -> list[tuple[str, str, str]]:
+    """(key, the key that would give it an effect, why it has none) for every setting of ``cfg``
+    away from its default that the run never reads (read where it is consumed: the static
+    regime's ``_static``/``_prune`` in fedtitan.training.client, ``FleetPolicy``, the faults)."""
+    out: list[tuple[str, str, str]] = []
+    p, s, f, t = cfg.pruning, cfg.server, cfg.faults, cfg.tracking
+    if p.method == "none":
+        default = PruningSection()
+        out += [(f"pruning.{n}", "pruning.method", f"{getattr(p, n)!r} has no effect without a pruning method "
+                 "(pruning.method = 'none', the streaming regime); set pruning.method (e.g. warmup-loss)")
+                for n in PruningSection.model_fields if n != "method" and getattr(p, n) != getattr(default, n)]
+    elif p.method == "full" and p.ratio != 1:
+        out.append(("pruning.ratio", "pruning.method", f"{p.ratio!r} has no effect with pruning.method = 'full' "
+                    "(every sample is kept); choose a pruning method such as warmup-loss"))
+    if s.deadline_s is not None and s.policy != "deadline":
+        out.append(("server.deadline_s", "server.policy", f"{s.deadline_s!r} has no effect with server.policy = "
+                    f"{s.policy!r}; set server.policy=deadline"))
+    if s.over_commit and s.policy != "first-k":
+        out.append(("server.over_commit", "server.policy", f"{s.over_commit!r} has no effect with server.policy = "
+                    f"{s.policy!r}; set server.policy=first-k"))
+    fd = FaultSection()
+    if f.slow_factor != fd.slow_factor and not f.slow:
+        out.append(("faults.slow_factor", "faults.slow", f"{f.slow_factor!r} has no effect with faults.slow = 0"))
+    if f.scale_factor != fd.scale_factor and not f.scale:
+        out.append(("faults.scale_factor", "faults.scale", f"{f.scale_factor!r} has no effect with faults.scale = 0"))
+    sel = cfg.selection
+    if sel.buffer_max != SelectionSection().buffer_max and sel.buffer_size != "auto":
+        out.append(("selection.buffer_max", "selection.buffer_size", f"{sel.buffer_max!r} has no effect unless "
+                    "selection.buffer_size = \"auto\""))
+    if t.backend == "none":
+        td = TrackingSection()
+        out += [(f"tracking.{n}", "tracking.backend", f"{getattr(t, n)!r} has no effect with tracking.backend = "
+                 "'none'; set tracking.backend") for n in ("uri", "project", "mode") if getattr(t, n) != getattr(td, n)]
+    elif t.mode != "offline" and t.backend != "wandb":
+        out.append(("tracking.mode", "tracking.backend", f"{t.mode!r} applies to wandb only"))
+    return out
+
+
+def _flag_inert(cfg: Config, explicit: set[str], given: set[str]) -> None:
+    """Refuse a setting without effect typed without its enabler; warn once for the others."""
+    for key, enabler, why in inert_settings(cfg):
+        if key in explicit and enabler not in given:
+            raise ConfigError(f"config {key}: {why}")
+        note = f"config {key}: {why}"
+        if note not in _told:
+            _told.add(note)
+            log.warning(note)
 
 
 def _check_consistency(cfg: Config) -> None:
@@ -407,6 +533,10 @@ def load_config(preset: str | None = "quickstart", overrides: list[str] | None =
     before the overrides are applied, so ``--set fleet.KEY`` still wins over it."""
     overrides = list(overrides or [])
     doc = read_preset(preset) if preset else {}
+    from_file = set(_settings(doc))  # what the preset or the user's file gives
+    explicit = {item.partition("=")[0].strip() for item in overrides}
+    if preset and (preset.endswith(".toml") or Path(preset).exists()):
+        explicit |= from_file  # the user's own file: typed, not a built-in preset's bulk
     preset_fleets = doc.pop("fleets", {})
     fleet = doc.get("fleet", {}) if isinstance(doc.get("fleet"), dict) else {}
     name = _overridden(overrides, "fleet.name", fleet.get("name"))
@@ -416,4 +546,5 @@ def load_config(preset: str | None = "quickstart", overrides: list[str] | None =
         named = named_fleet(str(name), preset_fleets, _overridden(overrides, "fleet.file", fleet.get("file")),
                             FLEET_SETTINGS)
         doc["fleet"] = {**{k: v for k, v in fleet.items() if k in ("file",)}, **named, "name": str(name)}
-    return validate(apply_overrides(doc, overrides))
+    _one_of_each_pair(doc, preset or "the config")
+    return validate(apply_overrides(doc, overrides), explicit, explicit | from_file)

@@ -46,7 +46,7 @@ def calibrate(model_name: str = "cnn", batch_size: int = 32, seconds: float = 5.
         name=name, description=f"measured by fedtitan devices calibrate ({model_name}, batch {batch_size})",
         train_flops=flops, select_flops=fwd_flops, train_w=power or 0.0, select_w=power or 0.0,
         idle_w=0.0, radio_w=0.0, memory_bytes=int(psutil.virtual_memory().total),
-        uplink_bps=100e6 / 8, downlink_bps=100e6 / 8, select_unit="cpu",
+        uplink_bytes_per_s=100e6 / 8, downlink_bytes_per_s=100e6 / 8, select_unit="cpu",
         sources=(f"measured on {time.strftime('%Y-%m-%d')}: {steps} training steps in {m.time_s:.1f} s; "
                  f"energy source: {m.source}",),
         notes="power unavailable (no RAPL/INA3221/jtop readable): watts set to 0" if power is None else "",

@@ -176,7 +176,7 @@ def _cmd_devices(args: argparse.Namespace) -> int:
         for p in CATALOG.values():
             table.add_row(p.name, f"{p.train_flops / 1e9:.2f}", f"{p.select_flops / 1e9:.1f}", f"{p.train_w:g}",
                           f"{p.select_w:g}", f"{p.idle_w:g}", f"{p.memory_bytes / 2**30:.0f}",
-                          f"{p.uplink_bps * 8 / 1e6:.0f}", "-" if p.battery_j is None else f"{p.battery_j / 1e3:.1f}")
+                          f"{p.uplink_bytes_per_s * 8 / 1e6:.0f}", "-" if p.battery_j is None else f"{p.battery_j / 1e3:.1f}")
         Console(width=160).print(table)
         return 0
     if args.devices_cmd == "show":

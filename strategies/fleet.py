@@ -44,13 +44,17 @@ class FleetPolicy:
     deadline_s: float | None = None
     over_commit: float = 0.0
     seed: int = 0
+    clients_per_round: int | None = None  # an absolute number sampled, in place of ``fraction``
 
     def target(self, available: int) -> int:
-        return min(available, max(self.min_clients, int(round(self.fraction * available))))
+        wanted = (self.clients_per_round if self.clients_per_round is not None
+                  else int(round(self.fraction * available)))
+        return min(available, max(self.min_clients, wanted))
 
     def keep(self, available: int, population: int | None = None) -> int:
         """How many replies a round aggregates: ``fraction`` of the fleet (``population``, or
-        the ``available`` devices), at least ``min_clients``, at most what is available."""
+        the ``available`` devices), or ``clients_per_round`` when given, at least
+        ``min_clients``, at most what is available."""
         return min(available, self.target(population if population is not None else available))
 
     def sample(self, node_ids: list[int], server_round: int, population: int | None = None) -> list[int]:

@@ -43,7 +43,7 @@ DP_WRAPPERS: dict[str, str] = {
 FEDTITAN_FEDAVG = "fedavg"
 STRATEGY_NAMES = [FEDTITAN_FEDAVG, *FLOWER_STRATEGIES, *DP_WRAPPERS]
 
-_SAMPLING = "sampling is fedtitan's (server.fraction, server.min_clients, server.policy)"
+_SAMPLING = "sampling is fedtitan's (server.fraction or server.clients_per_round, server.min_clients, server.policy)"
 RESERVED: dict[str, str] = {
     "fraction_train": _SAMPLING, "fraction_evaluate": _SAMPLING, "min_train_nodes": _SAMPLING,
     "min_evaluate_nodes": _SAMPLING, "min_available_nodes": _SAMPLING,
@@ -110,7 +110,8 @@ def check_strategy(cfg: Config) -> None:
     from strategies.fleet import FleetPolicy
 
     s = cfg.server
-    build_strategy(cfg, num_sampled=FleetPolicy(s.fraction, s.min_clients).target(cfg.data.num_clients))
+    policy = FleetPolicy(s.fraction, s.min_clients, clients_per_round=s.clients_per_round)
+    build_strategy(cfg, num_sampled=policy.target(cfg.data.num_clients))
 
 
 def build_strategy(cfg: Config, num_sampled: int, construct: bool = True) -> Any:

@@ -99,7 +99,8 @@ class FleetServer:
         self.token = str(resume_from.state["token"]) if resume_from else token or hashlib.sha1(
             f"{self.cfg_json}|{time.time_ns()}".encode()).hexdigest()[:16]
         s = cfg.server
-        self.policy = FleetPolicy(s.fraction, s.min_clients, s.policy, s.deadline_s, s.over_commit, cfg.run.seed)
+        self.policy = FleetPolicy(s.fraction, s.min_clients, s.policy, s.deadline_s, s.over_commit, cfg.run.seed,
+                                  s.clients_per_round)
         self.dispatch = Dispatch(grid, s.timeout_s, pool)
         self.aggregator: Aggregator = make_aggregator(None, "fedavg")
         self.history = History()

@@ -9,15 +9,40 @@ the machine it runs on and writes a profile TOML in the same format.
 
 from __future__ import annotations
 
+import logging
 import math
 import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 from fedtitan.errors import ConfigError, did_you_mean
 
 GB = 1024**3
 MBIT = 1e6 / 8  # bytes per second in one Mbit/s
+
+log = logging.getLogger(__name__)
+
+# Old field names a profile TOML may still use ("bps" read as bits; the unit was always bytes/s).
+RENAMED_FIELDS = {"uplink_bps": "uplink_bytes_per_s", "downlink_bps": "downlink_bytes_per_s"}
+_renames_told: set[str] = set()
+
+
+def _renamed(tab: dict[str, Any], where: str) -> dict[str, Any]:
+    """``tab`` with old field names (:data:`RENAMED_FIELDS`) under their new names, saying so
+    once per old name (a one-line logging warning)."""
+    out = dict(tab)
+    for old, new in RENAMED_FIELDS.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ConfigError(f"{where}: give {new} only ({old} is its old name)")
+        out[new] = out.pop(old)
+        if old not in _renames_told:
+            _renames_told.add(old)
+            log.warning("%s: %s is now %s (the unit is bytes per second, not bits: 10 Mbit/s = 1.25e6)",
+                        where, old, new)
+    return out
 
 
 @dataclass(frozen=True)
@@ -38,8 +63,8 @@ class DeviceProfile:
     idle_w: float
     radio_w: float
     memory_bytes: int
-    uplink_bps: float  # bytes per second
-    downlink_bps: float  # bytes per second
+    uplink_bytes_per_s: float  # bytes (not bits) per second: 10 Mbit/s is 1.25e6
+    downlink_bytes_per_s: float  # bytes (not bits) per second
     energy_budget_j: float | None = None  # per round; None = unlimited
     battery_j: float | None = None  # across rounds; None = mains powered
     availability: float = 1.0
@@ -49,7 +74,7 @@ class DeviceProfile:
     notes: str = ""
 
     def __post_init__(self) -> None:
-        for f in ("train_flops", "select_flops", "uplink_bps", "downlink_bps"):
+        for f in ("train_flops", "select_flops", "uplink_bytes_per_s", "downlink_bytes_per_s"):
             v = getattr(self, f)
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
                 raise ConfigError(f"device {self.name!r}: {f} must be a positive number, got {v!r}")
@@ -84,63 +109,63 @@ CATALOG: dict[str, DeviceProfile] = {
         DeviceProfile(
             "jetson-nano-10w", "Jetson Nano 4GB, 10 W mode (4x A57 @1.43 GHz, 128-core Maxwell)",
             train_flops=2.73e9, select_flops=2.0e10, train_w=7.5, select_w=6.5, idle_w=1.5, radio_w=1.0,
-            memory_bytes=4 * GB, uplink_bps=20 * MBIT, downlink_bps=50 * MBIT,
+            memory_bytes=4 * GB, uplink_bytes_per_s=20 * MBIT, downlink_bytes_per_s=50 * MBIT,
             sources=(_TITAN, _JETSON),
             notes="train_flops calibrated: 16 x 3 x 1.14 GFLOP (MobileNetV1 224) / 20 s; GPU select ~8% of 236 GFLOPS FP32",
         ),
         DeviceProfile(
             "jetson-nano-5w", "Jetson Nano 4GB, 5 W mode (2 cores @0.92 GHz, GPU @640 MHz)",
             train_flops=0.88e9, select_flops=1.4e10, train_w=4.5, select_w=4.2, idle_w=1.2, radio_w=1.0,
-            memory_bytes=4 * GB, uplink_bps=20 * MBIT, downlink_bps=50 * MBIT,
+            memory_bytes=4 * GB, uplink_bytes_per_s=20 * MBIT, downlink_bytes_per_s=50 * MBIT,
             sources=(_TITAN, _JETSON),
             notes="10 W rates scaled by active cores x clock (2x0.92 / 4x1.43) and GPU clock (640/921 MHz)",
         ),
         DeviceProfile(
             "jetson-tx2", "Jetson TX2 (2x Denver2 + 4x A57 @2 GHz, 256-core Pascal), MAXN",
             train_flops=5.2e9, select_flops=4.5e10, train_w=11.0, select_w=10.0, idle_w=2.0, radio_w=1.0,
-            memory_bytes=8 * GB, uplink_bps=20 * MBIT, downlink_bps=50 * MBIT,
+            memory_bytes=8 * GB, uplink_bytes_per_s=20 * MBIT, downlink_bytes_per_s=50 * MBIT,
             sources=(_JETSON,), notes=_UTIL,
         ),
         DeviceProfile(
             "xavier-nx", "Jetson Xavier NX 8GB, 15 W (6x Carmel, 384-core Volta)",
             train_flops=6.0e10, select_flops=1.2e10, train_w=12.0, select_w=8.0, idle_w=2.5, radio_w=1.0,
-            memory_bytes=8 * GB, uplink_bps=30 * MBIT, downlink_bps=80 * MBIT, train_unit="gpu", select_unit="cpu",
+            memory_bytes=8 * GB, uplink_bytes_per_s=30 * MBIT, downlink_bytes_per_s=80 * MBIT, train_unit="gpu", select_unit="cpu",
             sources=(_JETSON,), notes=_UTIL + "; trains on the GPU, selects on the idle CPU",
         ),
         DeviceProfile(
             "orin-nano", "Jetson Orin Nano 8GB, 15 W (6x A78AE, 1024-core Ampere)",
             train_flops=1.0e11, select_flops=2.0e10, train_w=13.0, select_w=9.0, idle_w=3.0, radio_w=1.0,
-            memory_bytes=8 * GB, uplink_bps=30 * MBIT, downlink_bps=80 * MBIT, train_unit="gpu", select_unit="cpu",
+            memory_bytes=8 * GB, uplink_bytes_per_s=30 * MBIT, downlink_bytes_per_s=80 * MBIT, train_unit="gpu", select_unit="cpu",
             sources=(_JETSON,), notes=_UTIL + "; trains on the GPU, selects on the idle CPU",
         ),
         DeviceProfile(
             "orin-nx", "Jetson Orin NX 16GB, 25 W (8x A78AE, 1024-core Ampere)",
             train_flops=1.5e11, select_flops=3.0e10, train_w=20.0, select_w=13.0, idle_w=4.0, radio_w=1.0,
-            memory_bytes=16 * GB, uplink_bps=30 * MBIT, downlink_bps=80 * MBIT, train_unit="gpu", select_unit="cpu",
+            memory_bytes=16 * GB, uplink_bytes_per_s=30 * MBIT, downlink_bytes_per_s=80 * MBIT, train_unit="gpu", select_unit="cpu",
             sources=(_JETSON,), notes=_UTIL + "; trains on the GPU, selects on the idle CPU",
         ),
         DeviceProfile(
             "agx-orin", "Jetson AGX Orin 64GB, 60 W (12x A78AE, 2048-core Ampere)",
             train_flops=4.0e11, select_flops=5.0e10, train_w=45.0, select_w=25.0, idle_w=7.0, radio_w=1.5,
-            memory_bytes=64 * GB, uplink_bps=50 * MBIT, downlink_bps=100 * MBIT, train_unit="gpu", select_unit="cpu",
+            memory_bytes=64 * GB, uplink_bytes_per_s=50 * MBIT, downlink_bytes_per_s=100 * MBIT, train_unit="gpu", select_unit="cpu",
             sources=(_JETSON,), notes=_UTIL + "; trains on the GPU, selects on the idle CPU",
         ),
         DeviceProfile(
             "rpi4", "Raspberry Pi 4 Model B 4GB (4x A72 @1.5 GHz), no accelerator",
             train_flops=4.0e9, select_flops=4.0e9, train_w=6.4, select_w=6.4, idle_w=2.7, radio_w=0.8,
-            memory_bytes=4 * GB, uplink_bps=30 * MBIT, downlink_bps=60 * MBIT, select_unit="cpu",
+            memory_bytes=4 * GB, uplink_bytes_per_s=30 * MBIT, downlink_bytes_per_s=60 * MBIT, select_unit="cpu",
             sources=(_RPI,), notes=_UTIL + "; selection shares the CPU with training",
         ),
         DeviceProfile(
             "rpi5", "Raspberry Pi 5 8GB (4x A76 @2.4 GHz), no accelerator",
             train_flops=1.0e10, select_flops=1.0e10, train_w=8.0, select_w=8.0, idle_w=2.7, radio_w=0.8,
-            memory_bytes=8 * GB, uplink_bps=40 * MBIT, downlink_bps=80 * MBIT, select_unit="cpu",
+            memory_bytes=8 * GB, uplink_bytes_per_s=40 * MBIT, downlink_bytes_per_s=80 * MBIT, select_unit="cpu",
             sources=(_RPI,), notes=_UTIL + "; selection shares the CPU with training",
         ),
         DeviceProfile(
             "phone-midrange", "Mid-range phone class (8-core Arm, mobile GPU/NPU, LTE), on battery",
             train_flops=1.5e10, select_flops=5.0e10, train_w=4.0, select_w=2.5, idle_w=0.6, radio_w=1.5,
-            memory_bytes=6 * GB, uplink_bps=10 * MBIT, downlink_bps=30 * MBIT, battery_j=62_370.0,
+            memory_bytes=6 * GB, uplink_bytes_per_s=10 * MBIT, downlink_bytes_per_s=30 * MBIT, battery_j=62_370.0,
             availability=0.8,
             sources=("4,500 mAh x 3.85 V battery = 62.4 kJ; LTE radio ~1-2 W (Huang et al., MobiSys 2012)",),
             notes=_UTIL,
@@ -167,7 +192,7 @@ def load_profiles(path: str | Path) -> dict[str, DeviceProfile]:
     known = {f.name for f in fields(DeviceProfile)}
     out = {}
     for name, tab in tables.items():
-        tab = dict(tab)
+        tab = _renamed(dict(tab), f"{p}: device {name!r}")
         base_name = tab.pop("base", None)
         unknown = set(tab) - known
         if unknown:

@@ -57,7 +57,7 @@ def fine_cost(p: DeviceProfile, forward_flops: float, candidates: int) -> PhaseC
 
 
 def comm_cost(p: DeviceProfile, bytes_down: float, bytes_up: float) -> PhaseCost:
-    seconds = bytes_down / p.downlink_bps + bytes_up / p.uplink_bps
+    seconds = bytes_down / p.downlink_bytes_per_s + bytes_up / p.uplink_bytes_per_s
     return PhaseCost(seconds, p.radio_w * seconds)
 
 

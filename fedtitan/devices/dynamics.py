@@ -58,8 +58,8 @@ class Factors:
             return p
         return replace(p, train_flops=p.train_flops * self.speed_factor,
                        select_flops=p.select_flops * self.speed_factor * max(self.select_share, 1e-6),
-                       uplink_bps=p.uplink_bps * self.bandwidth_factor,
-                       downlink_bps=p.downlink_bps * self.bandwidth_factor)
+                       uplink_bytes_per_s=p.uplink_bytes_per_s * self.bandwidth_factor,
+                       downlink_bytes_per_s=p.downlink_bytes_per_s * self.bandwidth_factor)
 
 
 STATIC = Factors()

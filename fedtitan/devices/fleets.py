@@ -31,6 +31,25 @@ BUILTIN_NOTES = {
 }
 
 
+# The fleet settings that name a file: relative paths in a TOML file are read from its folder.
+PATH_SETTINGS = ("profiles", "trace")
+
+
+def resolve_path(value: Any, base: Path) -> Any:
+    """``value`` (a path a TOML file in folder ``base`` gives) made absolute against ``base``
+    when relative, so it names the same file whatever the working folder; other values as
+    they are."""
+    if not isinstance(value, str) or not value:
+        return value
+    p = Path(value).expanduser()
+    return value if p.is_absolute() else str(base / p)
+
+
+def resolve_paths(table: dict[str, Any], base: Path, keys: Sequence[str] = PATH_SETTINGS) -> dict[str, Any]:
+    """``table`` with its ``keys`` resolved by :func:`resolve_path` against ``base``."""
+    return {k: resolve_path(v, base) if k in keys else v for k, v in table.items()}
+
+
 def check_fleet(name: str, table: Any, where: str, keys: Sequence[str]) -> dict[str, Any]:
     """A named fleet's table, checked: only ``keys`` (the ``fleet.*`` settings a named fleet may
     hold, :data:`fedtitan.config.FLEET_SETTINGS`; one line naming any other)."""
@@ -45,7 +64,8 @@ def check_fleet(name: str, table: Any, where: str, keys: Sequence[str]) -> dict[
 
 
 def read_fleets_file(path: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """The ``[fleets.NAME]`` tables of a fleets TOML file."""
+    """The ``[fleets.NAME]`` tables of a fleets TOML file; their relative paths (``profiles``,
+    ``trace``) are read from the file's folder, not the working folder."""
     p = Path(path).expanduser()
     try:
         doc = tomllib.loads(p.read_text())
@@ -56,7 +76,8 @@ def read_fleets_file(path: str, keys: Sequence[str]) -> dict[str, dict[str, Any]
     extra = [k for k in doc if k != "fleets"]
     if extra or not isinstance(doc.get("fleets", {}), dict):
         raise ConfigError(f"config fleet.file: {p} may hold only [fleets.NAME] tables (found {', '.join(extra)})")
-    return {n: check_fleet(n, t, str(p), keys) for n, t in doc.get("fleets", {}).items()}
+    base = p.resolve().parent
+    return {n: resolve_paths(check_fleet(n, t, str(p), keys), base) for n, t in doc.get("fleets", {}).items()}
 
 
 def all_fleets(preset_fleets: dict[str, Any] | None, file: str | None,
@@ -79,4 +100,5 @@ def named_fleet(name: str, preset_fleets: dict[str, Any] | None, file: str | Non
     return dict(fleets[name][1])
 
 
-__all__ = ["BUILTIN_FLEETS", "BUILTIN_NOTES", "all_fleets", "check_fleet", "named_fleet", "read_fleets_file"]
+__all__ = ["BUILTIN_FLEETS", "BUILTIN_NOTES", "PATH_SETTINGS", "all_fleets", "check_fleet", "named_fleet",
+           "read_fleets_file", "resolve_path", "resolve_paths"]

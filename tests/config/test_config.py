@@ -102,3 +102,73 @@ def test_model_stem_reaches_the_built_model():
     cfg = load_config("quickstart", ["model.name=resnet18", "model.stem=imagenet"])
     assert model_options(cfg) == {"stem": "imagenet"}
     assert model_options(load_config("quickstart", ["model.name=resnet18"])) == {}
+
+
+@pytest.mark.parametrize("key, hint", [
+    ("data.num_partitions", "data.num_clients"), ("server.num_clients", "data.num_clients"),
+    ("fleet.num_devices", "data.num_clients"), ("simulation.num_supernodes", "simulation.workers"),
+    ("server.cohort_size", "server.clients_per_round"), ("data.clients_per_round", "server.clients_per_round"),
+    ("server.num_rounds", "run.rounds"), ("run.num-server-rounds", "run.rounds"),
+    ("server.fraction_train", "server.fraction"), ("server.fraction_fit", "server.fraction"),
+    ("server.min_fit_clients", "server.min_clients"),
+])
+def test_flower_and_pfl_words_suggest_fedtitans_key(key, hint):
+    with pytest.raises(ConfigError, match=rf"unknown config key '{key}'; did you mean '{hint}'\? \(fedtitan's word"):
+        load_config("quickstart", [f"{key}=3"])
+
+
+def test_clients_per_round_replaces_the_presets_fraction_and_both_at_once_are_refused(tmp_path):
+    cfg = load_config("quickstart", ["server.clients_per_round=3"])  # quickstart gives fraction = 0.4
+    assert cfg.server.clients_per_round == 3
+    assert load_config("quickstart", []).server.clients_per_round is None
+    with pytest.raises(ConfigError, match="give both server.fraction and server.clients_per_round; give one"):
+        load_config("quickstart", ["server.clients_per_round=3", "server.fraction=0.5"])
+    f = tmp_path / "c.toml"
+    f.write_text("[server]\nfraction = 0.5\nclients_per_round = 3\n")
+    with pytest.raises(ConfigError, match=r"gives both server.fraction \(0.5\) and server.clients_per_round \(3\)"):
+        load_config(str(f), [])
+    f.write_text("[server]\nclients_per_round = 3\n")
+    assert load_config(str(f), ["server.fraction=0.5"]).server.clients_per_round is None  # the override wins
+    with pytest.raises(ConfigError, match="server.clients_per_round"):
+        load_config("quickstart", ["server.clients_per_round=0"])
+
+
+def test_a_setting_without_effect_is_refused_where_typed_and_flagged_where_set_in_bulk(tmp_path, caplog):
+    from fedtitan import config as config_module
+
+    # typed without the setting that gives it an effect: one line saying what to set
+    with pytest.raises(ConfigError, match=r"^config pruning.ratio: 0.2 has no effect without a pruning method .*"
+                                          r"set pruning.method \(e.g. warmup-loss\)$"):
+        load_config("quickstart", ["pruning.ratio=0.2"])
+    with pytest.raises(ConfigError, match="server.deadline_s: 5.0 has no effect .* set server.policy=deadline"):
+        load_config("quickstart", ["server.deadline_s=5"])
+    with pytest.raises(ConfigError, match="server.over_commit: .* set server.policy=first-k"):
+        load_config("quickstart", ["server.over_commit=0.3"])
+    with pytest.raises(ConfigError, match="faults.slow_factor"):
+        load_config("quickstart", ["faults.slow_factor=3"])
+    f = tmp_path / "mine.toml"
+    f.write_text("[pruning]\nratio = 0.3\n")  # the user's own file counts as typed
+    with pytest.raises(ConfigError, match="pruning.ratio: 0.3 has no effect"):
+        load_config(str(f), [])
+    # set in bulk (a preset, a grid crossing the method with the ratio): one warning, once
+    config_module._told.clear()
+    with caplog.at_level("WARNING", logger="fedtitan.config"):
+        assert load_config("pruning-cifar10", ["pruning.method=none"]).pruning.ratio == 0.5
+        load_config("pruning-cifar10", ["pruning.method=none"])
+        load_config("quickstart", ["pruning.method=none", "pruning.ratio=0.2"])
+        load_config("quickstart", ["server.policy=wait-all", "server.deadline_s=2"])
+    notes = [r.getMessage() for r in caplog.records]
+    assert notes == ["config pruning.ratio: 0.5 has no effect without a pruning method (pruning.method = 'none', "
+                     "the streaming regime); set pruning.method (e.g. warmup-loss)",
+                     "config pruning.ratio: 0.2 has no effect without a pruning method (pruning.method = 'none', "
+                     "the streaming regime); set pruning.method (e.g. warmup-loss)",
+                     "config server.deadline_s: 2.0 has no effect with server.policy = 'wait-all'; "
+                     "set server.policy=deadline"]
+    # settings that do have an effect pass silently
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fedtitan.config"):
+        for preset in preset_names():
+            load_config(preset, [])
+        load_config("quickstart", ["pruning.method=warmup-loss", "pruning.ratio=0.2", "server.policy=deadline",
+                                   "server.deadline_s=2"])
+    assert not caplog.records

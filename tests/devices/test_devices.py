@@ -45,7 +45,7 @@ def test_nano_calibration_anchor():
 
 def test_cost_formulas_by_hand():
     p = replace(CATALOG["rpi4"], train_flops=1e9, select_flops=2e9, train_w=6.0, select_w=4.0, idle_w=2.0,
-                radio_w=1.0, uplink_bps=1e6, downlink_bps=2e6)
+                radio_w=1.0, uplink_bytes_per_s=1e6, downlink_bytes_per_s=2e6)
     tr = train_cost(p, 1e6, 10)  # 3 * 1e6 * 10 / 1e9 = 0.03 s, (6-2) W -> 0.12 J above idle
     assert tr.time_s == pytest.approx(0.03) and tr.energy_j == pytest.approx(0.12)
     co = coarse_cost(p, 2e5, 100)  # 2e7 / 2e9 = 0.01 s, (4-2) W -> 0.02 J
@@ -58,7 +58,7 @@ def test_cost_formulas_by_hand():
 
 def test_streaming_round_pipelined_vs_sequential():
     p = replace(CATALOG["jetson-nano-10w"], train_flops=1e9, select_flops=1e9, train_w=5.0, select_w=4.0, idle_w=1.0,
-                radio_w=1.0, uplink_bps=1e9, downlink_bps=1e9)
+                radio_w=1.0, uplink_bytes_per_s=1e9, downlink_bytes_per_s=1e9)
     kw = dict(forward_flops=1e6, block_flops=1e5, steps=3, batch_size=10, velocity=100, candidates=30,
               model_bytes=0.0)
     seq = streaming_round(p, pipelined=False, **kw)
@@ -246,3 +246,24 @@ def test_titan_client_round_bills_the_kept_candidates_it_rescored():
     v, buf = 40, 20
     assert costs["true"] / costs["false"] < (3 * v + 2 * buf) / (3 * v) + 1e-9
     assert np.isfinite(costs["true"])
+
+
+def test_old_link_rate_names_are_read_with_one_notice(tmp_path, caplog):
+    """``uplink_bps`` / ``downlink_bps`` were always bytes per second: read under their new
+    names, with one warning giving the new name and the unit."""
+    from fedtitan.devices import catalog
+
+    catalog._renames_told.clear()
+    f = tmp_path / "old.toml"
+    f.write_text('[devices.a]\nbase = "rpi4"\nuplink_bps = 1.25e6\n'
+                 '[devices.b]\nbase = "rpi4"\nuplink_bps = 2.5e6\ndownlink_bps = 5e6\n')
+    with caplog.at_level("WARNING", logger="fedtitan.devices.catalog"):
+        profiles = load_profiles(f)
+    assert profiles["a"].uplink_bytes_per_s == 1.25e6
+    assert profiles["b"].downlink_bytes_per_s == 5e6
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 2 and all("bytes per second" in n for n in notes)
+    assert "uplink_bytes_per_s" in notes[0]
+    f.write_text('[devices.a]\nbase = "rpi4"\nuplink_bps = 1.0\nuplink_bytes_per_s = 2.0\n')
+    with pytest.raises(ConfigError, match="give uplink_bytes_per_s only"):
+        load_profiles(f)

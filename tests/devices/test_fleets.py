@@ -78,3 +78,33 @@ def test_results_tables_read_a_sweep_across_fleets_per_fleet(tmp_path, capsys):
     assert "edge-mix: titan minus rs, paired by seed (0, 1)" in out
     assert "pi-cluster: titan minus rs, paired by seed (0, 1)" in out
     assert "per device tier within each fleet" in out and (tmp_path / "sw-per-fleet.png").is_file()
+
+
+def test_paths_in_a_file_are_read_from_its_folder_not_the_working_folder(tmp_path, monkeypatch):
+    """A fleets file's ``profiles`` and ``trace``, and a config file's own paths, name files
+    beside it, whatever folder the run is started from; an override stays relative to the cwd."""
+    from pathlib import Path
+
+    from fedtitan.preflight import check_config
+
+    conf = tmp_path / "conf"
+    (conf / "fleets").mkdir(parents=True)
+    (conf / "fleets" / "mine.toml").write_text('[devices.my-pi]\nbase = "rpi4"\ntrain_flops = 5e9\n')
+    (conf / "fleets" / "trace.csv").write_text("partition_id,t_start_s,t_end_s,speed_factor\n0,0,100,0.5\n")
+    (conf / "fleets" / "lab.toml").write_text(
+        '[fleets.lab]\nmix = { my-pi = 1.0 }\nprofiles = "mine.toml"\ntrace = "trace.csv"\n')
+    (conf / "run.toml").write_text('[data]\nnum_clients = 4\n[fleet]\nfile = "fleets/lab.toml"\nname = "lab"\n'
+                                   '[fleets.own]\nmix = { my-pi = 1.0 }\nprofiles = "fleets/mine.toml"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = check_config(load_config(str(conf / "run.toml"), []))
+    here = (conf / "fleets").resolve()
+    assert Path(cfg.fleet.profiles) == here / "mine.toml" and Path(cfg.fleet.trace) == here / "trace.csv"
+    assert Path(cfg.fleet.file) == here / "lab.toml"
+    own = check_config(load_config(str(conf / "run.toml"), ["fleet.name=own"]))  # the config file's [fleets]
+    assert Path(own.fleet.profiles) == here / "mine.toml"
+    # from the command line, a relative path is the working folder's
+    (elsewhere / "lab.toml").write_text('[fleets.lab]\nmix = { rpi4 = 1.0 }\nprofiles = "none.toml"\n')
+    cli = load_config("quickstart", ["fleet.file=lab.toml", "fleet.name=lab"])
+    assert Path(cli.fleet.profiles) == elsewhere.resolve() / "none.toml"

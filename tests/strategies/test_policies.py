@@ -92,3 +92,13 @@ def test_finite_each_finds_nan_and_inf_on_any_thread():
     results[3].arrays["w1"][2, 5] = -np.inf
     assert finite_each([r.arrays for r in results]) == [True, False, True, False]
     assert finite_each([]) == [] and finite_each([results[0].arrays]) == [True]
+
+
+def test_clients_per_round_samples_an_absolute_number_in_place_of_the_fraction():
+    p = FleetPolicy(fraction=0.2, min_clients=2, clients_per_round=7, seed=3)
+    assert p.target(100) == 7 and p.keep(50, population=100) == 7 and p.keep(5, population=100) == 5
+    assert len(p.sample(list(range(100)), 1)) == 7
+    assert FleetPolicy(0.2, 9, clients_per_round=7).target(100) == 9  # min_clients still holds
+    assert FleetPolicy(0.2, 2).target(100) == 20  # without it: the fraction, as before
+    assert FleetPolicy(0.2, 2, clients_per_round=None).sample(list(range(100)), 1) == \
+        FleetPolicy(0.2, 2).sample(list(range(100)), 1)
