@@ -98,8 +98,9 @@ def _report(root: Path, target: float | None) -> int:
 
     with pd.option_context("display.max_columns", 30, "display.width", 200, "display.float_format", "{:.4g}".format):
         print(table.to_string(index=False))
-    if table.attrs.get("verdict"):
-        print(table.attrs["verdict"])
+    for line in (table.attrs.get("verdict"), table.attrs.get("note")):
+        if line:
+            print(line)
     print(f"report: {path}")
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,50 @@ import pandas as pd
 
 from fedtitan.errors import FedtitanError
 
+# Settings every analysis may need, read from each run's config.json when the sweep did not vary
+# them (a setting given once with --set, or left at its default), so a table can group by them
+# whether or not they are grid columns.
+SETTINGS = ("selection.method", "pruning.method", "pruning.ratio", "fleet.name")
+RATIO, METHOD = "pruning.ratio", "pruning.method"
+
+
+@lru_cache(maxsize=1)
+def _defaults() -> dict[str, Any]:
+    from fedtitan.config import Config
+
+    return Config().model_dump(mode="json")
+
+
+def setting(cfg: dict[str, Any] | None, key: str) -> Any:
+    """``section.name`` of a run's config.json as a table cell: its value, else the key's
+    default (a run made before a key existed counts as made with its default); None without a
+    config."""
+    if cfg is None:
+        return None
+    section, _, name = key.partition(".")
+    sec = cfg.get(section)
+    value = sec[name] if isinstance(sec, dict) and name in sec else _defaults().get(section, {}).get(name)
+    return value if value is None or isinstance(value, (str, int, float)) else str(value)
+
+
+def _num_classes(run_dir: Path) -> float:
+    """The class count of the run's data, from the header of its partition.csv (NaN without one)."""
+    f = run_dir / "partition.csv"
+    if not f.exists():
+        return math.nan
+    with f.open() as fh:
+        header = fh.readline().strip().split(",")
+    n = sum(1 for c in header if c.startswith("class_"))
+    return float(n) if n else math.nan
+
 
 def load_sweep(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(rounds, clients, parameter columns) of every finished run under ``path``.
 
-    ``path`` is a sweep folder (with ``index.csv``) or a single run folder.
+    ``path`` is a sweep folder (with ``index.csv``) or a single run folder. Besides ``run_id``,
+    ``seed`` and one column per swept parameter, both frames have a column for each of
+    :data:`SETTINGS` (from the run's config.json where it was not swept) and ``num_classes``
+    (from its partition.csv; NaN if it has none).
     """
     root = Path(path)
     if (root / "rounds.csv").exists() and not (root / "index.csv").exists():
@@ -38,13 +78,15 @@ def load_sweep(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]
     rounds, clients = [], []
     for run_dir, info in runs:
         keys = {k: info[k] for k in ["run_id", "seed", *params]}
-        missing = [k for k in params if pd.isna(keys[k])]
-        if missing and (run_dir / "config.json").exists():  # a grid key another call of the sweep did not vary
-            cfg = json.loads((run_dir / "config.json").read_text())
-            for k in missing:
-                section, _, name = k.partition(".")
-                value = cfg.get(section, {}).get(name)
-                keys[k] = value if value is None or isinstance(value, (str, int, float)) else str(value)
+        cfg_file = run_dir / "config.json"
+        cfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else None
+        for k in params:
+            if pd.isna(keys[k]) and cfg is not None:  # a grid key another call of the sweep did not vary
+                keys[k] = setting(cfg, k)
+        for k in SETTINGS:
+            if k not in keys:
+                keys[k] = setting(cfg, k)
+        keys["num_classes"] = _num_classes(run_dir)
         r = pd.read_csv(run_dir / "rounds.csv").assign(**keys)
         rounds.append(r)
         if (run_dir / "clients.csv").exists():
@@ -72,7 +114,43 @@ def final_accuracy(rounds: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     g = last.groupby(by, dropna=False)["accuracy"]
     out = g.agg(final_acc_mean="mean", final_acc_sd="std", runs="count").reset_index()
     out["final_acc_ci95"] = [ci95(s) for _, s in g]
+    out["final_acc_lo"], out["final_acc_hi"] = accuracy_interval(out.final_acc_mean, out.final_acc_ci95)
     return out
+
+
+def accuracy_interval(mean: pd.Series, half: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """The bounds of an accuracy's interval ``mean -/+ half``, clipped to [0, 1] (an accuracy
+    cannot leave them; a t-interval over few seeds can)."""
+    return (mean - half).clip(0.0, 1.0), (mean + half).clip(0.0, 1.0)
+
+
+def require_ratios(rounds: pd.DataFrame, what: str = "accuracy-ratio") -> None:
+    """Raise a one-line FedtitanError unless the runs have two or more ``pruning.ratio`` values."""
+    values = sorted(rounds[RATIO].dropna().unique()) if RATIO in rounds.columns else []
+    if len(values) < 2:
+        has = f"only pruning.ratio={values[0]:g}" if values else "no pruning.ratio values"
+        raise FedtitanError(f"{what} needs runs at two or more pruning.ratio values (e.g. --grid "
+                            f"pruning.ratio=0.1,0.5); this sweep has {has}")
+
+
+def ratio_series(varying: list[str]) -> list[str]:
+    """What a figure against the pruning ratio draws one line for: the pruning method (swept
+    or set once) and every other swept setting."""
+    return [METHOD, *[c for c in varying if c not in (RATIO, METHOD)]]
+
+
+def label(frame: pd.DataFrame, cols: list[str]) -> pd.Series:
+    """The values of ``cols`` joined by spaces: one legend entry per row."""
+    return frame[cols].astype(str).agg(" ".join, axis=1)
+
+
+def ratio_final(rounds: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
+    """Final accuracy per pruning ratio and series (:func:`ratio_series`, in column
+    ``series``); a one-line FedtitanError when the runs have fewer than two ratios."""
+    require_ratios(rounds)
+    cols = ratio_series(varying)
+    final = final_accuracy(rounds, [*cols, RATIO])
+    return final.assign(series=label(final, cols))
 
 
 def _final_and_late(rounds: pd.DataFrame, by: list[str], window: float) -> pd.DataFrame:
@@ -170,24 +248,83 @@ def tta_table(rounds: pd.DataFrame, by: list[str], target: float | None = None,
     for run_id, curve in rounds.groupby("run_id"):
         t, e = time_to_accuracy(curve, target)
         row = curve.iloc[0][by].to_dict() if by else {}
-        per_run.append({**row, "run_id": run_id, "tta_s": t, "energy_to_target_j": e})
+        per_run.append({**row, "run_id": run_id, "tta_s": t, "energy_to_target_j": e,
+                        **_evaluations(curve, target)})
     pr = pd.DataFrame(per_run)
     g = pr.groupby(by, dropna=False) if by else pr.groupby(lambda _: 0)
     out = g.agg(tta_s=("tta_s", "mean"), tta_sd=("tta_s", "std"), energy_to_target_j=("energy_to_target_j", "mean"),
-                reached=("tta_s", lambda s: int(s.notna().sum()))).reset_index()
+                reached=("tta_s", lambda s: int(s.notna().sum())), evals_to_target=("evals_to_target", "mean"),
+                eval_every=("eval_every", "max")).reset_index()
     out = out.merge(fa, on=by, how="left") if by else out
     if key in out.columns:
         base = out.loc[out[key].astype(str) == value, "tta_s"]
         base_t = float(base.mean()) if len(base) else math.nan
         out["speedup_vs_" + value] = base_t / out["tta_s"]
+    classes = rounds["num_classes"].dropna() if "num_classes" in rounds.columns else pd.Series(dtype=float)
+    out.attrs["chance"] = 1.0 / float(classes.max()) if len(classes) else math.nan
     return out, target
 
 
-def verdict(tta: pd.DataFrame, by: list[str], target: float) -> str:
+def _evaluations(curve: pd.DataFrame, target: float) -> dict[str, float]:
+    """Of one run: how many evaluations it took to reach ``target`` (counting the one that
+    reached it; NaN if none did) and the most rounds between two evaluations (from round 0)."""
+    c = curve.dropna(subset=["accuracy"]).sort_values("server_round")
+    hit = np.flatnonzero(c["accuracy"].to_numpy() >= target)
+    evald = np.concatenate([[0], c["server_round"].to_numpy(dtype=float)])
+    return {"evals_to_target": float(hit[0] + 1) if len(hit) else math.nan,
+            "eval_every": float(np.diff(evald).max()) if len(evald) > 1 else math.nan}
+
+
+# A target within this factor of chance accuracy (1 / number of classes) says little.
+NEAR_CHANCE = 1.5
+# Reaching a target by this many evaluations or fewer (counting the one that reached it) is too
+# few points to time the crossing.
+FEW_EVALS = 2
+
+
+def caveats(tta: pd.DataFrame, by: list[str], target: float, chance: float | None = None) -> list[str]:
+    """Why a time-to-accuracy comparison may mean little, one clause each: a target at or near
+    chance, a target reached within :data:`FEW_EVALS` evaluations, evaluation sparser than the
+    rounds. ``chance``: 1 / number of classes (default: ``tta.attrs["chance"]``)."""
+    out: list[str] = []
+    chance = tta.attrs.get("chance", math.nan) if chance is None else chance
+    if chance is not None and not pd.isna(chance) and target <= NEAR_CHANCE * chance:
+        out.append(f"the target {target:.3f} is at or near chance ({chance:.3f} for {round(1 / chance)} classes), "
+                   "so reaching it says little about learning (give a higher target with --target)")
+    got = tta[tta.tta_s.notna()].sort_values("tta_s").head(2) if "tta_s" in tta.columns else tta.iloc[:0]
+
+    def name(row: pd.Series) -> str:
+        return " ".join(f"{row[c]}" for c in by) if by else "the run"
+
+    if "evals_to_target" in got.columns:
+        few = [f"{name(r)} by evaluation {r.evals_to_target:.3g}" for _, r in got.iterrows()
+               if r.evals_to_target <= FEW_EVALS]
+        if few:
+            out.append(f"the target was reached within {FEW_EVALS} evaluations ({', '.join(few)}), too few "
+                       "points on the curve to time the crossing")
+    if "eval_every" in got.columns and len(got):
+        sparse = float(got.eval_every.max())
+        if sparse > 1:
+            out.append(f"accuracy was evaluated only every {sparse:.0f} rounds (server.eval_every), so each time "
+                       "to target is interpolated across that many rounds; evaluate every round "
+                       "(--set server.eval_every=1) to time it")
+    return out
+
+
+def verdict(tta: pd.DataFrame, by: list[str], target: float, chance: float | None = None) -> str:
     """One plain sentence reading a time-to-accuracy table honestly: who reached the target
-    first, by how much, and whether that difference exceeds the seed-to-seed spread."""
+    first, by how much, and whether that difference exceeds the seed-to-seed spread; then, if
+    any, why the comparison may mean little (:func:`caveats`)."""
     if not len(tta) or "tta_s" not in tta.columns:
         return ""
+    text = _reading(tta, by, target)
+    if tta.tta_s.isna().all():
+        return text
+    found = caveats(tta, by, target, chance)
+    return text + (" Caveat: " + "; ".join(found) + "." if found else "")
+
+
+def _reading(tta: pd.DataFrame, by: list[str], target: float) -> str:
 
     def name(row: pd.Series) -> str:
         return " ".join(f"{row[c]}" for c in by) if by else "the run"
@@ -256,25 +393,27 @@ def linear_fit(x: np.ndarray | pd.Series, y: np.ndarray | pd.Series) -> dict[str
             "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0, "n": float(len(xa))}
 
 
-def cost_per_run(clients: pd.DataFrame, method_col: str = "pruning.method",
-                 ratio_col: str = "pruning.ratio") -> pd.DataFrame:
-    """Simulated training time and energy per run (summed over clients and rounds)."""
-    return clients.groupby(["run_id", method_col, ratio_col]).agg(
+def cost_per_run(clients: pd.DataFrame, method_col: str = METHOD, ratio_col: str = RATIO,
+                 by: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
+    """Simulated training time and energy per run (summed over clients and rounds); ``by``:
+    further columns to keep (e.g. other swept settings)."""
+    return clients.groupby(["run_id", method_col, *by, ratio_col], dropna=False).agg(
         train_time_s=("sim_train_s", "sum"), energy_j=("sim_energy_j", "sum")).reset_index()
 
 
-def cost_vs_ratio(clients: pd.DataFrame, method_col: str = "pruning.method",
-                  ratio_col: str = "pruning.ratio") -> pd.DataFrame:
-    """Per pruning method: training time and energy (summed over clients and rounds, mean over
-    seeds) against rho, with a linear fit and R^2 each."""
-    if clients.empty or ratio_col not in clients.columns:
+def cost_vs_ratio(clients: pd.DataFrame, method_col: str = METHOD, ratio_col: str = RATIO,
+                  by: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
+    """Per pruning method (and each combination of ``by``): training time and energy (summed
+    over clients and rounds, mean over seeds) against rho, with a linear fit and R^2 each."""
+    if clients.empty or ratio_col not in clients.columns or method_col not in clients.columns:
         return pd.DataFrame()
-    per_run = cost_per_run(clients, method_col, ratio_col)
+    per_run = cost_per_run(clients, method_col, ratio_col, by)
+    keys = [method_col, *by]
     rows = []
-    for m, g in per_run.groupby(method_col):
+    for k, g in per_run.groupby(keys, dropna=False):
         if g[ratio_col].nunique() < 2:
             continue  # e.g. full data (rho = 1 only): nothing to fit
         for metric in ("train_time_s", "energy_j"):
             fit = linear_fit(g[ratio_col], g[metric])
-            rows.append({method_col: m, "metric": metric, **fit})
+            rows.append({**dict(zip(keys, k, strict=True)), "metric": metric, **fit})
     return pd.DataFrame(rows)

@@ -62,17 +62,22 @@ def per_fleet(rounds: pd.DataFrame, hue: str | None, fleet: str = "fleet.name") 
 
 
 def accuracy_vs_ratio(final: pd.DataFrame, ratio: str = "pruning.ratio", hue: str = "pruning.method") -> Figure:
-    """Final accuracy (mean ± 95% CI over seeds) against the pruning ratio."""
+    """Final accuracy (mean and 95% CI over seeds, the interval clipped to [0, 1]) against the
+    pruning ratio, one line per ``hue`` value."""
     fig, ax = plt.subplots(figsize=(6, 4))
     lo, hi = final[ratio].min(), final[ratio].max()
-    for name, g in final.sort_values(ratio).groupby(hue):
+    for name, g in final.sort_values(ratio).groupby(hue, dropna=False):
+        m = g["final_acc_mean"]
+        # the interval's bounds, clipped to [0, 1] (older tables carry only the half-width)
+        low = g["final_acc_lo"] if "final_acc_lo" in g else (m - g["final_acc_ci95"]).clip(0, 1)
+        high = g["final_acc_hi"] if "final_acc_hi" in g else (m + g["final_acc_ci95"]).clip(0, 1)
         if g[ratio].nunique() == 1 and lo < hi:  # one ratio only (full data): a reference line
-            m, ci = float(g["final_acc_mean"].mean()), float(g["final_acc_ci95"].fillna(0).mean())
-            line = ax.axhline(m, ls="--", lw=1.2, color="grey", label=f"{name} (rho={g[ratio].iloc[0]:g})")
-            ax.axhspan(m - ci, m + ci, color=line.get_color(), alpha=0.15, lw=0)
+            line = ax.axhline(float(m.mean()), ls="--", lw=1.2, color="grey", label=f"{name} (rho={g[ratio].iloc[0]:g})")
+            if low.notna().any():
+                ax.axhspan(float(low.mean()), float(high.mean()), color=line.get_color(), alpha=0.15, lw=0)
             continue
-        ax.errorbar(g[ratio], g["final_acc_mean"], yerr=g["final_acc_ci95"].fillna(0), marker="o", capsize=3,
-                    label=str(name))
+        yerr = [(m - low).fillna(0).clip(lower=0), (high - m).fillna(0).clip(lower=0)]
+        ax.errorbar(g[ratio], m, yerr=yerr, marker="o", capsize=3, label=str(name))
     ax.set_xlabel("rho (fraction kept)")
     ax.set_ylabel("final test accuracy")
     ax.legend()

@@ -12,8 +12,15 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
+from fedtitan.errors import FedtitanError
 from fedtitan.results import analysis, plots
 from fedtitan.results.store import atomic_write_text
+
+# Why a report has no time-to-accuracy table when given no target (one line, in the report and
+# after the command line's summary).
+NO_TTA = ("No time-to-accuracy table: its default target is random selection's mean final accuracy, and this "
+          "sweep has no random-selection arm (selection.method=rs swept beside other methods); give a target "
+          "accuracy with --target ACC")
 
 
 def _img(fig: Figure) -> str:
@@ -28,11 +35,13 @@ def _table(df: pd.DataFrame) -> str:
 
 
 def pruning_gap(final: pd.DataFrame, method: str = "pruning.method", ratio: str = "pruning.ratio",
-                better: str = "warmup-loss", worse: str = "random") -> pd.DataFrame:
-    a = final[final[method] == better].set_index(ratio)["final_acc_mean"]
-    b = final[final[method] == worse].set_index(ratio)["final_acc_mean"]
+                better: str = "warmup-loss", worse: str = "random", by: list[str] | None = None) -> pd.DataFrame:
+    """``better`` minus ``worse`` final accuracy per ratio (and per combination of ``by``)."""
+    keys = [*(by or []), ratio]
+    a = final[final[method] == better].set_index(keys)["final_acc_mean"]
+    b = final[final[method] == worse].set_index(keys)["final_acc_mean"]
     gap = (a - b).dropna()
-    return pd.DataFrame({ratio: gap.index, "gap": gap.values})
+    return gap.rename("gap").reset_index()
 
 
 def first_partition(root: Path) -> tuple[str, pd.DataFrame] | None:
@@ -45,7 +54,8 @@ def first_partition(root: Path) -> tuple[str, pd.DataFrame] | None:
 
 def build_report(path: str | Path, target: float | None = None, out: str | Path | None = None) -> tuple[Path, pd.DataFrame]:
     """Write ``report.html`` into the sweep/run folder; returns its path and the TTA table
-    (with ``attrs["verdict"]``: one sentence reading it)."""
+    (with ``attrs["verdict"]``: one sentence reading it, and its caveats) or, without one, the
+    final-accuracy table (with ``attrs["note"]``: why there is no TTA table)."""
     root = Path(path)
     rounds, clients, params = analysis.load_sweep(root)
     varying = [p for p in params if rounds[p].nunique(dropna=False) > 1]
@@ -59,36 +69,50 @@ def build_report(path: str | Path, target: float | None = None, out: str | Path 
     sections.append("<h2>Final accuracy (mean, sd and 95% CI over seeds)</h2>" + _table(final))
     tta = pd.DataFrame()
     used_target = target
-    if "selection.method" in by or target is not None:
+    note = ""
+    has_rs = "selection.method" in by and (rounds["selection.method"].astype(str) == "rs").any()
+    if has_rs or target is not None:
         try:
             tta, used_target = analysis.tta_table(rounds, by, target)
             sentence = analysis.verdict(tta, by, used_target)
             sections.append(f"<h2>Time to accuracy (target {used_target:.4f}"
                             f"{' = random selection final accuracy' if target is None else ''}) on the virtual clock</h2>"
                             + _table(tta) + f"<p><b>{html.escape(sentence)}</b></p>")
-        except Exception as exc:  # no baseline in this sweep: say so in the report
-            sections.append(f"<p>Time to accuracy not computed: {html.escape(str(exc))}</p>")
+        except FedtitanError as exc:
+            note = f"No time-to-accuracy table: {exc}."
+    elif (root / "index.csv").exists():  # a sweep; one run has nothing to compare
+        note = NO_TTA
+    if note:
+        sections.append(f"<p><b>{html.escape(note)}</b></p>")
     sections.append("<h2>Accuracy vs virtual time</h2>" + _img(plots.accuracy_vs_time(rounds, hue, target=used_target)))
     if "fleet.name" in by:  # a sweep across named fleets: each fleet on its own clock and energy
         others = [c for c in by if c != "fleet.name"]
         within = rounds.assign(within=rounds[others].astype(str).agg(" ".join, axis=1)) if others else rounds
         sections.append("<h2>Per fleet: accuracy vs virtual time and vs energy</h2>"
                         + _img(plots.per_fleet(within, "within" if others else None)))
-    if "pruning.ratio" in by and "pruning.method" in rounds.columns:
-        by_m = [c for c in by if c != "pruning.ratio"] + ["pruning.ratio"]
-        if "pruning.method" not in by_m:
-            by_m = ["pruning.method", *by_m]
-        fr = analysis.final_accuracy(rounds, by_m)
-        sections.append("<h2>Accuracy vs pruning ratio</h2>" + _img(plots.accuracy_vs_ratio(fr)))
-        gap = pruning_gap(fr)
+    if analysis.RATIO in rounds.columns and rounds[analysis.RATIO].nunique() > 1:
+        cols = analysis.ratio_series(by)
+        others = cols[1:]
+        fr = analysis.ratio_final(rounds, by)
+        sections.append("<h2>Accuracy vs pruning ratio</h2>" + _table(fr.drop(columns="series"))
+                        + _img(plots.accuracy_vs_ratio(fr, hue="series")))
+        gap = pruning_gap(fr, by=others)
         if len(gap):
+            shown = gap.assign(**{analysis.RATIO: analysis.label(gap, [*others, analysis.RATIO])}) if others else gap
             sections.append("<h2>Accuracy gap: warm-up-loss minus random pruning</h2>" + _table(gap)
-                            + _img(plots.gap_vs_ratio(gap)))
-        fits = analysis.cost_vs_ratio(clients)
+                            + _img(plots.gap_vs_ratio(shown)))
+        fits = analysis.cost_vs_ratio(clients, by=others)
         if len(fits):
-            per_run = analysis.cost_per_run(clients)
+            per_run = analysis.cost_per_run(clients, by=others)
             sections.append("<h2>Training time and energy vs rho (linear fit)</h2>" + _table(fits)
-                            + _img(plots.cost_vs_ratio(per_run, fits)))
+                            + _img(plots.cost_vs_ratio(per_run.assign(series=analysis.label(per_run, cols)),
+                                                       fits.assign(series=analysis.label(fits, cols)), hue="series")))
+        elif not clients.empty:
+            sections.append("<p>No training time and energy vs rho: no pruning method has runs at two or more "
+                            "ratios.</p>")
+    elif analysis.METHOD in rounds.columns and (rounds[analysis.METHOD].astype(str) != "none").any():
+        sections.append("<p>No accuracy or cost vs pruning ratio: they need runs at two or more pruning.ratio "
+                        "values (e.g. --grid pruning.ratio=0.1,0.5).</p>")
     per = ["fleet.name"] if "fleet.name" in by and "fleet.name" in clients.columns else []  # tiers within each fleet
     tiers = analysis.tier_costs(clients, per)
     if len(tiers):
@@ -123,4 +147,5 @@ table.t td,table.t th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:r
                                                          "tta": tta.to_dict("records")}, default=str, indent=1))
     table = tta if len(tta) else final
     table.attrs["verdict"] = analysis.verdict(tta, by, used_target) if len(tta) and used_target is not None else ""
+    table.attrs["note"] = note
     return target_path, table

@@ -70,10 +70,7 @@ def figure(kind: str, path: str | Path, target: float | None = None) -> tuple[Fi
         return plots.accuracy_vs_time(rounds, hue, target=target), ""
     if kind == "tiers":
         return plots.tier_costs(analysis.tier_costs(clients, [])), ""
-    if "pruning.ratio" not in varying:
-        raise FedtitanError("plot accuracy-ratio needs a sweep over pruning.ratio")
-    by = ["pruning.method", "pruning.ratio"] if "pruning.method" in rounds.columns else ["pruning.ratio"]
-    return plots.accuracy_vs_ratio(analysis.final_accuracy(rounds, by)), ""
+    return plots.accuracy_vs_ratio(analysis.ratio_final(rounds, varying), hue="series"), ""
 
 
 def _report(path: Path, target: float | None, out: str | Path | None) -> Path:

@@ -62,7 +62,13 @@ def single_device(root: Path) -> None:
 
 
 def _pm(mean: float, ci: float) -> str:
-    return f"{mean:.3f}" if pd.isna(ci) else f"{mean:.3f} ± {ci:.3f}"
+    """An accuracy and its 95% CI: ``m ± h``, or ``m (lo–hi)`` where the interval leaves [0, 1]
+    (clipped: an accuracy cannot)."""
+    if pd.isna(ci):
+        return f"{mean:.3f}"
+    if mean - ci < 0 or mean + ci > 1:
+        return f"{mean:.3f} ({max(mean - ci, 0.0):.3f}–{min(mean + ci, 1.0):.3f})"
+    return f"{mean:.3f} ± {ci:.3f}"
 
 
 def _seeds(final: pd.DataFrame) -> str:
@@ -132,7 +138,7 @@ def sweep(root: Path, name: str) -> None:
                   f"({best['selection.method']})")
         _curves(root, name, rounds, by, target)
     else:
-        pruning = {"pruning.method", "pruning.ratio"} <= set(rounds.columns)
+        pruning = {"pruning.method", "pruning.ratio"} <= set(params)  # both swept (load_sweep fills both anyway)
         final = analysis.final_accuracy(rounds, ["pruning.method", "pruning.ratio"] if pruning else by)
         if pruning:
             wide = final.assign(acc=[_pm(m, c) for m, c in zip(final.final_acc_mean, final.final_acc_ci95, strict=True)])
