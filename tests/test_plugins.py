@@ -56,6 +56,9 @@ def test_module_class_selector_runs_with_its_own_options(monkeypatch):
 
 @pytest.mark.parametrize(("spec", "message"), [
     ("no_such_pkg.sel:Sel", "cannot import module 'no_such_pkg.sel'"),
+    ("my_selectors:MySelector", "Python finds no 'my_selectors'; put the folder holding 'my_selectors' on "
+                                "PYTHONPATH (on every Ray node) or install it as a package (with a "
+                                "'fedtitan.selectors' entry point)"),
     ("fedtitan.selection.selectors:NoSuchSelector", "has no 'NoSuchSelector'"),
     ("fedtitan.selection.selectors:take", "does not implement the StreamingSelector protocol (missing: observe"),
     ("fedtitan.selection.selectors", "name the class too: fedtitan.selection.selectors:ClassName"),
