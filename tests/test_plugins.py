@@ -48,6 +48,7 @@ def test_module_class_selector_runs_with_its_own_options(monkeypatch):
     g = {k: v.clone() for k, v in setup_for(cfg).model.state_dict().items()}
     out = client_round(cfg, 0, g, {}, 1)
     assert out.metrics["selected"] == 2 * 10 and out.state["selector"] == {"selections": 2}
+    assert 0 <= out.metrics["info_mean_margin"] <= 1  # its Selection.info, as its info_keys names it
     assert out.metrics["sim_select_s"] > 0  # forward_candidates = True: the cost model bills its forward
     with pytest.raises(ConfigError, match="unknown option 'temprature'.*did you mean 'temperature'"):
         check_config(load_config("quickstart", ["selection.method=fedtitan_example.selectors:MarginSelector",
