@@ -156,6 +156,24 @@ def test_commands_parser() -> None:
         ["fedtitan", "run", "P", "--set", "k=v", "--port", "1", "--key", "k-1"]]
 
 
+def _check_config_keys(block: Block, cmd: list[str], args: object) -> None:
+    """A ``fedtitan run``/``sweep`` of a named preset: its ``--set`` and ``--grid`` values make a
+    valid config (each grid at its first value). Placeholders (``RUN_DIR``, a TOML file) are not checked."""
+    from fedtitan.config import load_config, preset_names
+    from fedtitan.errors import FedtitanError
+
+    if getattr(args, "cmd", None) not in ("run", "sweep") or getattr(args, "preset", None) not in preset_names():
+        return
+    overrides = [*getattr(args, "set", [])]
+    overrides += [g.split(",")[0] for g in getattr(args, "grid", None) or []]
+    if any("=" not in o or o.split("=", 1)[1].isupper() for o in overrides):
+        return  # key=VALUE placeholders
+    try:
+        load_config(args.preset, overrides)  # type: ignore[attr-defined]
+    except FedtitanError as exc:
+        pytest.fail(f"{block.id}: `{shlex.join(cmd)}`: {exc}")
+
+
 @pytest.mark.parametrize("block", [_param(b) for b in SHELL])
 def test_shell_block_parses(block: Block) -> None:
     from simulations.cli import build_parser
@@ -168,9 +186,19 @@ def test_shell_block_parses(block: Block) -> None:
             parser = build_parser()
             parser.exit_on_error = False
             try:
-                parser.parse_args(cmd[1:])
+                args = parser.parse_args(cmd[1:])
             except SystemExit as exc:  # argparse's error() exits even without exit_on_error
                 pytest.fail(f"{block.id}: `{shlex.join(cmd)}` does not parse (exit {exc.code})")
+            _check_config_keys(block, cmd, args)
         elif cmd[0] in ("python", "python3") and len(cmd) > 2 and cmd[1] == "-m":
             module = cmd[2]
             assert importlib.util.find_spec(module) is not None, f"{block.id}: no module {module!r}"
+
+
+def test_a_misspelled_config_key_in_a_shell_block_fails() -> None:
+    bad = Block(ROOT / "README.md", 1, "bash", "fedtitan run quickstart --set run.roundz=3\n", "", "")
+    with pytest.raises(pytest.fail.Exception, match="run.roundz"):
+        test_shell_block_parses(bad)
+    with pytest.raises(pytest.fail.Exception, match="does not parse"):
+        test_shell_block_parses(Block(ROOT / "README.md", 1, "bash", "fedtitan run --no-such-flag\n", "", ""))
+    test_shell_block_parses(Block(ROOT / "README.md", 1, "bash", "fedtitan run quickstart --set run.rounds=3\n", "", ""))
