@@ -28,14 +28,23 @@ def entry_point_names(group: str) -> list[str]:
     return sorted({ep.name for ep in metadata.entry_points(group=group)})
 
 
-def load_object(spec: str, key: str) -> Any:
-    """Import ``package.module:Name`` (``Name`` may be dotted: ``Outer.Inner``)."""
+def load_object(spec: str, key: str, group: str | None = None) -> Any:
+    """Import ``package.module:Name`` (``Name`` may be dotted: ``Outer.Inner``). A module that
+    is not found is one line saying how Python finds it: its folder on ``PYTHONPATH``, or an
+    installed package (with a ``group`` entry point, when one is named)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"{key}: {spec!r} is not package.module:ClassName")
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
+        missing = getattr(exc, "name", None)
+        if isinstance(exc, ModuleNotFoundError) and missing and (module_name + ".").startswith(missing + "."):
+            top = module_name.split(".")[0]
+            how = f"install it as a package (with a {group!r} entry point)" if group else "install it as a package"
+            raise ConfigError(f"{key}: cannot import module {module_name!r} for plugin {spec!r}: Python finds no "
+                              f"{missing!r}; put the folder holding {top!r} on PYTHONPATH (on every Ray node) or "
+                              f"{how}") from None
         raise ConfigError(f"{key}: cannot import module {module_name!r} for plugin {spec!r} ({exc})") from None
     for part in attr.split("."):
         try:
@@ -50,7 +59,7 @@ def resolve(name: str, *, key: str, group: str, builtins: Mapping[str, Any]) -> 
     if name in builtins:
         return builtins[name]
     if ":" in name:
-        return load_object(name, key)
+        return load_object(name, key, group)
     for ep in metadata.entry_points(group=group):
         if ep.name == name:
             try:

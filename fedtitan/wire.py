@@ -16,14 +16,15 @@ Its reply: ``ARRAYS_RECORD`` (or an ``ARRAYS_KEY`` ConfigRecord ``{ARRAYS_NAME: 
 a node state folder, ``STATE_RECORD`` (``{STATE_NPZ: bytes, STATE_ROUND: int}``). Flower's
 strategies aggregate a reply only with exactly one ArrayRecord and one MetricRecord holding
 ``NUM_EXAMPLES``, with the same keys across clients: the report's numbers always carry the same
-keys, and its strings travel in a ConfigRecord, which aggregation ignores.
+keys (``METRIC_KEYS``, then the selector's diagnostics under ``INFO_PREFIX``: the same names for
+every client of a run), and its strings travel in a ConfigRecord, which aggregation ignores.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from fedtitan.status import Status
@@ -66,6 +67,7 @@ ACCURACY = "accuracy"  # evaluate reply
 DEVICE = "device"  # REPORT_RECORD: the device's name
 STATUS = "status"  # METRICS_RECORD: Status.code
 BATTERY_J = "battery_j"  # METRICS_RECORD: the battery's charge after the round (-1: no battery)
+INFO_PREFIX = "info_"  # METRICS_RECORD: the selector's diagnostics (ClientReport.extra), after METRIC_KEYS
 
 # Keys of a node's config (``flower-supernode --node-config``, the simulation's virtual nodes)
 NODE_PARTITION = "partition-id"
@@ -120,6 +122,9 @@ class ClientReport:
     energy_j: float = 0.0  # NaN when measured without an energy reading
     energy_available: bool = True
     battery_j: float | None = None  # None: no battery
+    # the selector's diagnostics (Selection.info over the round): numbers under fixed names,
+    # the same for every client of a run (its selector's ``info_keys``), NaN where none
+    extra: Mapping[str, float] = field(default_factory=dict)
 
     def to_wire(self) -> tuple[dict[str, float], dict[str, str]]:
         """(numbers for a MetricRecord, strings for a ConfigRecord). The numbers keep one key
@@ -127,7 +132,9 @@ class ClientReport:
         numbers = {key: float(getattr(self, field)) for key, field, _ in _NUMBERS}
         numbers[STATUS] = self.status.code
         numbers[BATTERY_J] = -1.0 if self.battery_j is None else float(self.battery_j)
-        return {k: numbers[k] for k in METRIC_KEYS}, {DEVICE: self.device}
+        wire = {k: numbers[k] for k in METRIC_KEYS}
+        wire.update({INFO_PREFIX + k: float(v) for k, v in self.extra.items()})
+        return wire, {DEVICE: self.device}
 
     @classmethod
     def from_wire(cls, metrics: Mapping[str, Any], strings: Mapping[str, Any] | None = None) -> ClientReport:
@@ -136,8 +143,9 @@ class ClientReport:
         values = {field: decode(metrics[key]) for key, field, decode in _NUMBERS}
         device = str(strings[DEVICE]) if strings is not None and DEVICE in strings else ""
         battery = float(metrics[BATTERY_J])
+        extra = {k[len(INFO_PREFIX):]: float(v) for k, v in metrics.items() if k.startswith(INFO_PREFIX)}
         return cls(device=device, status=Status.from_code(float(metrics[STATUS])),
-                   battery_j=None if battery < 0 else battery, **values)
+                   battery_j=None if battery < 0 else battery, extra=extra, **values)
 
 
 def _as_int(value: Any) -> int:
@@ -155,7 +163,7 @@ def _as_bool(value: Any) -> bool:
 # the key is the field's name but for Flower's NUM_EXAMPLES
 _DECODE: dict[str, Any] = {"int": _as_int, "bool": _as_bool, "float": float}
 _NUMBERS = tuple((NUM_EXAMPLES if f.name == "num_examples" else f.name, f.name, _DECODE[str(f.type)])
-                 for f in fields(ClientReport) if f.name not in ("device", "status", "battery_j"))
+                 for f in fields(ClientReport) if f.name not in ("device", "status", "battery_j", "extra"))
 # every key of a train reply's MetricRecord, in the wire's order (clients.csv's columns follow it)
 METRIC_KEYS = (
     NUM_EXAMPLES, PARTITION_ID, "train_loss", "sim_time_s", "sim_energy_j", "sim_train_s",
@@ -169,6 +177,7 @@ METRIC_KEYS = (
 
 __all__ = [
     "ACCURACY", "ARRAYS_KEY", "BATTERY_J", "ARRAYS_NAME", "ARRAYS_RECORD", "CLIPPING_NORM_KEY", "CONFIG_RECORD", "DEVICE",
+    "INFO_PREFIX",
     "LOSS", "METRICS_RECORD", "METRIC_KEYS", "NODE_DEVICE", "NODE_METER", "NODE_NUM_PARTITIONS",
     "NODE_PARTITION", "NODE_STATE_DIR", "NUM_EXAMPLES", "NUM_PARTITIONS", "OWN_CONFIG_KEYS", "PARTITION_ID",
     "PARTITION_KEY", "PROXIMAL_MU_KEY", "QUERY_KEY", "QUERY_PARTITION", "REPORT_RECORD", "ROUND_START_KEY",

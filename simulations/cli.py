@@ -45,7 +45,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         print(f"fedtitan: {args.dir} has finished all its {summary.get('rounds')} rounds; extend it with "
               "--set run.rounds=N")
         return 0
-    _print_summary(args.dir, summary)
+    _print_summary(args.dir, summary, f"fedtitan resume: {args.dir} from round {summary.get('resumed_from', '?')}")
     if summary.get("failed"):
         print(f"fedtitan: run failed: {summary['failed']}; its rounds are in {args.dir}", file=sys.stderr)
         return 1
@@ -63,11 +63,11 @@ def _interrupted_status(stopped_by: object) -> int:
     return 128 + (int(stopped_by) if isinstance(stopped_by, int) else int(signal.SIGINT))
 
 
-def _print_summary(out: str, summary: dict[str, object]) -> None:
+def _print_summary(out: str, summary: dict[str, object], title: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"fedtitan run: {out}")
+    table = Table(title=title or f"fedtitan run: {out}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("rounds", "final_accuracy", "final_loss", "virtual_time_s", "energy_j", "wall_s_total"):
@@ -189,11 +189,16 @@ def _cmd_devices(args: argparse.Namespace) -> int:
 
         prof = calibrate(args.model, args.batch_size, args.seconds, args.name)
         text = profile_toml(prof)
+        power = (f"power {prof.train_w:.1f} W" if prof.train_w > 0
+                 else "power not measured (no RAPL/INA3221/jtop readable: watts set to 0)")
+        measured = (f"measured: training {prof.train_flops / 1e9:.2f} GFLOP/s, forward (selection) "
+                    f"{prof.select_flops / 1e9:.2f} GFLOP/s, {power}")
         if args.output:
             Path(args.output).write_text(text)
-            print(f"wrote {args.output}")
+            print(f"{measured}\nwrote {args.output} (profile {prof.name!r})")
         else:
             print(text, end="")
+            print(measured, file=sys.stderr)  # stdout stays a TOML file
         return 0
     if args.devices_cmd == "trace":
         return _devices_trace(args)

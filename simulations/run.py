@@ -20,27 +20,40 @@ from fedtitan.results import prepare_dir
 
 
 def progress_bar(fields: str, quiet: bool) -> Any:
-    """A rich progress bar: description, bar, n/total, ``fields`` (a format of task fields), ETA."""
+    """A rich progress bar: description, bar, n/total, ``fields`` (a format of task fields), ETA.
+    A task whose field ``stopped`` is true (Ctrl-C / SIGTERM asked to stop) shows no ETA: it
+    will not run to its total."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
         Progress,
+        Task,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+    from rich.text import Text
+
+    class EtaColumn(TimeRemainingColumn):
+        def render(self, task: Task) -> Text:
+            if task.fields.get("stopped"):
+                return Text("stopping" if not task.finished else "stopped", style="progress.remaining")
+            return Text.assemble("ETA ", super().render(task))
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(fields),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=quiet)
+                    TimeElapsedColumn(), EtaColumn(), disable=quiet)
 
 
-def _progress(cfg: Config, quiet: bool, done: int = 0) -> tuple[Any, Any]:
+def _progress(cfg: Config, quiet: bool, done: int = 0, stop: threading.Event | None = None) -> tuple[Any, Any]:
+    """The run's bar and the callback that advances it by a round. Once ``stop`` is set, the bar
+    shows no ETA (the run ends after the current round)."""
     prog = progress_bar("acc {task.fields[acc]}  virtual {task.fields[vt]}", quiet)
-    task = prog.add_task(cfg.run.name, total=cfg.run.rounds, completed=done, acc="-", vt="0 s")
+    task = prog.add_task(cfg.run.name, total=cfg.run.rounds, completed=done, acc="-", vt="0 s", stopped=False)
 
     def update(row: dict[str, Any]) -> None:
         acc = row["accuracy"]
-        prog.update(task, advance=1, acc="-" if math.isnan(acc) else f"{acc:.3f}", vt=f"{row['virtual_time_s']:.0f} s")
+        prog.update(task, advance=1, acc="-" if math.isnan(acc) else f"{acc:.3f}", vt=f"{row['virtual_time_s']:.0f} s",
+                    stopped=stop is not None and stop.is_set())
 
     return prog, update
 
@@ -368,12 +381,15 @@ def run(cfg: Config, out: str | Path, ray_address: str | None = None, quiet: boo
     check_resources(cfg, attach=bool(ray_address or cfg.simulation.ray_address))
     from strategies.server_app import run_server
 
-    prog, update = _progress(cfg, quiet, done=resume_from.server_round if resume_from is not None else 0)
+    stop = threading.Event()
+    prog, update = _progress(cfg, quiet, done=resume_from.server_round if resume_from is not None else 0, stop=stop)
     t0 = time.perf_counter()
     with prog:
-        stop = threading.Event()
         stopped_by = simulate(lambda grid: run_server(grid, cfg, out_dir, update, resume_from, pool=True, stop=stop),
                               cfg, cfg.data.num_clients, ray_address, quiet, stop)
+        if stop.is_set() or stopped_by is not None:  # the last frame: no ETA for rounds that will not run
+            for task in prog.tasks:
+                prog.update(task.id, stopped=True)
     summary = read_summary(out_dir, time.perf_counter() - t0)
     summary["stopped_by"] = stopped_by  # the signal (SIGINT, SIGTERM) that stopped the run, else None
     return summary
@@ -392,7 +408,11 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None, ray_address:
         summary = read_summary(Path(run_dir), 0.0)
         summary["already_finished"] = True
         return summary
-    return run(cfg, run_dir, ray_address=ray_address, quiet=quiet, resume_from=ckpt)
+    if not quiet:
+        print(f"fedtitan resume: {run_dir} from round {ckpt.server_round} (to round {cfg.run.rounds})", flush=True)
+    summary = run(cfg, run_dir, ray_address=ray_address, quiet=quiet, resume_from=ckpt)
+    summary["resumed_from"] = ckpt.server_round
+    return summary
 
 
 def read_summary(out_dir: Path, wall_s: float) -> dict[str, Any]:

@@ -186,6 +186,7 @@ def sweep(preset: str, grid_items: list[str], seeds: int, overrides: list[str], 
         # off: the runs still to go are what the message is about then.
         left = [s.run_id for s in todo if status[s.run_id] == "pending"]
         if interrupted or (stopped_by is not None and left):
+            prog.update(task, stopped=True)  # its last frame shows no ETA
             prog.stop()
             where = f"during {interrupted}" if interrupted else f"with {len(left)} of {len(specs)} runs to go"
             print(f"sweep interrupted {where}; run the same command again to resume")

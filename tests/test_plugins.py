@@ -48,6 +48,7 @@ def test_module_class_selector_runs_with_its_own_options(monkeypatch):
     g = {k: v.clone() for k, v in setup_for(cfg).model.state_dict().items()}
     out = client_round(cfg, 0, g, {}, 1)
     assert out.metrics["selected"] == 2 * 10 and out.state["selector"] == {"selections": 2}
+    assert 0 <= out.metrics["info_mean_margin"] <= 1  # its Selection.info, as its info_keys names it
     assert out.metrics["sim_select_s"] > 0  # forward_candidates = True: the cost model bills its forward
     with pytest.raises(ConfigError, match="unknown option 'temprature'.*did you mean 'temperature'"):
         check_config(load_config("quickstart", ["selection.method=fedtitan_example.selectors:MarginSelector",
@@ -56,6 +57,9 @@ def test_module_class_selector_runs_with_its_own_options(monkeypatch):
 
 @pytest.mark.parametrize(("spec", "message"), [
     ("no_such_pkg.sel:Sel", "cannot import module 'no_such_pkg.sel'"),
+    ("my_selectors:MySelector", "Python finds no 'my_selectors'; put the folder holding 'my_selectors' on "
+                                "PYTHONPATH (on every Ray node) or install it as a package (with a "
+                                "'fedtitan.selectors' entry point)"),
     ("fedtitan.selection.selectors:NoSuchSelector", "has no 'NoSuchSelector'"),
     ("fedtitan.selection.selectors:take", "does not implement the StreamingSelector protocol (missing: observe"),
     ("fedtitan.selection.selectors", "name the class too: fedtitan.selection.selectors:ClassName"),

@@ -93,7 +93,17 @@ def test_every_key_is_spelled_once():
     assert set(wire.OWN_CONFIG_KEYS) == own  # every key fedtitan puts in a train config is its own
     # every field of the report travels under one key (its strings under their own)
     report_fields = {f.name for f in fields(ClientReport)}
-    assert report_fields - {"device"} == {k.replace("num-examples", "num_examples") for k in wire.METRIC_KEYS}
+    assert report_fields - {"device", "extra"} == {k.replace("num-examples", "num_examples") for k in wire.METRIC_KEYS}
+    assert not [k for k in wire.METRIC_KEYS if k.startswith(wire.INFO_PREFIX)]  # the selector's names stay apart
+
+
+def test_the_selectors_diagnostics_travel_after_the_fixed_keys_under_their_prefix():
+    report = ClientReport(3, "rpi4", num_examples=20, extra={"buffer": 30.0, "coarse_forwards": 12.5})
+    numbers, strings = report.to_wire()
+    assert tuple(numbers) == (*wire.METRIC_KEYS, "info_buffer", "info_coarse_forwards")
+    assert numbers["info_coarse_forwards"] == 12.5
+    assert ClientReport.from_wire(numbers, strings) == report
+    assert ClientReport.from_wire(ClientReport(3, "rpi4").to_wire()[0]).extra == {}
 
 
 @pytest.fixture
@@ -126,7 +136,8 @@ def test_the_client_app_reply_carries_the_report_numbers_as_before_and_the_devic
     reply = _train(msg, context)
     assert len(reply.content.array_records) == 1 and len(reply.content.metric_records) == 1  # Flower aggregates it
     metrics = reply.content[wire.METRICS_RECORD]
-    assert tuple(metrics) == METRICS_BEFORE
+    assert tuple(metrics)[:len(METRICS_BEFORE)] == METRICS_BEFORE  # then Titan's info_keys
+    assert tuple(metrics)[len(METRICS_BEFORE):] == ("info_buffer", "info_coarse_forwards")
     report = ClientReport.from_wire(metrics, reply.content[wire.REPORT_RECORD])
     assert report.device == "pixel-lab" and report.partition_id == 1 and report.status == Status.OK
     assert set(reply.content.config_records) == {wire.REPORT_RECORD, wire.STATE_RECORD}

@@ -193,6 +193,7 @@ class TitanSelector:
     name = "titan"
     coarse_filter = True
     forward_candidates = True
+    info_keys = ("buffer", "coarse_forwards")  # Selection.info that clients.csv shows (info_*)
 
     def __init__(self, buffer_size: int = 30, n_blocks: int = 1, pool: int = 4, weighting: bool = True,
                  consume: bool = True, carry_over: bool = True, refresh: bool = True,
@@ -247,6 +248,16 @@ def selector_factory(name: str) -> Callable[..., StreamingSelectorT]:
             raise ConfigError(f"selection.method: {name!r} is not a class or factory")
         require_methods(factory, SELECTOR_METHODS, "selection.method", name, "StreamingSelector")
     return factory
+
+
+def info_keys(name: str) -> tuple[str, ...]:
+    """The ``Selection.info`` names a selector reports to clients.csv (as ``info_NAME``): its
+    class attribute ``info_keys``, the same for every client so Flower's aggregation sees one
+    key set; numbers only."""
+    keys = getattr(selector_factory(name), "info_keys", ())
+    if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
+        raise ConfigError(f"selection.method: {name!r}'s info_keys must be a tuple of names, got {keys!r}")
+    return tuple(keys)
 
 
 def build_selector(name: str, offered: dict[str, Any] | None = None, **options: Any) -> StreamingSelectorT:

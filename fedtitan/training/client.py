@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,7 @@ from fedtitan.devices.cost import (
 )
 from fedtitan.selection import build_selector, prune
 from fedtitan.selection.pruning import WARMUP_PRUNERS, normalise_scores
-from fedtitan.selection.selectors import camel_flops
+from fedtitan.selection.selectors import camel_flops, info_keys
 from fedtitan.status import Status
 from fedtitan.training.common import Proximal, evaluate, lr_at
 from fedtitan.training.faults import FaultPlan, InjectedDrop, InjectedFault
@@ -137,6 +137,7 @@ class Work:
     steps_wall_ms: float = 0.0
     rho: float = 1.0
     buffer_size: int = 0  # candidates per selection (streaming)
+    info: Mapping[str, float] = field(default_factory=dict)  # the selector's info_keys: mean over the selections
 
 
 def client_round(
@@ -172,9 +173,10 @@ def client_round(
     batch = cfg.selection.batch_size if cfg.regime == "streaming" else cfg.pruning.batch_size
     check_memory(profile, setup.memory_bytes, batch)
     battery = Battery(profile.battery_j, state.get("battery_j"))
+    extra = {k: math.nan for k in (info_keys(cfg.selection.method) if cfg.regime == "streaming" else ())}
     report = ClientReport(partition_id, profile.name, measured=meter == "measured", proximal_mu=mu,
                           available=bool(factors.available), speed_factor=factors.speed_factor,
-                          select_share=factors.select_share, bandwidth_factor=factors.bandwidth_factor)
+                          select_share=factors.select_share, bandwidth_factor=factors.bandwidth_factor, extra=extra)
     if not factors.available:  # offline at this moment (its trace or dynamics): no work, no energy
         return RoundOutput(global_state, replace(report, status=Status.UNAVAILABLE), state)
     if not battery.available:
@@ -210,7 +212,7 @@ def client_round(
         steps_wall_ms=work.steps_wall_ms, train_on_gpu=train_dev.type != "cpu", select_on_gpu=select_dev.type != "cpu",
         streamed=work.streamed, selected=work.selected, steps=work.steps, rho=work.rho, buffer_size=work.buffer_size,
         fault_scaled=faults.scale, wall_s=wall_s, energy_j=energy_j, energy_available=energy_available,
-        battery_j=battery.level_j,
+        battery_j=battery.level_j, extra={k: float(work.info.get(k, math.nan)) for k in extra},
     )
     return RoundOutput(new_state, report, state)
 
@@ -268,8 +270,17 @@ def _streaming(ctx: RoundContext) -> Work:
         train_wall_ms=float(sum(r.train_ms for r in records)),
         select_wall_ms=float(sum(r.select_ms for r in records) + records[0].info.get("pipeline_fill_ms", 0.0)),
         sync_wall_ms=float(sum(r.sync_ms for r in records)), steps_wall_ms=float(sum(r.wall_ms for r in records)),
-        buffer_size=candidates,
+        buffer_size=candidates, info=_mean_info(records, info_keys(s.method)),
     )
+
+
+def _mean_info(records: list[Any], keys: tuple[str, ...]) -> dict[str, float]:
+    """Each of ``keys`` averaged over the selections that reported it (NaN: none did)."""
+    out = {}
+    for k in keys:
+        values = [float(r.info[k]) for r in records if isinstance(r.info.get(k), int | float)]
+        out[k] = float(np.mean(values)) if values else math.nan
+    return out
 
 
 def _static(ctx: RoundContext) -> Work:

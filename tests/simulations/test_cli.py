@@ -65,3 +65,43 @@ def test_data_summary_shows_the_partition_a_run_trains_on(tmp_path, capsys):
     flags = _partition_table(build_parser().parse_args(["data", "summary", "quickstart", "--alpha", "0.1",
                                                          "--seed", "3"]))
     pd.testing.assert_frame_equal(flags, shown)
+
+
+def test_devices_calibrate_says_what_it_measured(tmp_path, capsys):
+    out = tmp_path / "me.toml"
+    assert main(["devices", "calibrate", "--model", "mlp", "--seconds", "0.2", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "measured: training " in printed and "GFLOP/s" in printed and "forward (selection)" in printed
+    assert ("power " in printed) and f"wrote {out}" in printed
+    assert main(["devices", "calibrate", "--model", "mlp", "--seconds", "0.2"]) == 0
+    both = capsys.readouterr()
+    assert both.out.startswith("[devices.") and "measured: training " in both.err  # stdout stays TOML
+
+
+def test_resume_says_which_run_and_round_it_goes_on_from(tmp_path, capsys, monkeypatch):
+    import simulations.run as run_mod
+    import strategies.checkpoints as ckpts
+    from fedtitan.config import load_config
+
+    class Ckpt:
+        server_round = 3
+
+    cfg = load_config("quickstart", ["run.rounds=5"])
+    monkeypatch.setattr(ckpts, "resume_config", lambda run_dir, overrides: (cfg, Ckpt()))
+    monkeypatch.setattr(run_mod, "run", lambda *a, **k: {"rounds": 5, "final_accuracy": 0.5})
+    assert main(["resume", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"fedtitan resume: {tmp_path} from round 3 (to round 5)" in out
+    assert "fedtitan run:" not in out and "from round 3" in out.split("(to round 5)", 1)[1]  # the summary's title
+
+
+def test_a_stopped_run_shows_no_eta():
+    """After Ctrl-C the run ends after its current round: the bar shows no ETA for the rest."""
+    from simulations.run import progress_bar
+
+    prog = progress_bar("{task.fields[acc]}", quiet=False)  # never started: nothing drawn
+    task = prog.add_task("quickstart", total=10, completed=2, acc="-", stopped=False)
+    eta = prog.columns[-1]
+    assert str(eta.render(prog.tasks[0])).startswith("ETA ")
+    prog.update(task, stopped=True)
+    assert "ETA" not in str(eta.render(prog.tasks[0])) and str(eta.render(prog.tasks[0])) == "stopping"

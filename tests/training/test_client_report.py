@@ -60,3 +60,39 @@ def test_a_fleet_profiles_device_fills_its_cells_in_clients_csv(tmp_path):
     assert "pixel-lab" in set(clients.device)
     tiers = tier_costs(clients, [])
     assert set(tiers.device) == set(clients.device) and tiers.client_rounds.sum() == len(clients)
+
+
+def test_the_selectors_info_keys_reach_the_report_and_clients_csv(tmp_path):
+    """A selector's ``Selection.info`` (the names its ``info_keys`` lists) travels in the report
+    as ``info_NAME`` numbers and lands in clients.csv; Titan lists its buffer and coarse forwards."""
+    import math
+
+    import pandas as pd
+
+    import fedtitan as ft
+
+    cfg = load_config("quickstart", ["data.num_clients=2", "selection.local_steps=2"])
+    report = client_round(cfg, 0, _global(cfg), {}, 1).report
+    assert set(report.extra) == {"buffer", "coarse_forwards"} and all(math.isfinite(v) for v in report.extra.values())
+    numbers, strings = report.to_wire()
+    assert numbers["info_buffer"] == report.extra["buffer"] and ClientReport.from_wire(numbers, strings) == report
+    ft.run("quickstart", {"simulation.engine": "local", "run.rounds": 1, "data.num_clients": 3, "server.fraction": 1.0,
+                          "selection.local_steps": 2}, tmp_path / "run", quiet=True)
+    clients = pd.read_csv(tmp_path / "run" / "clients.csv")
+    assert {"info_buffer", "info_coarse_forwards"} <= set(clients.columns)
+    assert (clients.info_buffer > 0).all()
+
+
+def test_a_selector_without_info_keys_reports_no_extra_numbers():
+    cfg = load_config("quickstart", ["data.num_clients=2", "selection.local_steps=1", "selection.method=rs"])
+    numbers, _ = client_round(cfg, 0, _global(cfg), {}, 1).report.to_wire()
+    assert not [k for k in numbers if k.startswith("info_")]
+
+
+def test_a_client_that_does_not_train_still_sends_the_info_keys_as_nan():
+    """Flower aggregates only replies with equal metric keys: an offline client carries them too."""
+    import math
+
+    cfg = load_config("quickstart", ["data.num_clients=2", "selection.local_steps=1"])
+    out = client_round(cfg, 0, _global(cfg), {"battery_j": 0.0}, 1, device="phone-midrange").report  # flat battery
+    assert out.status == Status.UNAVAILABLE and set(out.extra) == {"buffer", "coarse_forwards"} and all(math.isnan(v) for v in out.extra.values())

@@ -15,6 +15,7 @@ class MarginSelector:
     name = "margin"
     coarse_filter = False  # no first-block pass over the stream
     forward_candidates = True  # one forward over the v candidates per selection (the cost model bills it)
+    info_keys = ("mean_margin",)  # Selection.info that clients.csv shows, as info_mean_margin
 
     def __init__(self, seed: int = 0, temperature: float = 1.0) -> None:
         # ``seed`` is one of the selection settings fedtitan offers (it passes those a
