@@ -92,7 +92,8 @@ def test_resume_says_which_run_and_round_it_goes_on_from(tmp_path, capsys, monke
     assert main(["resume", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert f"fedtitan resume: {tmp_path} from round 3 (to round 5)" in out
-    assert "fedtitan run:" not in out and "from round 3" in out.split("(to round 5)", 1)[1]  # the summary's title
+    title = "".join(out.split("(to round 5)", 1)[1].split())  # rich wraps a table's title to the table's width
+    assert "fedtitanrun:" not in title and "fromround3" in title  # the summary's title
 
 
 def test_a_stopped_run_shows_no_eta():
