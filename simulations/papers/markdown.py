@@ -13,3 +13,13 @@ def md_table(df: pd.DataFrame) -> str:
         cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def accuracy_pm(mean: float, ci: float) -> str:
+    """An accuracy and its 95% CI: ``m ± h``, or ``m (lo–hi)`` where the interval leaves [0, 1]
+    (clipped: an accuracy cannot)."""
+    if pd.isna(ci):
+        return f"{mean:.3f}"
+    if mean - ci < 0 or mean + ci > 1:
+        return f"{mean:.3f} ({max(mean - ci, 0.0):.3f}–{min(mean + ci, 1.0):.3f})"
+    return f"{mean:.3f} ± {ci:.3f}"

@@ -14,6 +14,7 @@ import pandas as pd
 
 from fedtitan.errors import FedtitanError
 from fedtitan.results import analysis
+from simulations.papers.markdown import accuracy_pm
 from simulations.papers.markdown import md_table as _md
 
 
@@ -61,16 +62,6 @@ def single_device(root: Path) -> None:
     print()
 
 
-def _pm(mean: float, ci: float) -> str:
-    """An accuracy and its 95% CI: ``m ± h``, or ``m (lo–hi)`` where the interval leaves [0, 1]
-    (clipped: an accuracy cannot)."""
-    if pd.isna(ci):
-        return f"{mean:.3f}"
-    if mean - ci < 0 or mean + ci > 1:
-        return f"{mean:.3f} ({max(mean - ci, 0.0):.3f}–{min(mean + ci, 1.0):.3f})"
-    return f"{mean:.3f} ± {ci:.3f}"
-
-
 def _seeds(final: pd.DataFrame) -> str:
     """How many seeds the cells of a final-accuracy table average (a sweep under way has fewer in some)."""
     lo, hi = int(final.runs.min()), int(final.runs.max())
@@ -115,7 +106,7 @@ def sweep(root: Path, name: str) -> None:
         cols = ["sim_train_s", "sim_select_s", "sim_comm_s", *(["buffer_size"] if "buffer_size" in ok else [])]
         phases = ok.groupby(by, dropna=False)[cols].mean().reset_index()
         table = table.merge(phases, on=by, how="left")
-        table["final_acc"] = [_pm(m, c) for m, c in zip(table.final_acc_mean, table.final_acc_ci95, strict=True)]
+        table["final_acc"] = [accuracy_pm(m, c) for m, c in zip(table.final_acc_mean, table.final_acc_ci95, strict=True)]
         print(_md(table[[*by, "final_acc", "final_acc_sd", "runs", "tta_s", "energy_to_target_j", "reached",
                          "speedup_vs_rs"]]))
         print("\nper client round (simulated seconds, mean): where the time goes; rounds_to_target ignores cost\n")
@@ -141,7 +132,7 @@ def sweep(root: Path, name: str) -> None:
         pruning = {"pruning.method", "pruning.ratio"} <= set(params)  # both swept (load_sweep fills both anyway)
         final = analysis.final_accuracy(rounds, ["pruning.method", "pruning.ratio"] if pruning else by)
         if pruning:
-            wide = final.assign(acc=[_pm(m, c) for m, c in zip(final.final_acc_mean, final.final_acc_ci95, strict=True)])
+            wide = final.assign(acc=[accuracy_pm(m, c) for m, c in zip(final.final_acc_mean, final.final_acc_ci95, strict=True)])
             wide = wide.pivot(index="pruning.ratio", columns="pruning.method", values="acc").reset_index()
             gap = pruning_gap(final)
             wide = wide.merge(gap.assign(gap_points=(gap.gap * 100).round(1)).drop(columns="gap"),
@@ -188,7 +179,7 @@ def fleets(root: Path, name: str, rounds: pd.DataFrame, clients: pd.DataFrame, b
     target = FLEET_TARGETS.get(name)
     table, target = analysis.tta_table(rounds, by, target)
     print(f"target accuracy = {target:.4f}\n")
-    table["final_acc"] = [_pm(m, c) for m, c in zip(table.final_acc_mean, table.final_acc_ci95, strict=True)]
+    table["final_acc"] = [accuracy_pm(m, c) for m, c in zip(table.final_acc_mean, table.final_acc_ci95, strict=True)]
     print(_md(table[[*by, "final_acc", "final_acc_sd", "runs", "tta_s", "energy_to_target_j", "reached"]]))
     arms = [c for c in by if c not in ("fleet.name", "pruning.method", "selection.method")]
     key = "pruning.method" if "pruning.method" in by else "selection.method" if "selection.method" in by else None
@@ -242,7 +233,7 @@ def strategies(root: Path, name: str, rounds: pd.DataFrame, by: list[str]) -> No
     final accuracy under the same strategy."""
 
     final = analysis.final_accuracy(rounds, by)
-    final["acc"] = [_pm(m, c) for m, c in zip(final.final_acc_mean, final.final_acc_ci95, strict=True)]
+    final["acc"] = [accuracy_pm(m, c) for m, c in zip(final.final_acc_mean, final.final_acc_ci95, strict=True)]
     wide = final.pivot(index="server.strategy", columns="selection.method", values="acc").reset_index()
     print(f"final accuracy, mean ± 95% CI over {_seeds(final)}\n")
     print(_md(wide.astype(object).fillna("")))
@@ -265,7 +256,7 @@ def policies(root: Path, name: str, rounds: pd.DataFrame, clients: pd.DataFrame,
     ends = _ends(rounds, by)
     counts = clients.groupby(by).status.value_counts(normalize=True).unstack(fill_value=0.0)
     table = table.merge(ends.reset_index(), on=by).merge(counts.add_prefix("share_").reset_index(), on=by)
-    table["final_acc"] = [_pm(m, c) for m, c in zip(table.final_acc_mean, table.final_acc_ci95, strict=True)]
+    table["final_acc"] = [accuracy_pm(m, c) for m, c in zip(table.final_acc_mean, table.final_acc_ci95, strict=True)]
     share = [c for c in table.columns if c.startswith("share_")]
     print(f"target accuracy = {target:.4f} (wait-all's final accuracy); shares are of sampled client rounds\n")
     print(_md(table[[*by, "final_acc", "runs", "virtual_time_end_s", "energy_end_j", "tta_s", "speedup_vs_wait-all",

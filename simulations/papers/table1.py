@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from fedtitan.results.analysis import ci95, time_to_accuracy
+from simulations.papers.markdown import accuracy_pm
 
 PAPER_METHODS = ["rs", "is", "ll", "hl", "ce", "ocs", "camel", "titan"]
 _PAPER_ROWS = {  # model: (normalised time to target x8, final accuracy % x8), in PAPER_METHODS order
@@ -177,21 +178,12 @@ def verdict(t: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _pm(mean: float, ci: float) -> str:
-    """An accuracy and its 95% CI, the interval clipped to [0, 1] where it leaves them."""
-    if pd.isna(ci):
-        return f"{mean:.3f}"
-    if mean - ci < 0 or mean + ci > 1:
-        return f"{mean:.3f} ({max(mean - ci, 0.0):.3f}–{min(mean + ci, 1.0):.3f})"
-    return f"{mean:.3f} ± {ci:.3f}"
-
-
 def markdown(t: pd.DataFrame) -> str:
     """The table as docs/results.md shows it: one row per model and method, ours beside the paper's."""
     lines = ["| model | method | seeds | final acc (95% CI) | paper acc | time to target (x RS) | paper time |",
              "|---|---|---|---|---|---|---|"]
     for r in t.itertuples():
-        acc = _pm(r.final_acc, r.final_acc_ci95)
+        acc = accuracy_pm(r.final_acc, r.final_acc_ci95)
         tt = f"{r.time_to_target_norm:.2f}" if r.reached else f">{r.time_to_target_norm:.2f}"
         pa = "" if pd.isna(r.paper_acc) else f"{r.paper_acc:.3f}"
         pt = "" if pd.isna(r.paper_time_norm) else f"{r.paper_time_norm:.2f}"

@@ -159,7 +159,7 @@ def test_accuracy_interval_is_clipped(tmp_path):
     final = analysis.final_accuracy(rounds, ["g"])
     assert (final.final_acc_mean + final.final_acc_ci95).max() > 1  # the t-interval over 2 seeds leaves [0, 1]
     assert final.final_acc_hi.max() == 1.0 and final.final_acc_lo.min() == 0.0
-    from simulations.papers.results_tables import _pm
+    from simulations.papers.markdown import accuracy_pm as _pm
 
     assert _pm(0.895, 0.15) == "0.895 (0.745–1.000)" and _pm(0.5, 0.1) == "0.500 ± 0.100"
 
