@@ -58,6 +58,8 @@ def free_port() -> Callable[[], int]:
 
 # Slow tests that start no Ray instance and no SuperLink: they may run beside anything.
 IN_PROCESS = {"test_single_device.py", "test_central_cifar.py", "test_server_round.py"}
+# Files of in-process cases where only the tests named so start Ray
+RAY_ONLY = {"test_resume.py": ("test_ray_", "test_a_ray_", "test_a_sweep_")}
 
 
 def xdist_group(item: pytest.Item) -> str | None:
@@ -70,6 +72,8 @@ def xdist_group(item: pytest.Item) -> str | None:
     name = item.path.name
     if name == "test_deployment.py":
         return "deploy"
+    if name in RAY_ONLY and not item.name.startswith(RAY_ONLY[name]):
+        return None
     return None if name in IN_PROCESS else "ray"
 
 
