@@ -71,7 +71,8 @@ def xdist_group(item: pytest.Item) -> str | None:
         return None
     name = item.path.name
     if name == "test_deployment.py":
-        return "deploy"
+        # the flood starves the SuperLink: beside the busy Ray worker its run did not finish
+        return "ray" if "flood" in item.name else "deploy"
     if name in RAY_ONLY and not item.name.startswith(RAY_ONLY[name]):
         return None
     return None if name in IN_PROCESS else "ray"
