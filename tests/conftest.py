@@ -66,7 +66,8 @@ def xdist_group(item: pytest.Item) -> str | None:
     """The worker group of a test under ``pytest -n`` (``--dist loadgroup``): the deployment's
     tests (SuperLink, SuperNodes, a flood) share one worker, and every other slow test shares
     another, so no two Ray instances start at once (``ray.init()`` may attach to a running one,
-    and a test that counts Ray's processes must see only its own). Unit tests go anywhere."""
+    and a test that counts Ray's processes must see only its own). The flood test runs with the
+    Ray tests, one at a time, as it did before workers. Unit tests go anywhere."""
     if "slow" not in item.keywords:
         return None
     name = item.path.name
