@@ -150,6 +150,12 @@ class _Lab:
                                  str(self.certs), "--key", key, "--partition-id", str(pid), "--num-partitions", "2",
                                  "--device", device, "--meter", meter, "--port", str(self.free_port()), *state])
 
+    def tails(self, chars=2500):
+        """The end of every process's log, for a failure's message."""
+        alive = ", ".join(f"{p.args[3] if len(p.args) > 3 else p.args}: {p.poll()}" for p in self.procs)
+        logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-chars:]}" for p in sorted(self.logs.iterdir()))
+        return f"exit codes (None: running): {alive}\n{logs}"
+
     def close(self):
         _kill_tree(self.procs, self.t0)
         assert not _listening(BOARDS, self.fleet_port) and not _listening(OPERATOR, self.control_port)
@@ -299,7 +305,7 @@ def test_training_goes_on_under_a_flood(tmp_path, free_port, capsys):
         stats = flood.stop()
         sampling.set()
         sampler.join()
-        assert done.exists(), (lab.logs / "superlink.log").read_text()[-3000:]
+        assert done.exists(), f"{json.dumps(stats)}\n{lab.tails()}"
         rounds = pd.read_csv(lab.results / "lab" / "flooded" / "rounds.csv")
         assert rounds.server_round.tolist() == [1, 2] and (rounds.clients_ok == 2).all()
         growth = peak[0] - before
