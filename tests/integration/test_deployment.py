@@ -23,34 +23,12 @@ import pytest
 
 from fedtitan.certs import make_certs
 from simulations.cli import main as cli_main
+from tests.processes import TAG_ENV, kill_tagged
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 BOARDS, OPERATOR = "127.0.0.2", "127.0.0.1"
-
-
-def _kill_tree(procs, t0):
-    victims = []
-    for p in procs:
-        try:
-            parent = psutil.Process(p.pid)
-            for c in parent.children(recursive=True):
-                c.kill()
-                victims.append(c)
-            parent.kill()
-            victims.append(parent)
-        except psutil.Error:
-            pass
-    for p in psutil.process_iter(["cmdline", "create_time"]):  # detached helpers started by this test
-        cmd = " ".join(p.info["cmdline"] or [])
-        if p.info["create_time"] >= t0 - 1 and any(k in cmd for k in ("flower-super", "flwr-serverapp", "flwr-clientapp")):
-            try:
-                p.kill()
-                victims.append(p)
-            except psutil.Error:
-                pass
-    psutil.wait_procs(victims, timeout=10)
 
 
 def _listening(host, port):
@@ -115,7 +93,7 @@ class _Lab:
             self.homes[name] = home
         self.env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-                    "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+                    "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", TAG_ENV: str(tmp_path)}
         self.fed = [sys.executable, "-m", "simulations.cli"]
         self.procs: list[subprocess.Popen] = []
         self.logs = tmp_path / "logs"
@@ -157,7 +135,7 @@ class _Lab:
         return f"exit codes (None: running): {alive}\n{logs}"
 
     def close(self):
-        _kill_tree(self.procs, self.t0)
+        kill_tagged(str(self.tmp), [psutil.Process(p.pid) for p in self.procs if p.poll() is None])
         assert not _listening(BOARDS, self.fleet_port) and not _listening(OPERATOR, self.control_port)
 
 

@@ -8,36 +8,24 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pytest
+from tests.processes import TAG_ENV, kill_tagged
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _kill_started_after(t0: float) -> None:
-    for p in psutil.process_iter(["cmdline", "create_time"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if p.info["create_time"] >= t0 - 1 and ("flower-superlink" in cmd or "flower-superexec" in cmd
-                                                 or "flwr-simulation" in cmd):
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
 
 
 def _flwr_run(env: dict[str, str], run_config: str, nodes: int, out: Path) -> subprocess.CompletedProcess:
     """``flwr run . --stream``, tried a second time (afresh: its processes ended, ``out`` removed)
     when the local SuperLink it starts could not be reached (seen once in CI under load)."""
     for attempt in (1, 2):
-        started = time.time()
         res = subprocess.run([str(Path(sys.executable).parent / "flwr"), "run", ".", "--stream", "--run-config",
                               run_config, "--federation-config", f"num-supernodes={nodes}"],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
         if res.returncode == 0 or "Connection to the SuperLink is unavailable" not in res.stdout + res.stderr:
             return res
         print(f"flwr run: the local SuperLink was unavailable (attempt {attempt})")
-        _kill_started_after(started)
+        kill_tagged(env[TAG_ENV])
         shutil.rmtree(out, ignore_errors=True)
     return res
 
@@ -46,9 +34,8 @@ def test_flwr_run_native(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0",
            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", TAG_ENV: str(tmp_path)}
     run_config = f'overrides="data.num_clients=3 run.rounds=2 server.fraction=1.0" out="{out}"'
-    t0 = time.time()
     try:
         res = _flwr_run(env, run_config, 3, out)
         assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
@@ -68,4 +55,4 @@ def test_flwr_run_native(tmp_path):
         assert clients.partition_id.nunique() > 2  # more partitions than nodes took part
         assert (clients.node_id == clients.partition_id + 1).all()  # one stable id per partition
     finally:
-        _kill_started_after(t0)
+        kill_tagged(env[TAG_ENV])
