@@ -202,3 +202,24 @@ def test_a_misspelled_config_key_in_a_shell_block_fails() -> None:
     with pytest.raises(pytest.fail.Exception, match="does not parse"):
         test_shell_block_parses(Block(ROOT / "README.md", 1, "bash", "fedtitan run --no-such-flag\n", "", ""))
     test_shell_block_parses(Block(ROOT / "README.md", 1, "bash", "fedtitan run quickstart --set run.rounds=3\n", "", ""))
+
+
+def test_the_readme_main_job_has_seeds_and_its_table_reads_as_the_tool_reads_it() -> None:
+    """README's main job runs enough seeds for a verdict (3 or more per method), and the table
+    and verdict it quotes agree: the verdict line is what :func:`verdict` says of that table."""
+    import io
+
+    import pandas as pd
+
+    from fedtitan.results.analysis import verdict
+
+    readme = blocks(ROOT / "README.md")
+    (job,) = [b for b in readme if b.lang == "bash" and "fedtitan sweep" in b.code and "--out runs/first" in b.code]
+    seeds = re.search(r"--seeds\s+(\d+)", job.code)
+    assert seeds and int(seeds.group(1)) >= 3, "README's main job must run 3 or more seeds per method"
+    (shown,) = [b for b in readme if b.lang == "text" and "tta_s" in b.code]
+    lines = shown.code.strip().splitlines()
+    table = pd.read_csv(io.StringIO("\n".join(lines[:-1])), sep=r"\s+")
+    assert (table.runs >= int(seeds.group(1))).all()
+    assert verdict(table, ["selection.method"], target=float(re.search(r"target accuracy ([\d.]+)", lines[-1])
+                                                                 .group(1))) == lines[-1]
