@@ -22,7 +22,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedtitan.errors import ConfigError, did_you_mean
 
@@ -223,6 +231,13 @@ class Config(_Section):
     compute: ComputeSection = ComputeSection()
     faults: FaultSection = FaultSection()
     tracking: TrackingSection = TrackingSection()
+    # the keys the user typed (overrides, their own file), set by validate(): checks that need
+    # a registry (fedtitan.preflight) flag only what was typed, not a preset's bulk settings
+    _explicit: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    @property
+    def explicit(self) -> frozenset[str]:
+        return self._explicit
 
     @property
     def regime(self) -> str:
@@ -427,6 +442,7 @@ def validate(doc: dict[str, Any], explicit: Iterable[str] = (), given: Iterable[
         raise ConfigError(_format_error(exc)) from None
     _check_consistency(cfg)
     _flag_inert(cfg, set(explicit), set(given))
+    cfg._explicit = frozenset(explicit)
     return cfg
 
 
@@ -459,7 +475,12 @@ def inert_settings(cfg: Config) -> list[tuple[str, str, str]]:
     if f.scale_factor != fd.scale_factor and not f.scale:
         out.append(("faults.scale_factor", "faults.scale", f"{f.scale_factor!r} has no effect with faults.scale = 0"))
     sel = cfg.selection
-    if sel.buffer_max != SelectionSection().buffer_max and sel.buffer_size != "auto":
+    if p.method != "none":  # the pruning regime trains on the kept set: nothing of [selection] is read
+        sd = SelectionSection()
+        out += [(f"selection.{n}", "pruning.method", f"{getattr(sel, n)!r} has no effect with pruning.method = "
+                 f"{p.method!r} (the pruning regime reads [pruning] only); set pruning.method = 'none' for "
+                 "streaming selection") for n in SelectionSection.model_fields if getattr(sel, n) != getattr(sd, n)]
+    elif sel.buffer_max != SelectionSection().buffer_max and sel.buffer_size != "auto":
         out.append(("selection.buffer_max", "selection.buffer_size", f"{sel.buffer_max!r} has no effect unless "
                     "selection.buffer_size = \"auto\""))
     if t.backend == "none":
@@ -476,6 +497,8 @@ def _flag_inert(cfg: Config, explicit: set[str], given: set[str]) -> None:
     for key, enabler, why in inert_settings(cfg):
         if key in explicit and enabler not in given:
             raise ConfigError(f"config {key}: {why}")
+        if key.startswith("selection.") and key not in explicit:
+            continue  # a preset's selection settings under a pruning method: flagged only when typed
         note = f"config {key}: {why}"
         if note not in _told:
             _told.add(note)

@@ -12,14 +12,46 @@ process with a did-you-mean.
 
 from __future__ import annotations
 
+import logging
+
 from fedtitan.config import Config
 from fedtitan.errors import ConfigError, did_you_mean
+
+log = logging.getLogger(__name__)
 
 
 def _choose(key: str, value: str, allowed: list[str]) -> None:
     if value not in allowed:
         raise ConfigError(f"config {key}: unknown value {value!r}{did_you_mean(value, allowed)} "
                           f"Allowed: {', '.join(allowed)}")
+
+
+# The selection settings a selector reads only if its constructor takes them (velocity,
+# batch_size and the learning rate are the stream's and the optimizer's, read for every one).
+SELECTOR_KNOBS = ("buffer_size", "buffer_max", "n_blocks", "pool", "weighting", "coarse", "metric", "carry_over",
+                  "stratify")
+_told: set[str] = set()
+
+
+def _flag_unread_selection(cfg: Config, factory: object) -> None:
+    """One warning line per selection setting the user typed (not a preset's) that the chosen
+    selector does not take (``selection.coarse`` with random selection, say): runs differing
+    only in it are identical."""
+    from fedtitan.config import SelectionSection
+    from fedtitan.plugins import accepted
+
+    names, var_kw = accepted(factory)  # type: ignore[arg-type]
+    if var_kw:
+        return
+    default, sel = SelectionSection(), cfg.selection
+    unread = [k for k in SELECTOR_KNOBS if k not in names and f"selection.{k}" in cfg.explicit
+              and getattr(sel, k) != getattr(default, k)]
+    for key in unread:
+        note = (f"config selection.{key}: {getattr(sel, key)!r} has no effect with selection.method = "
+                f"{cfg.selection.method!r} (its selector does not take {key})")
+        if note not in _told:
+            _told.add(note)
+            log.warning(note)
 
 
 def check_config(cfg: Config) -> Config:
@@ -40,6 +72,8 @@ def check_config(cfg: Config) -> Config:
                           f"{', '.join(n for n in MODELS if takes_stem(n))}")
     factory = selector_factory(cfg.selection.method)
     check_options(factory, cfg.selection.options, "selection.options", cfg.selection.method)
+    if cfg.pruning.method == "none":
+        _flag_unread_selection(cfg, factory)
     extra = fleet_profiles(cfg)
     names = list(CATALOG) + list(extra)
     for name in cfg.fleet.mix:

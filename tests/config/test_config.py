@@ -172,3 +172,32 @@ def test_a_setting_without_effect_is_refused_where_typed_and_flagged_where_set_i
         load_config("quickstart", ["pruning.method=warmup-loss", "pruning.ratio=0.2", "server.policy=deadline",
                                    "server.deadline_s=2"])
     assert not caplog.records
+
+
+def test_selection_settings_nothing_reads_are_flagged_where_typed(caplog):
+    """A selection setting typed for a run that never reads it: under a pruning method (no
+    selector runs), or one the chosen selector does not take (Titan's coarse filter with
+    random selection). A sweep over it would run identical runs; a preset's bulk settings
+    are not flagged (the main job's random arm keeps the quickstart's buffer quietly)."""
+    from fedtitan import config as config_module
+    from fedtitan import preflight
+
+    config_module._told.clear()
+    preflight._told.clear()
+    with caplog.at_level("WARNING"):
+        load_config("pruning-cifar10", ["selection.method=rs"])
+        check_config(load_config("quickstart", ["selection.method=rs", "selection.coarse=random"]))
+        check_config(load_config("titan-fl-cifar10", ["selection.method=cis", "selection.stratify=false"]))
+    assert [r.getMessage() for r in caplog.records] == [
+        "config selection.method: 'rs' has no effect with pruning.method = 'warmup-loss' (the pruning regime reads "
+        "[pruning] only); set pruning.method = 'none' for streaming selection",
+        "config selection.coarse: 'random' has no effect with selection.method = 'rs' (its selector does not take "
+        "coarse)",
+        "config selection.stratify: False has no effect with selection.method = 'cis' (its selector does not take "
+        "stratify)"]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        check_config(load_config("quickstart", ["selection.method=rs"]))  # the preset's buffer_size: quiet
+        check_config(load_config("quickstart", ["selection.coarse=random", "selection.stratify=false"]))  # Titan reads them
+        check_config(load_config("pruning-cifar10", []))
+    assert not caplog.records

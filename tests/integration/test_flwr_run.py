@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from tests.processes import TAG_ENV, kill_tagged
 
 pytestmark = pytest.mark.slow
