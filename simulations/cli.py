@@ -166,22 +166,33 @@ def _cmd_supernode(args: argparse.Namespace) -> int:
 def _cmd_devices(args: argparse.Namespace) -> int:
     from fedtitan.devices import CATALOG, get_profile, profile_toml
 
+    own = {}
+    if getattr(args, "profiles", None):
+        from fedtitan.devices.catalog import load_profiles
+
+        own = load_profiles(args.profiles)
+    known = {**CATALOG, **own}
     if args.devices_cmd == "list":
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title="fedtitan device catalog (effective rates)")
+        title = "fedtitan device catalog (effective rates)" + (f" and {args.profiles}" if own else "")
+        table = Table(title=title)
         for col in ("name", "train GFLOP/s", "select GFLOP/s", "train W", "select W", "idle W", "memory GiB",
                     "up Mbit/s", "battery kJ"):
             table.add_column(col, justify="right" if col != "name" else "left")
-        for p in CATALOG.values():
+        for p in known.values():
             table.add_row(p.name, f"{p.train_flops / 1e9:.2f}", f"{p.select_flops / 1e9:.1f}", f"{p.train_w:g}",
                           f"{p.select_w:g}", f"{p.idle_w:g}", f"{p.memory_bytes / 2**30:.0f}",
                           f"{p.uplink_bytes_per_s * 8 / 1e6:.0f}", "-" if p.battery_j is None else f"{p.battery_j / 1e3:.1f}")
         Console(width=160).print(table)
         return 0
     if args.devices_cmd == "show":
-        p = get_profile(args.name)
+        try:
+            p = get_profile(args.name, own)
+        except FedtitanError as exc:
+            mine = "" if own else "; for a profile of your own add --profiles FILE (its [devices.NAME] tables)"
+            raise FedtitanError(f"{exc}{mine}") from None
         print(profile_toml(p), end="")
         return 0
     if args.devices_cmd == "calibrate":
@@ -408,9 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("devices", help="device catalog and calibration")
     dsub = d.add_subparsers(dest="devices_cmd")
-    dsub.add_parser("list", help="table of the catalog")
+    lst = dsub.add_parser("list", help="table of the catalog")
     show = dsub.add_parser("show", help="one profile as TOML")
     show.add_argument("name")
+    for sp in (lst, show):
+        sp.add_argument("--profiles", metavar="FILE", help="also your own profiles: a TOML file of [devices.NAME] "
+                        "tables, as fleet.profiles takes")
     cal = dsub.add_parser("calibrate", help="measure this machine and write a profile TOML")
     cal.add_argument("--model", default="cnn")
     cal.add_argument("--batch-size", type=int, default=32)

@@ -218,7 +218,8 @@ def get_profile(name: str, extra: dict[str, DeviceProfile] | None = None) -> Dev
     if name.endswith(".toml"):
         profiles = load_profiles(name)
         return next(iter(profiles.values()))
-    raise ConfigError(f"unknown device {name!r}{did_you_mean(name, CATALOG)} Known devices: {', '.join(CATALOG)}")
+    known = [*CATALOG, *(extra or {})]
+    raise ConfigError(f"unknown device {name!r}{did_you_mean(name, known)} Known devices: {', '.join(known)}")
 
 
 def profile_toml(profile: DeviceProfile) -> str:

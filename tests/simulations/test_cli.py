@@ -11,6 +11,21 @@ def test_devices_list_show_and_errors(capsys):
     assert "did you mean 'orin-nano'" in capsys.readouterr().err
 
 
+def test_devices_list_and_show_read_your_own_profiles(tmp_path, capsys):
+    """The profile TOML of docs/devices.md can be checked before a run uses it."""
+    mine = tmp_path / "my-devices.toml"
+    mine.write_text('[devices.my-nano]\nbase = "jetson-nano-10w"\ntrain_flops = 3.1e9\nenergy_budget_j = 150.0\n')
+    assert main(["devices", "show", "my-nano"]) == 2
+    assert "for a profile of your own add --profiles FILE" in capsys.readouterr().err
+    assert main(["devices", "show", "my-nano", "--profiles", str(mine)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("[devices.my-nano]") and "train_flops = 3100000000.0" in out
+    assert main(["devices", "show", "my-nan", "--profiles", str(mine)]) == 2
+    assert "did you mean 'my-nano'" in capsys.readouterr().err
+    assert main(["devices", "list", "--profiles", str(mine)]) == 0
+    assert "my-nano" in capsys.readouterr().out
+
+
 def test_devices_calibrate_writes_loadable_profile(tmp_path, capsys):
     out = tmp_path / "me.toml"
     assert main(["devices", "calibrate", "--model", "mlp", "--seconds", "0.3", "-o", str(out)]) == 0
