@@ -12,6 +12,7 @@ CPU. Asking for ``cuda``/``cuda:N``/``mps`` where none is visible is a one-line
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,29 @@ from fedtitan.errors import ConfigError
 def _mps_available() -> bool:
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
+
+
+@functools.cache
+def _cpu_only_torch() -> bool:
+    """True when this torch can reach no accelerator (CUDA, MPS, XPU, MTIA): then seeding the
+    CPU generator is all ``torch.manual_seed`` does."""
+    checks = [torch.cuda.is_available, _mps_available]
+    for name in ("xpu", "mtia"):
+        backend = getattr(torch, name, None)
+        if backend is not None and hasattr(backend, "is_available"):
+            checks.append(backend.is_available)
+    return not any(check() for check in checks)
+
+
+def seed_torch(seed: int) -> None:
+    """``torch.manual_seed(seed)``, without its cost where it would do nothing more than seed
+    the CPU generator: on a CPU-only torch, ``torch.manual_seed`` also queues a lazy seeding of
+    the CUDA, XPU and MTIA backends, formatting a stack trace for each, which every client round
+    paid. The CPU generator ends in the same state either way."""
+    if _cpu_only_torch():
+        torch.default_generator.manual_seed(int(seed))
+    else:
+        torch.manual_seed(seed)
 
 
 def visible_devices() -> list[str]:

@@ -250,3 +250,20 @@ def test_a_deterministic_simulated_client_trains_on_its_ray_share_of_threads():
     assert _threads(cfg, simulated) == 2 and _threads(cfg, supernode) is None
     assert _threads(load_config("quickstart", ["run.deterministic=true", "simulation.num_cpus=0.5"]), simulated) == 1
     assert _threads(load_config("quickstart"), simulated) is None
+
+
+def test_seed_torch_leaves_the_cpu_generator_as_manual_seed_does(monkeypatch):
+    """The per-client seeding skips torch.manual_seed's lazy accelerator seeding on a CPU-only
+    torch (a formatted stack trace per backend per call); the CPU stream it starts is the same."""
+    from fedtitan.compute import seed_torch
+
+    torch.manual_seed(1234)
+    expected = torch.rand(5)
+    seed_torch(1234)
+    assert torch.equal(torch.rand(5), expected)
+    if not torch.cuda.is_available():
+        def slow(seed):
+            raise AssertionError("torch.manual_seed called on a CPU-only torch")
+
+        monkeypatch.setattr(torch, "manual_seed", slow)
+        seed_torch(99)

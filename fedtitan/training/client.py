@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedtitan.compute import DeviceData, to_cpu_state
+from fedtitan.compute import DeviceData, seed_torch, to_cpu_state
 from fedtitan.config import Config
 from fedtitan.data import DataStream, NoiseSpec
 from fedtitan.devices import Battery, MeasuredMeter, affordable_units
@@ -165,7 +165,7 @@ def client_round(
     prox = Proximal.at(model, mu)  # anchored at the global weights just loaded
     seed_seq = [cfg.run.seed, server_round, partition_id]
     rng = np.random.default_rng(seed_seq)
-    torch.manual_seed(int(np.random.SeedSequence(seed_seq).generate_state(1)[0]))
+    seed_torch(int(np.random.SeedSequence(seed_seq).generate_state(1)[0]))
     faults = FaultPlan.draw(cfg.faults, cfg.run.seed, server_round, partition_id)
     if faults.exception:
         raise InjectedFault(f"injected client failure (partition {partition_id}, round {server_round})")

@@ -76,7 +76,8 @@ def weighted_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
     Returns the weighted data loss (without the proximal term) and the per-sample losses
     (detached, before the update).
     """
-    model.train()
+    if not model.training:  # set once, not every step (a recursive walk of the modules); eval() clears it
+        model.train()
     opt.zero_grad(set_to_none=True)
     losses = F.cross_entropy(model(x), y, reduction="none")
     loss = losses.mean() if weights is None else (weights.to(losses.device, losses.dtype) * losses).sum()

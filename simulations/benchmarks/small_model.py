@@ -1,0 +1,205 @@
+"""Small models over many clients: fedtitan's round against a plain PyTorch loop; prints one JSON object.
+
+    python -m simulations.benchmarks.small_model [--clients 100000 --rounds 12 --engines ray,local]
+    python -m simulations.benchmarks.small_model --variant cnn --clients 10000   # a FEMNIST-sized CNN
+
+The workload (``--variant mlp``, the default): generated 8x8 uint8 images of 10 classes (class
+means plus noise; 10 samples a client, IID), the ``quickstart`` MLP, random selection with no
+candidates to score (``selection.velocity`` = the batch), 20 clients a round, 10 local steps of
+batch 10, evaluation only at the last round. ``--variant cnn``: 28x28 grayscale images of 62
+classes (FEMNIST's shape) and the zoo's small CNN, otherwise the same.
+
+Run in one go, each in its own process (one tree, measured from outside):
+
+* ``ray``: ``fedtitan run`` on Flower's simulation engine (Ray);
+* ``local``: ``fedtitan run --set simulation.engine=local`` (every client in the server's process);
+* ``plain``: a plain loop training *the same sampled clients* (read from the ray run's
+  ``clients.csv``) on the same partitions with the same steps, batch size and learning rate:
+  one model reused, its weights averaged by sample count, no Flower, no state, no records, one
+  thread (``--plain-threads``; fedtitan's clients use what torch gives them, so a model whose
+  arithmetic gains from threads, ``--variant cnn``, can come out below 1).
+
+Per engine: ``round_wall_s`` (median of rounds 2 to the last but one: round 1 warms up, the last
+evaluates), ``startup_s`` (the process's wall time minus its rounds'), ``peak_rss_mb`` (the
+process tree, sampled at 5 Hz). ``overhead_ratio`` = the engine's round wall / the plain loop's
+(target <= 1.5, issue 42) and ``per_client_overhead_ms`` = their difference per sampled client.
+``other_processes_cpus`` flags a machine that was not quiet (:mod:`simulations.benchmarks.machine`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import pandas as pd
+
+from simulations.benchmarks.machine import OtherLoad, report
+from simulations.benchmarks.population import peak_tree_rss
+
+CLIENTS_PER_ROUND, STEPS, BATCH, LR = 20, 10, 10, 0.1
+# variant: (input shape, classes, model)
+VARIANTS: dict[str, tuple[tuple[int, ...], int, str]] = {"mlp": ((1, 8, 8), 10, "mlp"), "cnn": ((1, 28, 28), 62, "cnn")}
+
+
+def make_data(path: Path, variant: str, n_train: int, n_test: int = 2_000, seed: int = 0) -> None:
+    """Class means plus noise, uint8, as ``data.dataset = "npz"`` reads it."""
+    shape, classes, _ = VARIANTS[variant]
+    rng = np.random.default_rng(seed)
+    dim = int(np.prod(shape))
+    means = rng.uniform(40, 215, size=(classes, dim)).astype(np.float32)
+    y = rng.integers(0, classes, n_train + n_test)
+    x = np.empty((len(y), dim), dtype=np.uint8)
+    for s in range(0, len(y), 100_000):  # in slices: a float copy of a million 28x28 images is 3 GB
+        part = means[y[s:s + 100_000]] + rng.normal(0, 40, size=(len(y[s:s + 100_000]), dim)).astype(np.float32)
+        x[s:s + 100_000] = np.clip(part, 0, 255).astype(np.uint8)
+    x = x.reshape(-1, *shape)
+    np.savez(path, x=x[:n_train], y=y[:n_train], x_test=x[n_train:], y_test=y[n_train:], num_classes=classes)
+
+
+def overrides(data: Path, variant: str, clients: int, rounds: int) -> list[str]:
+    return ["data.dataset=npz", f"data.path={data}", "data.partition=iid", f"data.num_clients={clients}",
+            "data.min_samples=1", f"model.name={VARIANTS[variant][2]}", f"server.clients_per_round={CLIENTS_PER_ROUND}",
+            f"run.rounds={rounds}", f"server.eval_every={rounds}", "server.eval_samples=1000", "selection.method=rs",
+            f"selection.batch_size={BATCH}", f"selection.velocity={BATCH}", f"selection.local_steps={STEPS}",
+            f"selection.lr={LR}", "selection.lr_decay=1", "fleet.variation=0"]
+
+
+def _measured(cmd: list[str]) -> tuple[float, float, str]:
+    """Run ``cmd``; its wall seconds, its process tree's peak memory (MB) and its stdout."""
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stop, peak = threading.Event(), cast(list[int], [])
+    watcher = threading.Thread(target=peak_tree_rss, args=(proc.pid, stop, peak), daemon=True)
+    watcher.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    stop.set()
+    watcher.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"small_model: {' '.join(cmd[:5])} ... failed ({proc.returncode}): {err[-1500:]}")
+    return wall, (peak[0] / 2**20 if peak else float("nan")), out
+
+
+def _steady(walls: pd.Series) -> float:
+    """Median round wall of rounds 2 to the last but one."""
+    w = walls.iloc[1:-1] if len(walls) > 2 else walls
+    return float(w.median())
+
+
+def run_engine(engine: str, ovr: list[str], out: Path) -> dict[str, float]:
+    cmd = [sys.executable, "-m", "simulations.cli", "run", "--quiet", "--out", str(out),
+           *[a for o in [*ovr, f"simulation.engine={engine}"] for a in ("--set", o)]]
+    wall, peak, _ = _measured(cmd)
+    rounds = pd.read_csv(out / "rounds.csv")
+    return {"round_wall_s": round(_steady(rounds.wall_s), 4), "startup_s": round(wall - float(rounds.wall_s.sum()), 2),
+            "peak_rss_mb": round(peak, 1), "final_accuracy": round(float(rounds.accuracy.dropna().iloc[-1]), 4)}
+
+
+def plain_loop(args: argparse.Namespace) -> None:
+    """The child process of ``plain``: the same sampled clients, trained as simply as PyTorch allows."""
+    import torch
+
+    from fedtitan.config import load_config
+    from fedtitan.training.setup import build_global_model, dataset_for, partition_for
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(args.plain_threads)
+    cfg = load_config("quickstart", json.loads(args.overrides))
+    ds = dataset_for(cfg)
+    parts = partition_for(cfg, ds)
+    model = build_global_model(cfg, ds)
+    sampled = pd.read_csv(Path(args.clients_csv)).groupby("server_round").partition_id.apply(list)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    glob = [p.detach().clone() for p in model.parameters()]
+    rng = np.random.default_rng(0)
+    walls = []
+    setup_s = time.perf_counter() - t0
+    for rnd in sorted(sampled.index):
+        r0 = time.perf_counter()
+        acc = [torch.zeros_like(p) for p in glob]
+        total = 0
+        for pid in sampled[rnd]:
+            with torch.no_grad():
+                for p, g in zip(model.parameters(), glob, strict=True):
+                    p.copy_(g)
+            opt = torch.optim.SGD(model.parameters(), lr=LR)
+            idx = parts[pid]
+            for _ in range(STEPS):
+                batch = rng.choice(idx, size=min(BATCH, len(idx)), replace=False)
+                x, y = ds.tensor("train", batch), ds.labels("train", batch)
+                opt.zero_grad(set_to_none=True)
+                loss_fn(model(x), y).backward()
+                opt.step()
+            n = STEPS * BATCH
+            total += n
+            with torch.no_grad():
+                for a, p in zip(acc, model.parameters(), strict=True):
+                    a.add_(p, alpha=n)
+        glob = [a / total for a in acc]
+        walls.append(time.perf_counter() - r0)
+    print(json.dumps({"walls": walls, "setup_s": setup_s}))
+
+
+def run_plain(ovr: list[str], clients_csv: Path, threads: int) -> dict[str, float]:
+    cmd = [sys.executable, "-m", "simulations.benchmarks.small_model", "--plain-child", "--overrides", json.dumps(ovr),
+           "--clients-csv", str(clients_csv), "--plain-threads", str(threads)]
+    wall, peak, out = _measured(cmd)
+    got = json.loads(out.strip().splitlines()[-1])
+    walls = pd.Series(got["walls"])
+    return {"round_wall_s": round(_steady(walls), 4), "startup_s": round(wall - float(walls.sum()), 2),
+            "peak_rss_mb": round(peak, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", choices=list(VARIANTS), default="mlp")
+    ap.add_argument("--clients", type=int, default=100_000, help="population (10 samples each)")
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--engines", default="ray,local", help="fedtitan engines to measure: ray, local or both")
+    ap.add_argument("--plain-threads", type=int, default=1,
+                    help="torch threads of the plain loop (fedtitan's clients use what torch gives them: "
+                         "all cores on the local engine, simulation.num_cpus on Ray)")
+    ap.add_argument("--plain-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--overrides", help=argparse.SUPPRESS)
+    ap.add_argument("--clients-csv", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.plain_child:
+        plain_loop(args)
+        return
+    engines = [e for e in args.engines.split(",") if e]
+    if not engines or any(e not in ("ray", "local") for e in engines):
+        raise SystemExit(f"small_model: --engines takes ray and/or local (comma-separated), got {args.engines!r}")
+    result: dict = {"variant": args.variant, "clients": args.clients, "clients_per_round": CLIENTS_PER_ROUND,
+                    "local_steps": STEPS, "batch_size": BATCH, "rounds": args.rounds}
+    with tempfile.TemporaryDirectory() as tmp, OtherLoad() as load:
+        data = Path(tmp) / "data.npz"
+        make_data(data, args.variant, n_train=10 * args.clients)
+        ovr = overrides(data, args.variant, args.clients, args.rounds)
+        for engine in engines:
+            print(f"small_model: fedtitan, {engine} engine ...", file=sys.stderr, flush=True)
+            result[engine] = run_engine(engine, ovr, Path(tmp) / engine)
+        print("small_model: plain loop ...", file=sys.stderr, flush=True)
+        result["plain"] = run_plain(ovr, Path(tmp) / engines[0] / "clients.csv", args.plain_threads)
+        result["plain"]["threads"] = args.plain_threads
+    plain = result["plain"]["round_wall_s"]
+    for engine in engines:
+        r = result[engine]
+        r["overhead_ratio"] = round(r["round_wall_s"] / plain, 3)
+        r["per_client_overhead_ms"] = round(1e3 * (r["round_wall_s"] - plain) / CLIENTS_PER_ROUND, 2)
+    result["targets"] = {"overhead_ratio": 1.5, "startup_s_at_100000": 8}
+    result.update(report(load))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""The small-model benchmark: its generated data, and its plain loop training what fedtitan sampled."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+
+from simulations.benchmarks.small_model import VARIANTS, make_data, overrides
+
+
+def test_generated_data_has_the_variants_shape_and_classes(tmp_path):
+    for variant, (shape, classes, _) in VARIANTS.items():
+        make_data(tmp_path / f"{variant}.npz", variant, n_train=300, n_test=50)
+        with np.load(tmp_path / f"{variant}.npz") as z:
+            assert z["x"].shape == (300, *shape) and z["x"].dtype == np.uint8 and z["x_test"].shape == (50, *shape)
+            assert int(z["num_classes"]) == classes and z["y"].max() < classes
+
+
+def test_the_plain_loop_trains_the_sampled_clients_round_by_round(tmp_path):
+    """The child the benchmark starts: one wall time per round of the clients.csv it is given."""
+    data = tmp_path / "d.npz"
+    make_data(data, "mlp", n_train=500)
+    clients = tmp_path / "clients.csv"
+    pd.DataFrame({"server_round": [1, 1, 2, 2, 3], "partition_id": [0, 1, 2, 3, 4]}).to_csv(clients, index=False)
+    out = subprocess.run([sys.executable, "-m", "simulations.benchmarks.small_model", "--plain-child", "--overrides",
+                          json.dumps(overrides(data, "mlp", 50, 3)), "--clients-csv", str(clients)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(got["walls"]) == 3 and all(w > 0 for w in got["walls"])
