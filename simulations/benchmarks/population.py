@@ -69,29 +69,35 @@ def peak_tree_rss(pid: int, stop: threading.Event, out: list[int]) -> None:
     out.append(peak)
 
 
+def measured(cmd: list[str], what: str) -> tuple[float, float, str]:
+    """Run ``cmd``; its wall seconds, its process tree's peak resident memory in MB (sampled at
+    5 Hz) and its stdout. A failure ends the benchmark with one line naming ``what``."""
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stop, peak = threading.Event(), cast(list[int], [])
+    watcher = threading.Thread(target=peak_tree_rss, args=(proc.pid, stop, peak), daemon=True)
+    watcher.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    stop.set()
+    watcher.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} failed ({proc.returncode}): {err[-1500:]}")
+    return wall, (peak[0] / 2**20 if peak else float("nan")), out
+
+
 def run_population(clients: int, data: Path, rounds: int, out: Path, dynamics: str = "static") -> dict[str, float]:
     overrides = ["data.dataset=npz", f"data.path={data}", "data.partition=iid", f"data.num_clients={clients}",
                  "data.min_samples=1", f"server.fraction={20 / clients}", f"run.rounds={rounds}",
                  "selection.method=rs", "server.eval_samples=1000", "fleet.variation=0", f"fleet.dynamics={dynamics}"]
     cmd = [sys.executable, "-m", "simulations.cli", "run", "--quiet", "--out", str(out),
            *[a for o in overrides for a in ("--set", o)]]
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    stop, peak = threading.Event(), cast(list[int], [])
-    watcher = threading.Thread(target=peak_tree_rss, args=(proc.pid, stop, peak), daemon=True)
-    watcher.start()
-    _, err = proc.communicate()
-    total = time.perf_counter() - t0
-    stop.set()
-    watcher.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"population {clients}: fedtitan run failed ({proc.returncode}): {err[-1500:]}")
+    total, peak, _ = measured(cmd, f"population {clients}: fedtitan run")
     rnds = pd.read_csv(out / "rounds.csv")
     return {"clients": clients, "startup_s": round(total - float(rnds.wall_s.sum()), 2),
             "round_wall_s": round(float(rnds.wall_s.iloc[1:].median()), 3),
-            "peak_rss_mb": round(peak[0] / 2**20, 1) if peak else float("nan"),
-            "sampled_per_round": int(rnds.clients_sampled.median())}
+            "peak_rss_mb": round(peak, 1), "sampled_per_round": int(rnds.clients_sampled.median())}
 
 
 def main() -> None:

@@ -30,20 +30,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import pandas as pd
 
 from simulations.benchmarks.machine import OtherLoad, report
-from simulations.benchmarks.population import peak_tree_rss
+from simulations.benchmarks.population import measured
 
 CLIENTS_PER_ROUND, STEPS, BATCH, LR = 20, 10, 10, 0.1
 # variant: (input shape, classes, model)
@@ -73,23 +69,6 @@ def overrides(data: Path, variant: str, clients: int, rounds: int) -> list[str]:
             f"selection.lr={LR}", "selection.lr_decay=1", "fleet.variation=0"]
 
 
-def _measured(cmd: list[str]) -> tuple[float, float, str]:
-    """Run ``cmd``; its wall seconds, its process tree's peak memory (MB) and its stdout."""
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stop, peak = threading.Event(), cast(list[int], [])
-    watcher = threading.Thread(target=peak_tree_rss, args=(proc.pid, stop, peak), daemon=True)
-    watcher.start()
-    out, err = proc.communicate()
-    wall = time.perf_counter() - t0
-    stop.set()
-    watcher.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"small_model: {' '.join(cmd[:5])} ... failed ({proc.returncode}): {err[-1500:]}")
-    return wall, (peak[0] / 2**20 if peak else float("nan")), out
-
-
 def _steady(walls: pd.Series) -> float:
     """Median round wall of rounds 2 to the last but one."""
     w = walls.iloc[1:-1] if len(walls) > 2 else walls
@@ -99,7 +78,7 @@ def _steady(walls: pd.Series) -> float:
 def run_engine(engine: str, ovr: list[str], out: Path) -> dict[str, float]:
     cmd = [sys.executable, "-m", "simulations.cli", "run", "--quiet", "--out", str(out),
            *[a for o in [*ovr, f"simulation.engine={engine}"] for a in ("--set", o)]]
-    wall, peak, _ = _measured(cmd)
+    wall, peak, _ = measured(cmd, f"small_model: fedtitan run ({engine} engine)")
     rounds = pd.read_csv(out / "rounds.csv")
     return {"round_wall_s": round(_steady(rounds.wall_s), 4), "startup_s": round(wall - float(rounds.wall_s.sum()), 2),
             "peak_rss_mb": round(peak, 1), "final_accuracy": round(float(rounds.accuracy.dropna().iloc[-1]), 4)}
@@ -153,7 +132,7 @@ def plain_loop(args: argparse.Namespace) -> None:
 def run_plain(ovr: list[str], clients_csv: Path, threads: int) -> dict[str, float]:
     cmd = [sys.executable, "-m", "simulations.benchmarks.small_model", "--plain-child", "--overrides", json.dumps(ovr),
            "--clients-csv", str(clients_csv), "--plain-threads", str(threads)]
-    wall, peak, out = _measured(cmd)
+    wall, peak, out = measured(cmd, "small_model: the plain loop")
     got = json.loads(out.strip().splitlines()[-1])
     walls = pd.Series(got["walls"])
     return {"round_wall_s": round(_steady(walls), 4), "startup_s": round(wall - float(walls.sum()), 2),
