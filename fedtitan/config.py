@@ -449,6 +449,14 @@ def validate(doc: dict[str, Any], explicit: Iterable[str] = (), given: Iterable[
 _told: set[str] = set()
 
 
+def warn_once(note: str) -> None:
+    """Log ``note`` as a warning the first time this process sees it (a sweep validates the
+    same settings once per run)."""
+    if note not in _told:
+        _told.add(note)
+        log.warning(note)
+
+
 def inert_settings(cfg: Config) -> list[tuple[str, str, str]]:
     """(key, the key that would give it an effect, why it has none) for every setting of ``cfg``
     away from its default that the run never reads (read where it is consumed: the static
@@ -499,10 +507,7 @@ def _flag_inert(cfg: Config, explicit: set[str], given: set[str]) -> None:
             raise ConfigError(f"config {key}: {why}")
         if key.startswith("selection.") and key not in explicit:
             continue  # a preset's selection settings under a pruning method: flagged only when typed
-        note = f"config {key}: {why}"
-        if note not in _told:
-            _told.add(note)
-            log.warning(note)
+        warn_once(f"config {key}: {why}")
 
 
 def _check_consistency(cfg: Config) -> None:

@@ -12,12 +12,8 @@ process with a did-you-mean.
 
 from __future__ import annotations
 
-import logging
-
-from fedtitan.config import Config
+from fedtitan.config import Config, warn_once
 from fedtitan.errors import ConfigError, did_you_mean
-
-log = logging.getLogger(__name__)
 
 
 def _choose(key: str, value: str, allowed: list[str]) -> None:
@@ -30,7 +26,6 @@ def _choose(key: str, value: str, allowed: list[str]) -> None:
 # batch_size and the learning rate are the stream's and the optimizer's, read for every one).
 SELECTOR_KNOBS = ("buffer_size", "buffer_max", "n_blocks", "pool", "weighting", "coarse", "metric", "carry_over",
                   "stratify")
-_told: set[str] = set()
 
 
 def _flag_unread_selection(cfg: Config, factory: object) -> None:
@@ -47,11 +42,8 @@ def _flag_unread_selection(cfg: Config, factory: object) -> None:
     unread = [k for k in SELECTOR_KNOBS if k not in names and f"selection.{k}" in cfg.explicit
               and getattr(sel, k) != getattr(default, k)]
     for key in unread:
-        note = (f"config selection.{key}: {getattr(sel, key)!r} has no effect with selection.method = "
-                f"{cfg.selection.method!r} (its selector does not take {key})")
-        if note not in _told:
-            _told.add(note)
-            log.warning(note)
+        warn_once(f"config selection.{key}: {getattr(sel, key)!r} has no effect with selection.method = "
+                  f"{cfg.selection.method!r} (its selector does not take {key})")
 
 
 def check_config(cfg: Config) -> Config:

@@ -180,10 +180,8 @@ def test_selection_settings_nothing_reads_are_flagged_where_typed(caplog):
     random selection). A sweep over it would run identical runs; a preset's bulk settings
     are not flagged (the main job's random arm keeps the quickstart's buffer quietly)."""
     from fedtitan import config as config_module
-    from fedtitan import preflight
 
     config_module._told.clear()
-    preflight._told.clear()
     with caplog.at_level("WARNING"):
         load_config("pruning-cifar10", ["selection.method=rs"])
         check_config(load_config("quickstart", ["selection.method=rs", "selection.coarse=random"]))
