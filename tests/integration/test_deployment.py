@@ -95,7 +95,7 @@ class _Lab:
                     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                     "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", TAG_ENV: str(tmp_path)}
         self.fed = [sys.executable, "-m", "simulations.cli"]
-        self.procs: list[subprocess.Popen] = []
+        self.procs: dict[str, subprocess.Popen] = {}  # by the name of its log
         self.logs = tmp_path / "logs"
         self.logs.mkdir()
         self.t0 = time.time()
@@ -105,9 +105,10 @@ class _Lab:
                               cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
     def start(self, name, cmd):
+        assert name not in self.procs, f"a second process named {name!r} would share its log"
         p = subprocess.Popen(cmd, env=self.env, cwd=self.tmp, stdout=open(self.logs / f"{name}.log", "w"),
                              stderr=subprocess.STDOUT)
-        self.procs.append(p)
+        self.procs[name] = p
         return p
 
     def superlink(self, *extra):
@@ -130,12 +131,12 @@ class _Lab:
 
     def tails(self, chars=2500):
         """The end of every process's log, for a failure's message."""
-        alive = ", ".join(f"{p.args[3] if len(p.args) > 3 else p.args}: {p.poll()}" for p in self.procs)
+        alive = ", ".join(f"{name}: {p.poll()}" for name, p in self.procs.items())
         logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-chars:]}" for p in sorted(self.logs.iterdir()))
         return f"exit codes (None: running): {alive}\n{logs}"
 
     def close(self):
-        kill_tagged(str(self.tmp), [psutil.Process(p.pid) for p in self.procs if p.poll() is None])
+        kill_tagged(str(self.tmp), [psutil.Process(p.pid) for p in self.procs.values() if p.poll() is None])
         assert not _listening(BOARDS, self.fleet_port) and not _listening(OPERATOR, self.control_port)
 
 
