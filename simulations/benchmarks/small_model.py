@@ -2,6 +2,7 @@
 
     python -m simulations.benchmarks.small_model [--clients 100000 --rounds 12 --engines ray,local]
     python -m simulations.benchmarks.small_model --variant cnn --clients 10000   # a FEMNIST-sized CNN
+    python -m simulations.benchmarks.small_model --breakdown --clients 1000 --rounds 30   # where a client's time goes
 
 The workload (``--variant mlp``, the default): generated 8x8 uint8 images of 10 classes (class
 means plus noise; 10 samples a client, IID), the ``quickstart`` MLP, random selection with no
@@ -30,10 +31,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -129,6 +132,52 @@ def plain_loop(args: argparse.Namespace) -> None:
     print(json.dumps({"walls": walls, "setup_s": setup_s}))
 
 
+# (label, module, attribute, the modules that call it by its imported name)
+TIMED = (("client_message", "clients.client_app", "_train", ()),
+         ("client_round", "fedtitan.training.client", "client_round", ("clients.client_app",)),
+         ("train_streaming", "fedtitan.training.streaming", "train_streaming", ("fedtitan.training.client",)),
+         ("select", "fedtitan.training.streaming", "_select", ()),
+         ("train_step", "fedtitan.training.common", "weighted_step", ("fedtitan.training.streaming",)))
+
+
+def breakdown(ovr: list[str], out: Path) -> dict[str, float]:
+    """Where a client's time goes: the local engine run in this process with the client's
+    layers timed (perf_counter around each call; a profiler inflates Python-heavy parts
+    several-fold), in ms per client over the whole run."""
+    import importlib
+    from collections import Counter, defaultdict
+
+    import strategies.server as server
+    from simulations.api import run
+
+    spent: defaultdict[str, float] = defaultdict(float)
+    calls: Counter[str] = Counter()
+
+    def timed(label: str, f: Any) -> Any:
+        def inner(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return f(*a, **k)
+            finally:
+                spent[label] += time.perf_counter() - t0
+                calls[label] += 1
+        return inner
+
+    for label, module, attr, callers in TIMED:
+        wrapped = timed(label, getattr(importlib.import_module(module), attr))
+        for m in (module, *callers):
+            setattr(importlib.import_module(m), attr, wrapped)
+    server.FleetServer.collect = timed("collect", server.FleetServer.collect)  # type: ignore[method-assign]
+    run("quickstart", overrides=[*ovr, "simulation.engine=local"], out=str(out), quiet=True)
+    clients = calls["client_message"]
+    ms = {k: 1e3 * spent[k] / clients for k in spent}
+    return {"clients_timed": clients, "client_ms": round(ms["collect"], 3),
+            "train_steps_ms": round(ms["train_step"], 3), "select_ms": round(ms["select"], 3),
+            "client_round_setup_ms": round(ms["client_round"] - ms["train_streaming"], 3),
+            "reply_and_state_ms": round(ms["client_message"] - ms["client_round"], 3),
+            "engine_messaging_ms": round(ms["collect"] - ms["client_message"], 3)}
+
+
 def run_plain(ovr: list[str], clients_csv: Path, threads: int) -> dict[str, float]:
     cmd = [sys.executable, "-m", "simulations.benchmarks.small_model", "--plain-child", "--overrides", json.dumps(ovr),
            "--clients-csv", str(clients_csv), "--plain-threads", str(threads)]
@@ -148,6 +197,8 @@ def main() -> None:
     ap.add_argument("--plain-threads", type=int, default=1,
                     help="torch threads of the plain loop (fedtitan's clients use what torch gives them: "
                          "all cores on the local engine, simulation.num_cpus on Ray)")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="instead: where a client's time goes on the local engine, in ms per client")
     ap.add_argument("--plain-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--overrides", help=argparse.SUPPRESS)
     ap.add_argument("--clients-csv", help=argparse.SUPPRESS)
@@ -158,6 +209,17 @@ def main() -> None:
     engines = [e for e in args.engines.split(",") if e]
     if not engines or any(e not in ("ray", "local") for e in engines):
         raise SystemExit(f"small_model: --engines takes ray and/or local (comma-separated), got {args.engines!r}")
+    if args.breakdown:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = Path(tmp) / "data.npz"
+            # made in a child: numpy's OpenBLAS threads, once busy in this process, slowed the
+            # torch steps timed here about tenfold (6.7 against 0.6 ms a step, measured)
+            subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from simulations.benchmarks."
+                            "small_model import make_data; make_data(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]))",
+                            str(data), args.variant, str(10 * args.clients)], check=True)
+            got = breakdown(overrides(data, args.variant, args.clients, args.rounds), Path(tmp) / "run")
+        print(json.dumps({"variant": args.variant, "clients": args.clients, "rounds": args.rounds, **got}, indent=2))
+        return
     result: dict = {"variant": args.variant, "clients": args.clients, "clients_per_round": CLIENTS_PER_ROUND,
                     "local_steps": STEPS, "batch_size": BATCH, "rounds": args.rounds}
     with tempfile.TemporaryDirectory() as tmp, OtherLoad() as load:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -32,3 +33,15 @@ def test_the_plain_loop_trains_the_sampled_clients_round_by_round(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(got["walls"]) == 3 and all(w > 0 for w in got["walls"])
+
+
+def test_the_breakdown_times_every_client_and_its_parts_add_up():
+    out = subprocess.run([sys.executable, "-m", "simulations.benchmarks.small_model", "--breakdown", "--clients", "50",
+                          "--rounds", "2"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout[out.stdout.index("{"):])
+    assert got["clients_timed"] == 2 * 20  # 20 clients a round
+    parts = ["train_steps_ms", "select_ms", "client_round_setup_ms", "reply_and_state_ms", "engine_messaging_ms"]
+    assert all(got[p] > 0 for p in parts)
+    assert sum(got[p] for p in parts) <= got["client_ms"] + 1e-6  # parts of the client's time, nothing counted twice
