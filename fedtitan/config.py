@@ -70,9 +70,13 @@ class DataSection(_Section):
 
 
 class ModelSection(_Section):
-    name: str = "cnn"
+    name: str = "cnn"  # a zoo name, a "fedtitan.models" entry point, or package.module:factory
     width: int | None = Field(None, ge=1)
     stem: Literal["auto", "cifar", "imagenet"] = "auto"  # alexnet, squeezenet, resnet18/34/50
+    options: dict[str, Any] = Field(default_factory=dict)  # extra keyword options for the model's factory
+    head_module: str | None = None  # dotted submodule names of a plugin model's parts (found when unset)
+    embedding_module: str | None = None
+    first_block_module: str | None = None
 
 
 class SelectionSection(_Section):
@@ -331,7 +335,7 @@ def _known_keys() -> list[str]:
 
 
 # Keys holding a table of free-form options: ``--set server.strategy_options.proximal_mu=0.1``.
-TABLE_KEYS = ("server.strategy_options", "selection.options", "fleet.dynamics_options")
+TABLE_KEYS = ("server.strategy_options", "selection.options", "fleet.dynamics_options", "model.options")
 
 
 def is_known_key(key: str) -> bool:

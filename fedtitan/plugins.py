@@ -54,8 +54,9 @@ def load_object(spec: str, key: str, group: str | None = None) -> Any:
     return obj
 
 
-def resolve(name: str, *, key: str, group: str, builtins: Mapping[str, Any]) -> Any:
-    """The object a config name stands for: built-in, entry point, or ``module:Name``."""
+def resolve(name: str, *, key: str, group: str, builtins: Mapping[str, Any], what: str = "ClassName") -> Any:
+    """The object a config name stands for: built-in, entry point, or ``module:Name``
+    (``what`` is how errors call ``Name``: a class, a factory)."""
     if name in builtins:
         return builtins[name]
     if ":" in name:
@@ -68,11 +69,12 @@ def resolve(name: str, *, key: str, group: str, builtins: Mapping[str, Any]) -> 
                 raise ConfigError(f"{key}: entry point {name!r} ({ep.value}) of group {group!r} failed to load: "
                                   f"{type(exc).__name__}: {exc}") from None
     if "." in name:
-        raise ConfigError(f"config {key}: {name!r} looks like a module path; name the class too: "
-                          f"{name}:ClassName (package.module:ClassName)")
+        raise ConfigError(f"config {key}: {name!r} looks like a module path; name the "
+                          f"{'class' if what == 'ClassName' else what} too: "
+                          f"{name}:{what} (package.module:{what})")
     known = [*builtins, *entry_point_names(group)]
     raise ConfigError(f"config {key}: unknown value {name!r}{did_you_mean(name, known)} Allowed: {', '.join(known)}, an installed "
-                      f"'{group}' entry point, or package.module:ClassName")
+                      f"'{group}' entry point, or package.module:{what}")
 
 
 def require_methods(obj: Any, methods: Iterable[str], key: str, name: str, protocol: str) -> None:

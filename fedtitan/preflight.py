@@ -52,16 +52,25 @@ def check_config(cfg: Config) -> Config:
     from fedtitan.devices.catalog import CATALOG
     from fedtitan.devices.dynamics import build_dynamics
     from fedtitan.devices.fleet import fleet_devices, fleet_profiles
-    from fedtitan.models import MODELS, takes_stem
+    from fedtitan.models import MODELS, check_model_options, takes_stem
     from fedtitan.plugins import check_options
     from fedtitan.results.tracking import check_backend
     from fedtitan.selection.selectors import selector_factory
 
     _choose("data.dataset", cfg.data.dataset, [*LOADERS, "npz"])
-    _choose("model.name", cfg.model.name, list(MODELS))
+    check_model_options(cfg.model.name, cfg.model.options)  # resolves model.name (zoo, entry point, module:factory)
     if cfg.model.stem != "auto" and not takes_stem(cfg.model.name):
         raise ConfigError(f"config model.stem: {cfg.model.name} has one stem; model.stem applies to "
-                          f"{', '.join(n for n in MODELS if takes_stem(n))}")
+                          f"{', '.join(n for n in MODELS if takes_stem(n))}"
+                          + ("" if cfg.model.name in MODELS else "; a plugin model takes its own in model.options"))
+    if cfg.model.width is not None and cfg.model.name not in MODELS:
+        raise ConfigError(f"config model.width: applies to the zoo's models; a plugin model ({cfg.model.name}) "
+                          f"takes its own options in model.options")
+    parts = {k: getattr(cfg.model, k) for k in ("head_module", "embedding_module", "first_block_module")}
+    for key, value in parts.items():
+        if value is not None and cfg.model.name in MODELS:
+            raise ConfigError(f"config model.{key}: {cfg.model.name!r} is a zoo model, whose parts are known; "
+                              f"model.{key} is for a plugin model (package.module:factory)")
     factory = selector_factory(cfg.selection.method)
     check_options(factory, cfg.selection.options, "selection.options", cfg.selection.method)
     if cfg.pruning.method == "none":

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -75,6 +76,9 @@ def test_installed_plugins_are_found_by_entry_point_name(on_path):
     cfg = load_config("quickstart", [*BASE, "selection.method=margin", "server.strategy=normbound",
                                      "server.strategy_options.max_norm=3.5"])
     check_strategy(cfg)
+    from fedtitan.models import AdaptedModel, build_model
+
+    assert isinstance(build_model("tinyvit", (1, 8, 8), 10, dim=16), AdaptedModel)  # a fedtitan.models entry point
     strategy = build_strategy(cfg, num_sampled=3)
     assert type(strategy).__name__ == "FedAvgNormBound" and strategy.max_norm == 3.5
     assert strategy.fraction_train == 1.0  # fedtitan's sampling knobs reach the plugin's FedAvg base
@@ -94,3 +98,58 @@ def test_a_run_with_installed_plugins(installed, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     rounds = pd.read_csv(tmp_path / "run" / "rounds.csv")
     assert rounds.server_round.tolist() == [1, 2] and rounds.updated.all()
+
+
+VIT = "fedtitan_example.models:make_vit"
+
+
+def windows_npz(path: Path, n: int = 240, channels: int = 3, steps: int = 20, classes: int = 4) -> Path:
+    """Sensor-like windows ``(channels, steps)``: a sine per class, noise, six subjects."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, classes, n)
+    t = np.linspace(0, 2 * np.pi, steps)
+    x = np.sin(np.outer(y + 1, t))[:, None, :] + rng.normal(0, 0.3, (n, channels, steps))
+    np.savez(path, x=x.astype(np.float32), y=y, groups=rng.integers(0, 6, n))
+    return path
+
+
+@pytest.mark.slow
+def test_a_run_trains_an_installed_plugin_model_on_windows(installed, tmp_path):
+    """`fedtitan run --set model.name=windowgru` (an entry point of the installed example
+    package) with Titan on an npz of sensor windows, through Ray."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(installed), os.environ.get("PYTHONPATH", "")])}
+    data = windows_npz(tmp_path / "windows.npz")
+    args = [sys.executable, "-m", "simulations.cli", "run", "--quiet", "--out", str(tmp_path / "run")]
+    for o in [*BASE, "model.name=windowgru", "model.options.hidden=16", "data.dataset=npz", f"data.path={data}",
+              "data.partition=iid", "run.save_model=true"]:
+        args += ["--set", o]
+    res = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rounds = pd.read_csv(tmp_path / "run" / "rounds.csv")
+    assert rounds.server_round.tolist() == [1, 2] and rounds.updated.all()
+    clients = pd.read_csv(tmp_path / "run" / "clients.csv")
+    assert (clients.selected > 0).all() and (clients.sim_select_s > 0).all()  # Titan selected on the GRU
+    with np.load(tmp_path / "run" / "model.npz") as z:
+        assert z["net.gru.weight_ih_l0"].shape == (48, 3) and z["net.out.1.weight"].shape == (4, 16)
+
+
+@pytest.mark.slow
+def test_the_python_api_trains_a_module_factory_model(tmp_path, monkeypatch):
+    import fedtitan as ft
+
+    monkeypatch.syspath_prepend(str(PLUGIN / "src"))
+    r = ft.run("quickstart", overrides={"model.name": VIT, "model.options.dim": 16, "simulation.engine": "local",
+                                        "run.rounds": 3}, out=tmp_path / "run", quiet=True)
+    rounds = r.rounds
+    assert rounds.server_round.tolist() == [1, 2, 3] and rounds.accuracy.iloc[-1] > 0.2  # 10 classes: above chance
+
+
+@pytest.mark.slow
+def test_a_plugin_model_run_killed_mid_round_resumes_exactly(tmp_path, monkeypatch):
+    from tests.integration.test_resume import assert_same_run, cut_and_resume
+
+    src = str(PLUGIN / "src")
+    monkeypatch.syspath_prepend(src)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    full, cut = cut_and_resume(tmp_path, [f"model.name={VIT}", "model.options.dim=16"], 3)
+    assert_same_run(full, cut)

@@ -19,6 +19,8 @@ the buffer both representative and spread out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from fedtitan.data.stream import Chunk
 from fedtitan.errors import ConfigError
+from fedtitan.models.adapt import AdaptedModel
 from fedtitan.models.base import BlockModel
 
 
@@ -64,19 +67,33 @@ def coarse_features(model: BlockModel, x: torch.Tensor, n_blocks: int, pool: int
     model.eval()
     try:
         with torch.no_grad():
-            blocks = [fold_batchnorm(block) for block in model.blocks[:n_blocks]]
+            run = _block_runner(model, n_blocks)
             pieces = []
             # pieces keep activations cache-resident on a CPU; an accelerator takes the lot at once
             for piece in x.split(COARSE_CHUNK if x.device.type == "cpu" else max(len(x), 1)):
-                for block in blocks:
-                    piece = block(piece)
-                pieces.append(_pool(piece, pool))
+                pieces.append(_pool(run(piece), pool))
     finally:
         model.train(was)
     return torch.cat(pieces).flatten(1).cpu().double().numpy()
 
 
 COARSE_CHUNK = 32
+
+
+def _block_runner(model: BlockModel, n_blocks: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The first ``n_blocks`` blocks as one function: a zoo model's with batch norm folded; a
+    plugin model's (:class:`~fedtitan.models.adapt.AdaptedModel`) through its forward pass,
+    stopped once the block has run (its blocks need not be callable one after another)."""
+    if isinstance(model, AdaptedModel):
+        return lambda piece: model.features(piece, n_blocks)
+    blocks = [fold_batchnorm(block) for block in model.blocks[:n_blocks]]
+
+    def run(piece: torch.Tensor) -> torch.Tensor:
+        for block in blocks:
+            piece = block(piece)
+        return piece
+
+    return run
 
 
 def _pool(f: torch.Tensor, pool: int) -> torch.Tensor:

@@ -24,6 +24,7 @@ from fedtitan.devices.budgets import training_memory_bytes
 from fedtitan.devices.catalog import DeviceProfile
 from fedtitan.devices.dynamics import FleetDynamics, build_dynamics
 from fedtitan.devices.fleet import fleet_devices, fleet_profiles, fleet_spec
+from fedtitan.errors import ConfigError
 from fedtitan.models import build_model, count_forward_flops, param_bytes
 from fedtitan.models.base import BlockModel
 
@@ -48,7 +49,13 @@ def model_options(cfg: Config) -> dict[str, Any]:
         "cnn", "speech_cnn", "har_cnn", "resnet18", "resnet34") else {}
     if cfg.model.stem != "auto":
         opts["stem"] = cfg.model.stem
-    return opts
+    return {**opts, **cfg.model.options}
+
+
+def model_parts(cfg: Config) -> dict[str, str | None]:
+    """The submodules ``model.head_module`` / ``embedding_module`` / ``first_block_module`` name."""
+    m = cfg.model
+    return {"head": m.head_module, "embedding": m.embedding_module, "first_block": m.first_block_module}
 
 
 @functools.lru_cache(maxsize=4)
@@ -80,7 +87,11 @@ def dataset_for(cfg: Config) -> Dataset:
 
 def build_global_model(cfg: Config, ds: Dataset) -> BlockModel:
     torch.manual_seed(cfg.run.seed)
-    return build_model(cfg.model.name, ds.input_shape, ds.num_classes, **model_options(cfg))
+    model = build_model(cfg.model.name, ds.input_shape, ds.num_classes, **model_parts(cfg), **model_options(cfg))
+    if cfg.selection.n_blocks > model.num_blocks:
+        raise ConfigError(f"config selection.n_blocks: {cfg.selection.n_blocks} blocks, but model {cfg.model.name!r} "
+                          f"has {model.num_blocks}; choose 1..{model.num_blocks}")
+    return model
 
 
 def partition_for(cfg: Config, ds: Dataset) -> list[np.ndarray]:

@@ -53,7 +53,7 @@ def test_known_mobilenet_v1_cifar_cost():
 
 
 def test_unknown_model_and_bad_blocks():
-    with pytest.raises(ConfigError, match="unknown model"):
+    with pytest.raises(ConfigError, match="config model.name: unknown value .vgg.*package.module:factory"):
         build_model("vgg", (3, 32, 32), 10)
     model = build_model("cnn", (3, 32, 32), 10)
     with pytest.raises(ValueError, match="n_blocks"):

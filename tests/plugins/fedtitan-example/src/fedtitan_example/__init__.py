@@ -1,1 +1,2 @@
-"""A worked example of fedtitan plugins: one selector, one strategy (docs/extending.md)."""
+"""A worked example of fedtitan plugins: one selector, one strategy (docs/extending.md) and two
+models (docs/models.md)."""
