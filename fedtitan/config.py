@@ -67,6 +67,18 @@ class DataSection(_Section):
     feature_noise: float = Field(0.0, ge=0, le=1)
     feature_sigma: float = Field(1.0, ge=0)
     label_noise: float = Field(0.0, ge=0, le=1)
+    # reading a folder, table or LEAF set (fedtitan/data/formats.py; docs/datasets.md "Bring your own data")
+    image_size: int | None = Field(None, ge=1)  # folder: resize every image to this square
+    image_mode: Literal["RGB", "L"] | None = None  # folder: convert every image (default: as they are)
+    label_column: str = "label"  # table
+    feature_columns: list[str] | None = None  # table: default, the numeric columns but label and group
+    group_column: str | None = None  # table: the natural client (user, subject)
+    window: int | None = Field(None, ge=1)  # table: consecutive rows per sample
+    window_step: int | None = Field(None, ge=1)  # table: rows between windows (default: window)
+    sample_shape: list[int] | None = None  # leaf: reshape each flat sample
+    bad_rows: Literal["error", "drop"] = "error"  # table: unreadable rows stop the run, or are left out (counted)
+    holdout: Literal["auto", "stratified", "group"] = "auto"  # a test split when the data has none
+    test_fraction: float = Field(0.2, gt=0, lt=1)
 
 
 class ModelSection(_Section):

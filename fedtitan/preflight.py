@@ -48,6 +48,7 @@ def _flag_unread_selection(cfg: Config, factory: object) -> None:
 
 def check_config(cfg: Config) -> Config:
     """``cfg`` when every name it gives exists (else a one-line :class:`ConfigError`)."""
+    from fedtitan.data.formats import FORMATS
     from fedtitan.data.loaders import LOADERS
     from fedtitan.devices.catalog import CATALOG
     from fedtitan.devices.dynamics import build_dynamics
@@ -57,7 +58,10 @@ def check_config(cfg: Config) -> Config:
     from fedtitan.results.tracking import check_backend
     from fedtitan.selection.selectors import selector_factory
 
-    _choose("data.dataset", cfg.data.dataset, [*LOADERS, "npz"])
+    _choose("data.dataset", cfg.data.dataset, [*LOADERS, "npz", *FORMATS])
+    if cfg.data.dataset in FORMATS and not cfg.data.path:
+        raise ConfigError(f"config data.path: data.dataset = {cfg.data.dataset!r} reads your data at data.path; set it "
+                          f"to the {'folder of class folders' if cfg.data.dataset == 'folder' else 'file or folder'}")
     check_model_options(cfg.model.name, cfg.model.options)  # resolves model.name (zoo, entry point, module:factory)
     if cfg.model.stem != "auto" and not takes_stem(cfg.model.name):
         raise ConfigError(f"config model.stem: {cfg.model.name} has one stem; model.stem applies to "

@@ -17,6 +17,8 @@ from fedtitan.errors import FedtitanError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from fedtitan.data.dataset import Dataset
+
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from fedtitan.config import load_config
@@ -270,10 +272,14 @@ def _cmd_data(args: argparse.Namespace) -> int:
         out = download(args.name, args.to, quiet=args.quiet)
         print(f"{args.name}: ready in {out}")
         return 0
+    from fedtitan.data.dataset import describe
+
     if args.data_cmd != "summary":
         raise FedtitanError("usage: fedtitan data {summary [PRESET] [--set KEY=VALUE], download NAME [--to DIR]}")
-    df = _partition_table(args)
+    df, ds = _partition_table(args)
     import pandas as pd
+
+    print(describe(ds))
 
     with pd.option_context("display.max_rows", 200, "display.max_columns", 80, "display.width", 200):
         print(df)
@@ -291,19 +297,20 @@ SUMMARY_FLAGS = {"dataset": "data.dataset", "path": "data.path", "data_dir": "da
                  "classes_per_client": "data.classes_per_client", "seed": "run.seed"}
 
 
-def _partition_table(args: argparse.Namespace) -> pd.DataFrame:
+def _partition_table(args: argparse.Namespace) -> tuple[pd.DataFrame, Dataset]:
     """The partition a run of the preset (with the flags and ``--set`` on top) trains on, one row
     per client: the run's own code path (``dataset_for`` with ``data.max_train``,
     ``partition_for`` with ``data.min_samples``), so it equals that run's ``partition.csv``."""
     from fedtitan.config import load_config, preset_names
     from fedtitan.data import summary
+    from fedtitan.data.formats import FORMATS
     from fedtitan.data.loaders import LOADERS
     from fedtitan.errors import ConfigError, did_you_mean
     from fedtitan.preflight import check_config
     from fedtitan.training.setup import dataset_for, partition_for
 
     preset, sets = args.preset, []
-    presets, datasets = preset_names(), [*LOADERS, "npz"]
+    presets, datasets = preset_names(), [*LOADERS, "npz", *FORMATS]
     if preset not in presets and not preset.endswith(".toml") and not Path(preset).exists():
         if preset not in datasets:
             raise ConfigError(f"{preset!r} is neither a preset, a TOML file nor a dataset"
@@ -313,7 +320,7 @@ def _partition_table(args: argparse.Namespace) -> pd.DataFrame:
     sets += [f"{key}={getattr(args, flag)}" for flag, key in SUMMARY_FLAGS.items() if getattr(args, flag) is not None]
     cfg = check_config(load_config(preset, [*sets, *args.set]))
     ds = dataset_for(cfg)
-    return summary(partition_for(cfg, ds), ds.y_train, ds.num_classes)
+    return summary(partition_for(cfg, ds), ds.y_train, ds.num_classes), ds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -450,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(e.g. cifar10) means the quickstart preset's data settings on that dataset")
     sm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     sm.add_argument("--dataset", help="data.dataset")
-    sm.add_argument("--path", help="data.path (npz file for dataset 'npz')")
+    sm.add_argument("--path", help="data.path (the npz file, image folder, table or LEAF set)")
     sm.add_argument("--data-dir", help="data.data_dir")
     sm.add_argument("--partition", help="data.partition")
     sm.add_argument("--num-clients", type=int, help="data.num_clients")

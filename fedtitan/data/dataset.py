@@ -129,3 +129,20 @@ def validate_arrays(ds: Dataset) -> None:
             raise DataError(f"{name}: groups_{split} has {len(g)} entries for {len(y)} samples")
     if len(ds.mean) != len(ds.std):
         raise DataError(f"{name}: normalisation mean and std differ in length")
+
+
+def describe(ds: Dataset, top: int = 12) -> str:
+    """A few lines on what a dataset holds: samples per split, sample shape, classes with their
+    training counts, groups (the natural clients)."""
+    counts = np.bincount(ds.y_train, minlength=ds.num_classes)
+    names = list(ds.classes) or [str(c) for c in range(ds.num_classes)]
+    shown = ", ".join(f"{names[c]} {counts[c]}" for c in range(min(top, ds.num_classes)))
+    more = f", ... ({ds.num_classes - top} more)" if ds.num_classes > top else ""
+    lines = [f"{ds.name}: {len(ds.y_train)} training and {len(ds.y_test)} test samples of shape {ds.input_shape} "
+             f"({ds.x_train.dtype})",
+             f"{ds.num_classes} classes (training samples): {shown}{more}"]
+    if ds.groups_train is not None:
+        g, n = np.unique(ds.groups_train, return_counts=True)
+        test = len(np.unique(ds.groups_test)) if ds.groups_test is not None else 0
+        lines.append(f"{len(g)} training groups ({test} test groups), {n.min()}-{n.max()} samples each")
+    return "\n".join(lines)

@@ -15,12 +15,14 @@ import os
 import pickle
 import struct
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fedtitan.data.dataset import Dataset
+from fedtitan.data.formats import FORMATS, load_format
 from fedtitan.errors import DataError, FedtitanError, did_you_mean
 from fedtitan.fileio import atomic_writer
 from fedtitan.paths import cache_dir, data_dirs
@@ -478,17 +480,20 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
 
 def load_dataset(
     name: str, data_dir: str | os.PathLike[str] | None = None, path: str | os.PathLike[str] | None = None,
-    seed: int = 0,
+    seed: int = 0, read_options: Mapping[str, Any] | None = None, progress: bool = False,
 ) -> Dataset:
     """Load a dataset by short name (``cifar10``, ``femnist``, ``uci-har``, ``speech-commands``,
-    ``mnist``, ``digits``) or ``npz`` with ``path`` to the user's file."""
+    ``mnist``, ``digits``), ``npz`` with ``path`` to the user's file, or a ``folder``,
+    ``table`` or ``leaf`` at ``path`` read with ``read_options`` (:mod:`fedtitan.data.formats`)."""
+    if name in FORMATS:
+        return load_format(name, path, seed, read_options or {}, progress=progress)
     if name == "npz":
         if path is None:
             raise DataError("dataset 'npz' needs data.path pointing at an .npz file with 'x' and 'y'")
         return load_npz(path, seed=seed)
     if name not in LOADERS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join([*LOADERS, 'npz'])}"
-                        f"{did_you_mean(name, [*LOADERS, 'npz'])}")
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join([*LOADERS, 'npz', *FORMATS])}"
+                        f"{did_you_mean(name, [*LOADERS, 'npz', *FORMATS])}")
     if name in ("uci-har", "speech-commands", "mnist"):
         return LOADERS[name](data_dir, seed=seed)
     if name == "digits":

@@ -58,18 +58,36 @@ def model_parts(cfg: Config) -> dict[str, str | None]:
     return {"head": m.head_module, "embedding": m.embedding_module, "first_block": m.first_block_module}
 
 
-@functools.lru_cache(maxsize=4)
-def _dataset(name: str, data_dir: str | None, path: str | None, seed: int) -> Dataset:
-    return load_dataset(name, data_dir=data_dir, path=path, seed=seed)
+READ_KEYS = ("image_size", "image_mode", "label_column", "feature_columns", "group_column", "window", "window_step",
+             "sample_shape", "bad_rows", "holdout", "test_fraction")
+
+
+def read_options(cfg: Config) -> str:
+    """The ``data.*`` settings reading a folder, table or LEAF set, as JSON ("" for the other datasets)."""
+    import json
+
+    from fedtitan.data.formats import FORMATS
+
+    if cfg.data.dataset not in FORMATS:
+        return ""
+    return json.dumps({k: getattr(cfg.data, k) for k in READ_KEYS}, sort_keys=True)
 
 
 @functools.lru_cache(maxsize=4)
-def _subsampled(name: str, data_dir: str | None, path: str | None, seed: int, max_train: int) -> Dataset:
+def _dataset(name: str, data_dir: str | None, path: str | None, seed: int, options: str = "") -> Dataset:
+    import json
+
+    return load_dataset(name, data_dir=data_dir, path=path, seed=seed, read_options=json.loads(options or "{}"))
+
+
+@functools.lru_cache(maxsize=4)
+def _subsampled(name: str, data_dir: str | None, path: str | None, seed: int, max_train: int,
+                options: str = "") -> Dataset:
     import dataclasses
 
     from fedtitan.data import stratified_holdout
 
-    ds = _dataset(name, data_dir, path, seed)
+    ds = _dataset(name, data_dir, path, seed, options)
     if max_train >= len(ds.y_train):
         return ds
     _, keep = stratified_holdout(ds.y_train, max_train / len(ds.y_train), seed)
@@ -81,8 +99,8 @@ def dataset_for(cfg: Config) -> Dataset:
     """The run's dataset (cached per process); ``data.max_train`` keeps a seeded stratified subset."""
     d = cfg.data
     if d.max_train is not None:
-        return _subsampled(d.dataset, d.data_dir, d.path, cfg.run.seed, d.max_train)
-    return _dataset(d.dataset, d.data_dir, d.path, cfg.run.seed)
+        return _subsampled(d.dataset, d.data_dir, d.path, cfg.run.seed, d.max_train, read_options(cfg))
+    return _dataset(d.dataset, d.data_dir, d.path, cfg.run.seed, read_options(cfg))
 
 
 def build_global_model(cfg: Config, ds: Dataset) -> BlockModel:
