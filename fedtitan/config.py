@@ -54,13 +54,22 @@ class RunSection(_Section):
     checkpoint_every: int = Field(1, ge=0)  # rounds between checkpoints (0: none; the last round always)
 
 
+# data.partition's methods (fedtitan.data.partition reads them from here), and the prefix
+# naming a flwr-datasets partitioner instead.
+PARTITIONERS = ("iid", "dirichlet", "shards", "natural", "quantity")
+FLWR_PREFIX = "flwr:"
+
+
 class DataSection(_Section):
     dataset: str = "digits"
     path: str | None = None
     data_dir: str | None = None
     max_train: int | None = Field(None, ge=10)
-    partition: Literal["iid", "dirichlet", "shards", "natural"] = "dirichlet"
+    partition: str = "dirichlet"  # iid, dirichlet, shards, natural, quantity, or flwr:NAME (flwr-datasets)
     alpha: float = Field(0.5, gt=0)
+    self_balancing: bool = False  # dirichlet: no share of a class for a client already above the average size
+    quantity_sigma: float = Field(1.0, ge=0)  # quantity: client sizes ~ LogNormal(0, sigma)
+    partition_options: dict[str, Any] = Field(default_factory=dict)  # a flwr:NAME partitioner's keywords
     classes_per_client: int = Field(2, ge=1)
     num_clients: int = Field(15, ge=1)
     min_samples: int = Field(10, ge=1)
@@ -79,6 +88,14 @@ class DataSection(_Section):
     bad_rows: Literal["error", "drop"] = "error"  # table: unreadable rows stop the run, or are left out (counted)
     holdout: Literal["auto", "stratified", "group"] = "auto"  # a test split when the data has none
     test_fraction: float = Field(0.2, gt=0, lt=1)
+
+    @field_validator("partition")
+    @classmethod
+    def _partition(cls, v: str) -> str:
+        if v in PARTITIONERS or (v.startswith(FLWR_PREFIX) and len(v) > len(FLWR_PREFIX)):
+            return v
+        raise ValueError(f"unknown partition {v!r}{did_you_mean(v, PARTITIONERS)} Choose one of "
+                         f"{', '.join(PARTITIONERS)}, or flwr:NAME for a flwr-datasets partitioner")
 
 
 class ModelSection(_Section):
@@ -347,7 +364,8 @@ def _known_keys() -> list[str]:
 
 
 # Keys holding a table of free-form options: ``--set server.strategy_options.proximal_mu=0.1``.
-TABLE_KEYS = ("server.strategy_options", "selection.options", "fleet.dynamics_options", "model.options")
+TABLE_KEYS = ("server.strategy_options", "selection.options", "fleet.dynamics_options", "model.options",
+              "data.partition_options")
 
 
 def is_known_key(key: str) -> bool:

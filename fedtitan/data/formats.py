@@ -1,4 +1,5 @@
-"""A researcher's own data: an image folder, a table (CSV or parquet), a LEAF JSON set.
+"""A researcher's own data: an image folder, a table (CSV or parquet), a LEAF JSON set, a
+Hugging Face dataset.
 
 Each is read without a network, decoded once into a :class:`Dataset` and cached as an npz
 keyed on the sorted list of its files with their sizes and mtimes (and the reading
@@ -21,6 +22,11 @@ line naming the file or column and what would be right.
   them, ``train/`` and ``test/`` when present; the users are the groups; ``sample_shape``
   reshapes each flat ``x``.
 
+* ``hf`` (the ``fedtitan[hf]`` extra): a Hugging Face ``datasets`` dataset saved with
+  ``save_to_disk``, or a local image folder or table file read through ``datasets``; an
+  ``Image`` column gives images (as ``folder``), else the columns are read as ``table``;
+  a ``ClassLabel`` label keeps its names and order; ``train`` and ``test`` splits are used.
+
 Without a test split in the data, one is held out with the run's seed: ``stratified`` (per
 class) or ``group`` (whole groups, so no test user is a training client); ``auto`` takes
 ``group`` when the data has groups.
@@ -39,13 +45,12 @@ from typing import Any
 import numpy as np
 
 from fedtitan.data.dataset import Dataset
-from fedtitan.errors import DataError, FedtitanError, did_you_mean
-from fedtitan.fileio import atomic_writer
+from fedtitan.errors import DataError, did_you_mean
 from fedtitan.paths import cache_dir
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 TABLE_EXTENSIONS = (".csv", ".tsv", ".parquet", ".pq")
-FORMATS = ("folder", "table", "leaf")
+FORMATS = ("folder", "table", "leaf", "hf")
 
 
 @dataclass(frozen=True)
@@ -92,24 +97,80 @@ def _files_tag(files: Iterable[Path], root: Path, extra: Mapping[str, Any]) -> s
     return h.hexdigest()[:16]
 
 
-def cached_decode(kind: str, root: Path, files: list[Path], options: Mapping[str, Any],
-                  build: Callable[[], dict[str, np.ndarray]], progress: bool = False) -> dict[str, np.ndarray]:
-    """``build()``'s arrays, decoded once per file set and options and kept under the cache dir."""
-    path = cache_dir() / f"{kind}-{_files_tag(files, root, options)}.npz"
-    if path.exists():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        except Exception:
-            path.unlink(missing_ok=True)
-    arrays = build()
+@dataclass(frozen=True)
+class Source:
+    """What a format reads (``files`` under ``base``) and how it decodes them."""
+
+    kind: str
+    base: Path
+    files: list[Path]
+    build: Callable[[], dict[str, np.ndarray]]
+
+
+MAPPED = ("x", "test_x")  # the big arrays, memory-mapped from the cache
+
+
+def _read_dir(d: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of a complete cache folder (``x`` and ``test_x`` memory-mapped), or ``None``."""
+    if not (d / "complete").exists():
+        return None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_writer(path) as fh:
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
-    except (OSError, FedtitanError):
-        pass  # a read-only or full cache only costs speed
-    return arrays
+        return {f.stem: np.load(f, mmap_mode="r" if f.stem in MAPPED else None, allow_pickle=False)
+                for f in sorted(d.glob("*.npy"))}
+    except Exception:
+        return None
+
+
+def _write_dir(d: Path, arrays: Mapping[str, np.ndarray]) -> bool:
+    """Write ``arrays`` as ``.npy`` files into a fresh folder renamed into place at the end, so a
+    failure or a second process writing the same data leaves no half-written folder."""
+    import shutil
+    import tempfile
+
+    try:
+        d.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}-", dir=d.parent))
+    except OSError:
+        return False
+    try:
+        for k, v in arrays.items():
+            np.save(tmp / f"{k}.npy", np.asarray(v), allow_pickle=False)
+        (tmp / "complete").touch()
+        try:
+            os.replace(tmp, d)
+        except OSError:  # another process got there first: its copy is the same
+            shutil.rmtree(tmp, ignore_errors=True)
+        return True
+    except (OSError, ValueError):
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
+
+
+def cached_arrays(source: Source, opts: ReadOptions, seed: int) -> dict[str, np.ndarray]:
+    """The train/test arrays of ``source``, decoded once and split once per seed.
+
+    Two cache levels under :func:`~fedtitan.paths.cache_dir`, each a folder of ``.npy`` files
+    written whole or not at all: the decoded data (keyed on the files' names, sizes and mtimes
+    and the reading settings), and its train/test split (keyed on that and on the hold-out
+    settings and seed). The split's ``x`` and ``test_x`` are memory-mapped, so the client
+    processes of one machine share one copy in the page cache instead of each holding its own."""
+    tag = _files_tag(source.files, source.base, opts.decoding())
+    split_tag = hashlib.sha1(f"{tag}|{opts.holdout}|{opts.test_fraction}|{seed}".encode()).hexdigest()[:12]
+    split_dir = cache_dir() / f"{source.kind}-{tag}-split-{split_tag}"
+    got = _read_dir(split_dir)
+    if got is not None:
+        return got
+    decoded_dir = cache_dir() / f"{source.kind}-{tag}"
+    arrays = _read_dir(decoded_dir)
+    if arrays is None:
+        arrays = source.build()
+        _write_dir(decoded_dir, arrays)
+    where = f"{source.kind} {source.base if source.kind != 'table' else source.files[0]}"
+    split = split_holdout(arrays, opts, seed, where)
+    split["mean"], split["std"] = channel_stats(split["x"])
+    if _write_dir(split_dir, split):
+        return _read_dir(split_dir) or split
+    return split
 
 
 # --------------------------------------------------------------------------- labels and splits
@@ -168,21 +229,34 @@ def split_holdout(arrays: dict[str, np.ndarray], opts: ReadOptions, seed: int, w
     return out
 
 
+def channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of ``x`` (axis 1; images scaled by 1/255),
+    a chunk at a time so a large array is never copied whole to float64."""
+    scale = 1 / 255 if x.dtype == np.uint8 else 1.0
+    axes = (0, *range(2, x.ndim))
+    total = np.zeros(x.shape[1] if x.ndim > 1 else 1)
+    squares = np.zeros_like(total)
+    for a in range(0, len(x), chunk):
+        part = np.asarray(x[a:a + chunk], dtype=np.float64) * scale
+        total += part.sum(axis=axes)
+        squares += (part**2).sum(axis=axes)
+    count = len(x) * int(np.prod(x.shape[2:]))
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return mean, np.where(std > 1e-8, std, 1.0)
+
+
 def to_dataset(name: str, arrays: dict[str, np.ndarray]) -> Dataset:
-    """A :class:`Dataset` from decoded arrays, normalised with the training split's
+    """A :class:`Dataset` from decoded, split arrays, normalised with the training split's
     per-channel mean and std (images: uint8 scaled by 1/255)."""
     x = arrays["x"]
-    scale = 1 / 255 if x.dtype == np.uint8 else 1.0
-    axes = (0, *range(2, x.ndim)) if x.ndim >= 2 else (0,)
-    xf = x.astype(np.float64) * scale
-    mean, std = xf.mean(axis=axes), xf.std(axis=axes)
-    std = np.where(std > 1e-8, std, 1.0)
+    mean, std = (arrays["mean"], arrays["std"]) if "mean" in arrays else channel_stats(x)
     classes = tuple(str(c) for c in arrays["classes"])
     return Dataset(
         name=name, x_train=x, y_train=arrays["y"], x_test=arrays["test_x"], y_test=arrays["test_y"],
         num_classes=len(classes), classes=classes, groups_train=arrays.get("groups"),
-        groups_test=arrays.get("test_groups"), scale=scale, mean=tuple(float(m) for m in np.atleast_1d(mean)),
-        std=tuple(float(s) for s in np.atleast_1d(std)),
+        groups_test=arrays.get("test_groups"), scale=1 / 255 if x.dtype == np.uint8 else 1.0,
+        mean=tuple(float(m) for m in np.atleast_1d(mean)), std=tuple(float(v) for v in np.atleast_1d(std)),
     )
 
 
@@ -234,20 +308,12 @@ def _read_image(path: Path, mode: str | None, size: int | None) -> tuple[np.ndar
     try:
         with Image.open(path) as f:
             f.load()
-            own = f.mode
-            img: Image.Image = f
-            if mode is not None:
-                img = img.convert(mode)
-            elif own not in ("L", "RGB"):
-                img = img.convert("RGB" if own in ("RGBA", "P", "CMYK", "YCbCr", "LA") else "L")
-            if size is not None and img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8), own
+            return _pil_array(f, mode, size), f.mode
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {exc}; remove or replace the file") from None
 
 
-def decode_folder(root: Path, opts: ReadOptions, progress: bool = False) -> dict[str, np.ndarray]:
+def decode_folder(root: Path, opts: ReadOptions, progress: bool = False) -> Source:
     splits, classes, files = folder_layout(root)
     every = [f for fs in files.values() for f, _ in fs]
 
@@ -276,11 +342,14 @@ def decode_folder(root: Path, opts: ReadOptions, progress: bool = False) -> dict
             out[f"{key}x"], out[f"{key}y"] = x, y
         return out
 
-    return cached_decode("folder", root, every, opts.decoding(), build, progress)
+    return Source("folder", root, every, build)
 
 
 def _progress(items: list[Any], what: str, show: bool) -> Iterable[Any]:
-    if not show or len(items) < 500:
+    """A progress bar over a long decode, on a terminal (a Ray worker's output is not one)."""
+    import sys
+
+    if not show or len(items) < 500 or not sys.stderr.isatty():
         return items
     from rich.progress import track
 
@@ -424,7 +493,7 @@ def _windows(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, window: in
     return np.stack(xs), np.array(ys, dtype=np.int64), (np.array(gs) if groups is not None else None)
 
 
-def decode_table(root: Path, opts: ReadOptions) -> dict[str, np.ndarray]:
+def decode_table(root: Path, opts: ReadOptions) -> Source:
     files = _table_files(root)
     base = root if root.is_dir() else root.parent
 
@@ -437,7 +506,7 @@ def decode_table(root: Path, opts: ReadOptions) -> dict[str, np.ndarray]:
             out.update({f"test_{k}": v for k, v in test.items()})
         return out
 
-    return cached_decode("table", base, list(files.values()), opts.decoding(), build)
+    return Source("table", base, list(files.values()), build)
 
 
 # --------------------------------------------------------------------------- leaf
@@ -500,7 +569,7 @@ def _read_leaf_users(files: list[Path], opts: ReadOptions) -> tuple[np.ndarray, 
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(us)
 
 
-def decode_leaf(root: Path, opts: ReadOptions) -> dict[str, np.ndarray]:
+def decode_leaf(root: Path, opts: ReadOptions) -> Source:
     files = _leaf_files(root)
     base = root if root.is_dir() else root.parent
 
@@ -517,7 +586,111 @@ def decode_leaf(root: Path, opts: ReadOptions) -> dict[str, np.ndarray]:
             out.update(test_x=tx, test_y=_encode(_label_text(ty), names), test_groups=tu)
         return out
 
-    return cached_decode("leaf", base, [f for fs in files.values() for f in fs], opts.decoding(), build)
+    return Source("leaf", base, [f for fs in files.values() for f in fs], build)
+
+
+# --------------------------------------------------------------------------- hugging face
+
+
+def _hf_open(root: Path) -> Any:
+    """A ``datasets`` Dataset or DatasetDict from a ``save_to_disk`` folder, a local image folder
+    (``imagefolder``) or a table file (``csv``, ``parquet``, ``json``), without a network."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("data.dataset = 'hf' needs Hugging Face datasets: pip install 'fedtitan[hf]'") from None
+    try:
+        if root.is_dir() and ((root / "dataset_dict.json").exists() or (root / "state.json").exists()):
+            return datasets.load_from_disk(str(root))
+        if root.is_dir():
+            return datasets.load_dataset("imagefolder", data_dir=str(root))
+        kind = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet", ".json": "json",
+                ".jsonl": "json"}.get(root.suffix.lower())
+        if kind is None:
+            raise DataError(f"data.path: {root} is not a saved dataset, a folder or a csv/parquet/json file "
+                            f"(data.dataset = 'hf')")
+        extra = {"delimiter": "\t"} if root.suffix.lower() == ".tsv" else {}
+        return datasets.load_dataset(kind, data_files=str(root), **extra)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"Hugging Face datasets cannot read {root}: {type(exc).__name__}: {exc}") from None
+
+
+def _hf_split(ds: Any, path: Path, opts: ReadOptions, classes: list[str] | None) -> tuple[dict[str, np.ndarray],
+                                                                                         list[str]]:
+    import datasets
+
+    features = ds.features
+    image_cols = [k for k, f in features.items() if isinstance(f, datasets.Image)]
+    label = opts.label_column
+    if label not in features:
+        raise DataError(f"Hugging Face dataset {path}: no label column {label!r}{did_you_mean(label, list(features))} "
+                        f"Columns: {', '.join(features)}; set data.label_column")
+    if not image_cols:  # a table: the same reading as data.dataset = "table"
+        return _table_arrays(ds.to_pandas(), path, opts, classes)
+    feat = features[label]
+    raw = np.asarray(ds[label])
+    if isinstance(feat, datasets.ClassLabel):
+        names = list(feat.names) if classes is None else classes
+        y = raw.astype(np.int64)
+    else:
+        text = _label_text(raw)
+        names = class_names(text) if classes is None else classes
+        unknown = sorted(set(text) - set(names))
+        if unknown:
+            raise DataError(f"Hugging Face dataset {path}: test labels {', '.join(unknown[:5])} do not occur in train")
+        y = _encode(text, names)
+    images, first = [], None
+    for i, img in enumerate(ds.cast_column(image_cols[0], datasets.Image(decode=True))[image_cols[0]]):
+        a = _pil_array(img, opts.image_mode, opts.image_size)
+        if first is None:
+            first = a.shape
+        if a.shape != first:
+            raise DataError(f"Hugging Face dataset {path}: image {i} is {a.shape[1]}x{a.shape[0]} "
+                            f"({a.shape[2] if a.ndim == 3 else 1} channel(s)) but image 0 is {first[1]}x{first[0]} "
+                            f"({first[2] if len(first) == 3 else 1}); set data.image_size and data.image_mode")
+        images.append(a if a.ndim == 3 else a[:, :, None])
+    out = {"x": np.stack(images).transpose(0, 3, 1, 2), "y": y}
+    if opts.group_column is not None:
+        if opts.group_column not in features:
+            raise DataError(f"Hugging Face dataset {path}: no group column {opts.group_column!r}; set data.group_column")
+        out["groups"] = np.asarray(ds[opts.group_column]).astype(str)
+    return out, names
+
+
+def _pil_array(img: Any, mode: str | None, size: int | None) -> np.ndarray:
+    from PIL import Image
+
+    if mode is not None:
+        img = img.convert(mode)
+    elif img.mode not in ("L", "RGB"):
+        img = img.convert("RGB" if img.mode in ("RGBA", "P", "CMYK", "YCbCr", "LA") else "L")
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def decode_hf(root: Path, opts: ReadOptions) -> Source:
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    base = root if root.is_dir() else root.parent
+
+    def build() -> dict[str, np.ndarray]:
+        import datasets
+
+        opened = _hf_open(root)
+        splits = dict(opened) if isinstance(opened, datasets.DatasetDict) else {"train": opened}
+        if "train" not in splits:
+            raise DataError(f"Hugging Face dataset {root}: no 'train' split (splits: {', '.join(splits)})")
+        train, names = _hf_split(splits["train"], root, opts, None)
+        _need_two_classes(names, f"Hugging Face dataset {root}")
+        out = {**train, "classes": np.array(names)}
+        if "test" in splits:
+            test, _ = _hf_split(splits["test"], root, opts, names)
+            out.update({f"test_{k}": v for k, v in test.items()})
+        return out
+
+    return Source("hf", base, files, build)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -534,15 +707,16 @@ def load_format(kind: str, path: str | os.PathLike[str] | None, seed: int, optio
         raise DataError(f"data.path: {root} not found (data.dataset = {kind!r})")
     opts = ReadOptions.from_mapping(options)
     if kind == "folder":
-        arrays = decode_folder(root, opts, progress)
+        source = decode_folder(root, opts, progress)
     elif kind == "table":
-        arrays = decode_table(root, opts)
+        source = decode_table(root, opts)
     elif kind == "leaf":
-        arrays = decode_leaf(root, opts)
+        source = decode_leaf(root, opts)
+    elif kind == "hf":
+        source = decode_hf(root, opts)
     else:
         raise DataError(f"unknown data format {kind!r}; choose one of {', '.join(FORMATS)}")
-    arrays = split_holdout(arrays, opts, seed, f"{kind} {root}")
-    return to_dataset(root.stem or kind, arrays)
+    return to_dataset(root.stem or kind, cached_arrays(source, opts, seed))
 
 
 __all__ = ["FORMATS", "ReadOptions", "class_names", "load_format"]

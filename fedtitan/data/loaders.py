@@ -421,7 +421,7 @@ def load_npz(path: str | os.PathLike[str], seed: int = 0, test_fraction: float =
     """A user's own data: ``x``, ``y``, optional ``groups``, optional ``x_test``/``y_test``.
 
     ``x`` is channels-first ``(N, C, H, W)``, ``(N, C, L)`` or ``(N, D)``; labels are
-    integers ``0..K-1``. Without a test split, a seeded stratified hold-out of
+    integers ``0..K-1``, or text (classes sorted: as numbers when all are numbers, else as text). Without a test split, a seeded stratified hold-out of
     ``test_fraction`` is used. Optional: ``num_classes``, ``mean``, ``std``, ``scale``.
     """
     p = Path(path).expanduser()
@@ -431,6 +431,16 @@ def load_npz(path: str | os.PathLike[str], seed: int = 0, test_fraction: float =
     for key in ("x", "y"):
         if key not in raw:
             raise DataError(f"{p} has no '{key}' array (found {sorted(raw)}); an npz dataset needs 'x' and 'y'")
+    names: list[str] = []
+    if "y" in raw and raw["y"].dtype.kind in "US":  # text labels: classes sorted as the formats sort them
+        from fedtitan.data.formats import class_names
+
+        seen = [raw["y"], raw["y_test"]] if "y_test" in raw else [raw["y"]]
+        names = class_names(np.concatenate([np.asarray(v).astype(str) for v in seen]))
+        index = {n: i for i, n in enumerate(names)}
+        for key in ("y", "y_test"):
+            if key in raw:
+                raw[key] = np.array([index[str(v)] for v in raw[key]], dtype=np.int64)
     x, y = raw["x"], _labels(raw["y"], p, "y")
     if x.ndim == 0 or len(x) == 0 or len(y) == 0:
         raise DataError(f"{p}: 'x' and 'y' hold no samples (shapes {x.shape} and {y.shape})")
@@ -456,13 +466,13 @@ def load_npz(path: str | os.PathLike[str], seed: int = 0, test_fraction: float =
     if "num_classes" not in raw and top >= 1000 and top >= 10 * distinct:
         raise DataError(f"{p}: labels reach {top} but only {distinct} distinct values occur; labels must be class "
                         "indices 0..K-1 (remap them: np.unique(y, return_inverse=True)[1])")
-    num_classes = int(raw["num_classes"]) if "num_classes" in raw else top + 1
+    num_classes = int(raw["num_classes"]) if "num_classes" in raw else len(names) or top + 1
     mean = tuple(np.atleast_1d(raw["mean"]).tolist()) if "mean" in raw else (0.0,)
     std = tuple(np.atleast_1d(raw["std"]).tolist()) if "std" in raw else (1.0,)
     scale = float(raw["scale"]) if "scale" in raw else (1 / 255 if x.dtype == np.uint8 else 1.0)
     return Dataset(
         name=p.stem, x_train=x_tr, y_train=y_tr.astype(np.int64), x_test=x_te, y_test=y_te,
-        num_classes=num_classes, groups_train=g_tr, groups_test=g_te, scale=scale, mean=mean, std=std,
+        num_classes=num_classes, classes=tuple(names), groups_train=g_tr, groups_test=g_te, scale=scale, mean=mean, std=std,
     )
 
 

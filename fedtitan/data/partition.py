@@ -1,4 +1,5 @@
-"""Client partitions: iid, dirichlet, shards (k classes per client), natural (by group).
+"""Client partitions: iid, dirichlet, shards (k classes per client), natural (by group),
+quantity (lognormal sizes), and any flwr-datasets partitioner (``flwr:NAME``).
 
 A partition is a list of sorted index arrays, one per client, into the training split.
 All partitioners are deterministic for a given seed and raise :class:`ConfigError` on
@@ -7,9 +8,12 @@ parameters that cannot work.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
+from fedtitan.config import FLWR_PREFIX, PARTITIONERS
 from fedtitan.errors import ConfigError, did_you_mean
 
 Partition = list[np.ndarray]
@@ -36,10 +40,15 @@ def dirichlet(
     seed: int = 0,
     min_samples: int = 1,
     max_tries: int = 100,
+    self_balancing: bool = False,
 ) -> Partition:
     """Label-skewed split: for every class, client shares ~ Dirichlet(alpha) (Hsu et al., 2019).
 
-    Redraws (up to ``max_tries``) until every client holds at least ``min_samples``.
+    Redraws (up to ``max_tries``) until every client holds at least ``min_samples``. With
+    ``self_balancing`` (flwr-datasets' ``DirichletPartitioner(self_balancing=True)``), classes
+    are dealt in order and a client already holding more than the average (samples /
+    clients) gets no share of the next class; the others' shares are renormalised. The same
+    seed gives the same per-client class counts as flwr-datasets' partitioner, either way.
     """
     if not alpha > 0:
         raise ConfigError(f"dirichlet alpha must be > 0, got {alpha}")
@@ -56,10 +65,13 @@ def dirichlet(
     sizes = np.zeros(num_clients, dtype=np.int64)
     for _ in range(max_tries):
         props = rng.dirichlet(np.full(num_clients, alpha), size=len(classes))  # (C, K)
-        # Integer split of each class by cumulative proportions, vectorised over classes.
-        cuts = np.floor(np.cumsum(props, axis=1) * counts[:, None]).astype(np.int64)
-        cuts[:, -1] = counts
-        per = np.diff(np.concatenate([np.zeros((len(classes), 1), np.int64), cuts], axis=1), axis=1)
+        if self_balancing:
+            per = _balanced_split(props, counts, len(labels) / num_clients)
+        else:
+            # Integer split of each class by cumulative proportions, vectorised over classes.
+            cuts = np.floor(np.cumsum(props, axis=1) * counts[:, None]).astype(np.int64)
+            cuts[:, -1] = counts
+            per = np.diff(np.concatenate([np.zeros((len(classes), 1), np.int64), cuts], axis=1), axis=1)
         sizes = per.sum(axis=0)
         if sizes.min() >= min_samples:
             break
@@ -75,6 +87,40 @@ def dirichlet(
         shuffled[starts[c] : starts[c + 1]] = seg
     client_of = np.repeat(np.tile(np.arange(num_clients), len(classes)), per.ravel())
     return _group(shuffled, client_of, num_clients)
+
+
+def _balanced_split(props: np.ndarray, counts: np.ndarray, average: float) -> np.ndarray:
+    """Per-class integer shares (C, K), class by class, leaving out clients already above
+    ``average`` samples (all of them, for a class where every client is: then none is)."""
+    per = np.zeros(props.shape, dtype=np.int64)
+    held = np.zeros(props.shape[1], dtype=np.int64)
+    for c, p in enumerate(props):
+        share = np.where(held > average, 0.0, p)
+        share = share / share.sum() if share.sum() > 0 else p
+        cuts = np.floor(np.cumsum(share) * counts[c]).astype(np.int64)
+        cuts[-1] = counts[c]
+        per[c] = np.diff(np.concatenate([[0], cuts]))
+        held += per[c]
+    return per
+
+
+def quantity(labels: np.ndarray, num_clients: int, sigma: float, seed: int = 0, min_samples: int = 1) -> Partition:
+    """Quantity skew: client sizes ~ LogNormal(0, ``sigma``) scaled to the data, each client's
+    samples drawn at random (so labels stay IID); every client holds at least ``min_samples``
+    (the rest is shared in proportion to the draws)."""
+    if not sigma >= 0:
+        raise ConfigError(f"quantity sigma must be >= 0, got {sigma}")
+    _check_clients(num_clients, len(labels))
+    if min_samples * num_clients > len(labels):
+        raise ConfigError(f"min_samples={min_samples} x {num_clients} clients needs more than the {len(labels)} samples")
+    rng = np.random.default_rng(seed)
+    weights = rng.lognormal(0.0, sigma, num_clients)
+    spare = len(labels) - min_samples * num_clients
+    cuts = np.rint(np.cumsum(weights / weights.sum()) * spare).astype(np.int64)
+    cuts[-1] = spare
+    sizes = np.diff(np.concatenate([[0], cuts])) + min_samples
+    perm = rng.permutation(len(labels))
+    return [np.sort(p) for p in np.split(perm, np.cumsum(sizes)[:-1])]
 
 
 def _group(values: np.ndarray, client_of: np.ndarray, num_clients: int) -> Partition:
@@ -140,7 +186,43 @@ def natural(groups: np.ndarray | None, num_clients: int | None = None, seed: int
     return _group(np.arange(len(client_of)), client_of, k)
 
 
-PARTITIONERS = ("iid", "dirichlet", "shards", "natural")
+
+
+def flwr_partition(name: str, labels: np.ndarray, num_clients: int, seed: int, options: dict[str, Any],
+                   groups: np.ndarray | None = None) -> Partition:
+    """Any flwr-datasets partitioner by class name (``flwr:DirichletPartitioner``), run over a
+    table of the labels (column ``label``), the groups (``group``, when the data has them) and
+    each sample's index, which is what comes back: the same partition flwr-datasets gives a
+    Hugging Face dataset with those columns. ``num_partitions``, ``partition_by`` (``label``)
+    and ``seed`` are passed when the partitioner takes them and ``options`` does not set them."""
+    try:
+        import datasets
+        from flwr_datasets import partitioner as fp
+    except ImportError:
+        raise ConfigError(f"data.partition {FLWR_PREFIX}{name}: needs flwr-datasets (pip install 'fedtitan[hf]')") from None
+    cls = getattr(fp, name, None)
+    if not isinstance(cls, type) or not issubclass(cls, fp.Partitioner):
+        known = sorted(n for n in dir(fp) if n.endswith("Partitioner") and n != "Partitioner")
+        raise ConfigError(f"data.partition: flwr-datasets has no partitioner {name!r}{did_you_mean(name, known)} "
+                          f"Partitioners: {', '.join(known)}")
+    from fedtitan.plugins import accepted
+
+    names, var_kw = accepted(cls)
+    offered = {"num_partitions": num_clients, "partition_by": "label", "seed": seed}
+    kw = {k: v for k, v in offered.items() if (var_kw or k in names) and k not in options}
+    try:
+        part = cls(**kw, **options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"data.partition_options: {FLWR_PREFIX}{name} refused them ({exc})") from None
+    columns: dict[str, Any] = {"label": labels.tolist(), "__index__": list(range(len(labels)))}
+    if groups is not None:
+        columns["group"] = [str(g) for g in groups]
+    part.dataset = datasets.Dataset.from_dict(columns)
+    try:
+        count = part.num_partitions
+        return [np.sort(np.asarray(part.load_partition(i)["__index__"], dtype=np.int64)) for i in range(count)]
+    except (ValueError, KeyError, AssertionError) as exc:
+        raise ConfigError(f"data.partition {FLWR_PREFIX}{name}: {type(exc).__name__}: {exc}") from None
 
 
 def partition(
@@ -153,18 +235,25 @@ def partition(
     classes_per_client: int = 2,
     min_samples: int = 1,
     groups: np.ndarray | None = None,
+    self_balancing: bool = False,
+    sigma: float = 1.0,
+    options: dict[str, Any] | None = None,
 ) -> Partition:
-    """Dispatch by method name; see the individual partitioners."""
+    """Dispatch by method name; see the individual partitioners (``flwr:NAME``: :func:`flwr_partition`)."""
+    if method.startswith(FLWR_PREFIX):
+        return flwr_partition(method[len(FLWR_PREFIX):], labels, num_clients, seed, dict(options or {}), groups)
     if method == "iid":
         return iid(labels, num_clients, seed)
+    if method == "quantity":
+        return quantity(labels, num_clients, sigma, seed, min_samples)
     if method == "dirichlet":
-        return dirichlet(labels, num_clients, alpha, seed, min_samples)
+        return dirichlet(labels, num_clients, alpha, seed, min_samples, self_balancing=self_balancing)
     if method == "shards":
         return shards(labels, num_clients, classes_per_client, seed)
     if method == "natural":
         return natural(groups, num_clients, seed)
     raise ConfigError(f"unknown partition {method!r}; choose one of {', '.join(PARTITIONERS)}"
-                      f"{did_you_mean(method, PARTITIONERS)}")
+                      f"{did_you_mean(method, PARTITIONERS)} or flwr:NAME (a flwr-datasets partitioner)")
 
 
 def summary(parts: Partition, labels: np.ndarray, num_classes: int) -> pd.DataFrame:

@@ -77,7 +77,8 @@ def read_options(cfg: Config) -> str:
 def _dataset(name: str, data_dir: str | None, path: str | None, seed: int, options: str = "") -> Dataset:
     import json
 
-    return load_dataset(name, data_dir=data_dir, path=path, seed=seed, read_options=json.loads(options or "{}"))
+    return load_dataset(name, data_dir=data_dir, path=path, seed=seed, read_options=json.loads(options or "{}"),
+                        progress=True)
 
 
 @functools.lru_cache(maxsize=4)
@@ -115,8 +116,17 @@ def build_global_model(cfg: Config, ds: Dataset) -> BlockModel:
 def partition_for(cfg: Config, ds: Dataset) -> list[np.ndarray]:
     """The run's client partitions of ``ds``'s training set (deterministic per seed)."""
     d = cfg.data
-    return partition(ds.y_train, d.partition, d.num_clients, seed=cfg.run.seed, alpha=d.alpha,
-                     classes_per_client=d.classes_per_client, min_samples=d.min_samples, groups=ds.groups_train)
+    parts = partition(ds.y_train, d.partition, d.num_clients, seed=cfg.run.seed, alpha=d.alpha,
+                      classes_per_client=d.classes_per_client, min_samples=d.min_samples, groups=ds.groups_train,
+                      self_balancing=d.self_balancing, sigma=d.quantity_sigma, options=d.partition_options)
+    if len(parts) != d.num_clients:
+        raise ConfigError(f"config data.num_clients: {d.partition} made {len(parts)} partitions for "
+                          f"{d.num_clients} clients; set data.num_clients = {len(parts)}")
+    empty = [i for i, p in enumerate(parts) if len(p) == 0]
+    if empty:
+        raise ConfigError(f"config data.partition: {d.partition} left {len(empty)} client(s) without samples "
+                          f"(first: {empty[0]}); change data.partition_options or lower data.num_clients")
+    return parts
 
 
 @functools.lru_cache(maxsize=4)

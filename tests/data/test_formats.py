@@ -19,13 +19,13 @@ from fedtitan.paths import cache_dir
 
 
 def image_folder(root: Path, classes=("cat", "dog", "eel"), per_class=12, size=10, mode="RGB",
-                 split_dirs=False) -> Path:
+                 split_dirs=False, nested=True) -> Path:
     """Images whose colour says the class; a few in nested folders (they count for their top-level class)."""
     rng = np.random.default_rng(0)
     for split in (("train", "test") if split_dirs else ("",)):
         for k, c in enumerate(classes):
             for i in range(per_class if split != "test" else 4):
-                sub = root / split / c / ("nested" if i % 5 == 4 else "")
+                sub = root / split / c / ("nested" if nested and i % 5 == 4 else "")
                 sub.mkdir(parents=True, exist_ok=True)
                 base = np.full((size, size, 3), 40 + 80 * k, np.uint8) + rng.integers(0, 20, (size, size, 3),
                                                                                      dtype=np.uint8)
@@ -212,3 +212,53 @@ def test_a_leaf_set_keeps_its_users(tmp_path):
     (tmp_path / "broken.json").write_text('{"users": ["a"]')
     with pytest.raises(DataError, match="cannot parse LEAF file"):
         load_dataset("leaf", path=tmp_path / "broken.json")
+
+
+# --------------------------------------------------------------------------- hugging face
+
+
+def test_a_saved_hugging_face_dataset_with_images_and_class_labels(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        y = rng.integers(0, 3, n)
+        imgs = [Image.fromarray(np.full((6, 6, 3), 60 * k + 20, np.uint8)) for k in y]
+        feats = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["zebra", "ant", "cow"]),
+                                   "owner": datasets.Value("string")})
+        return datasets.Dataset.from_dict({"img": imgs, "label": y.tolist(), "owner": [f"o{i % 4}" for i in range(n)]},
+                                          features=feats)
+
+    datasets.DatasetDict({"train": split(30), "test": split(9)}).save_to_disk(str(tmp_path / "saved"))
+    ds = load_dataset("hf", path=tmp_path / "saved", read_options={"group_column": "owner"})
+    assert ds.classes == ("zebra", "ant", "cow")  # a ClassLabel keeps its own order
+    assert ds.input_shape == (3, 6, 6) and len(ds.y_train) == 30 and len(ds.y_test) == 9
+    assert (ds.x_train[:, 0, 0, 0] == 60 * ds.y_train + 20).all()
+    assert set(ds.groups_train) == {"o0", "o1", "o2", "o3"}
+
+
+def test_hugging_face_reads_a_local_image_folder_and_a_csv(tmp_path):
+    pytest.importorskip("datasets")
+    # imagefolder takes a label from an image's immediate parent folder; nested folders would
+    # give it labels 'nested' (or none): the trap data.dataset = "folder" does not have
+    root = image_folder(tmp_path / "pets", nested=False)
+    ds = load_dataset("hf", path=root)
+    assert ds.classes == ("cat", "dog", "eel") and len(ds.y_train) + len(ds.y_test) == 36
+    table = load_dataset("hf", path=sensor_table(tmp_path / "s.csv"),
+                         read_options={"label_column": "activity", "group_column": "subject", "window": 10})
+    assert table.input_shape == (3, 10) and table.classes == ("run", "sit", "walk")
+    with pytest.raises(DataError, match="no label column 'labl'"):
+        load_dataset("hf", path=tmp_path / "s.csv", read_options={"label_column": "labl"})
+
+
+def test_a_parquet_table(tmp_path):
+    pytest.importorskip("pyarrow")
+    path = tmp_path / "s.parquet"
+    pd.read_csv(sensor_table(tmp_path / "s.csv")).to_parquet(path)
+    ds = load_dataset("table", path=path, read_options={"label_column": "activity"})
+    assert ds.input_shape == (3,) and ds.num_classes == 3
+
+
+def test_the_cache_is_memory_mapped(tmp_path):
+    ds = load_dataset("folder", path=image_folder(tmp_path / "m"))
+    assert isinstance(ds.x_train, np.memmap) and not ds.x_train.flags.writeable

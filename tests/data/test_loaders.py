@@ -30,6 +30,15 @@ def test_npz_with_and_without_test_split(tmp_path):
     assert len(ds2.x_train) == 100 and len(ds2.x_test) == 10
 
 
+def test_npz_with_text_labels(tmp_path):
+    p = tmp_path / "text.npz"
+    x = np.random.default_rng(0).random((60, 4)).astype(np.float32)
+    np.savez(p, x=x, y=np.array(["10", "2", "1"] * 20), x_test=x[:6], y_test=np.array(["2", "10"] * 3))
+    ds = load_dataset("npz", path=p)
+    assert ds.classes == ("1", "2", "10") and ds.num_classes == 3  # numbers sort as numbers
+    assert ds.y_train[:3].tolist() == [2, 1, 0] and ds.y_test[:2].tolist() == [1, 2]
+
+
 def test_npz_errors(tmp_path):
     np.savez(tmp_path / "noy.npz", x=np.zeros((4, 2)))
     with pytest.raises(DataError, match="has no 'y' array"):

@@ -81,3 +81,66 @@ def test_summary_counts():
 def test_unknown_partition():
     with pytest.raises(ConfigError, match="choose one of"):
         partition(np.zeros(3, dtype=int), "bogus", 2)
+
+
+# --------------------------------------------------------------------------- self-balancing, quantity, flwr
+
+
+def test_balanced_split_by_hand():
+    from fedtitan.data.partition import _balanced_split
+
+    props = np.array([[0.8, 0.2], [0.5, 0.5], [0.5, 0.5]])
+    counts = np.array([10, 10, 10])  # average 15 a client
+    # class 0: 8 / 2; class 1: client 0 holds 8 <= 15, both share: 5 / 5 -> 13 / 7;
+    # class 2: neither above 15: 5 / 5 -> 18 / 12
+    assert _balanced_split(props, counts, 15.0).tolist() == [[8, 2], [5, 5], [5, 5]]
+    # client 0 above the average takes no share of the next class
+    assert _balanced_split(np.array([[0.9, 0.1], [0.5, 0.5]]), np.array([20, 10]), 10.0).tolist() == [[18, 2], [0, 10]]
+
+
+def test_quantity_skew_keeps_labels_iid_and_sizes_lognormal():
+    from fedtitan.data.partition import quantity
+
+    y = np.repeat(np.arange(10), 500)
+    parts = quantity(y, 50, sigma=1.0, seed=3, min_samples=5)
+    sizes = np.array([len(p) for p in parts])
+    assert sizes.sum() == 5000 and sizes.min() >= 5 and len(np.unique(np.concatenate(parts))) == 5000
+    assert sizes.std() / sizes.mean() > 0.6  # lognormal(0, 1): coefficient of variation about 1.3
+    big = parts[int(sizes.argmax())]
+    assert np.bincount(y[big], minlength=10).min() > 0  # a large client sees every class
+    assert [p.tolist() for p in quantity(y, 50, 1.0, seed=3, min_samples=5)] == [p.tolist() for p in parts]
+    even = quantity(y, 50, sigma=0.0, seed=3)
+    assert {len(p) for p in even} == {100}
+
+
+@pytest.mark.parametrize("balancing", [False, True])
+@pytest.mark.parametrize("seed", [0, 7])
+def test_dirichlet_agrees_with_flwr_datasets_on_class_counts(seed, balancing):
+    pytest.importorskip("flwr_datasets")
+    import datasets
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, 3000)
+    ours = dirichlet(y, 20, alpha=0.5, seed=seed, min_samples=10, self_balancing=balancing)
+    theirs = DirichletPartitioner(num_partitions=20, partition_by="label", alpha=0.5, seed=seed,
+                                  min_partition_size=10, self_balancing=balancing)
+    theirs.dataset = datasets.Dataset.from_dict({"label": y.tolist()})
+    for k in range(20):
+        want = np.bincount(theirs.load_partition(k)["label"], minlength=10)
+        assert np.bincount(y[ours[k]], minlength=10).tolist() == want.tolist()
+    via = partition(y, "flwr:DirichletPartitioner", 20, seed=seed,
+                    options={"alpha": 0.5, "min_partition_size": 10, "self_balancing": balancing})
+    assert [len(p) for p in via] == [len(p) for p in ours]
+
+
+def test_flwr_partitioners_by_name():
+    pytest.importorskip("flwr_datasets")
+    y = np.repeat(np.arange(4), 50)
+    parts = partition(y, "flwr:IidPartitioner", 8, seed=0)
+    assert len(parts) == 8 and sorted(np.concatenate(parts).tolist()) == list(range(200))
+    groups = np.repeat([f"w{i}" for i in range(5)], 40)
+    nat = partition(y, "flwr:NaturalIdPartitioner", 5, seed=0, groups=groups, options={"partition_by": "group"})
+    assert sorted(len(p) for p in nat) == [40] * 5 and all(len(set(groups[p])) == 1 for p in nat)
+    with pytest.raises(ConfigError, match="no partitioner 'DirichletPartitoner'; did you mean 'DirichletPartitioner'"):
+        partition(y, "flwr:DirichletPartitoner", 4)

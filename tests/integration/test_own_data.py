@@ -64,3 +64,16 @@ def test_a_vit_on_a_leaf_set(tmp_path):
                             "data.partition=natural", "data.num_clients=5",
                             "model.name=fedtitan_example.models:make_vit", "model.options.dim=16",
                             "model.options.patch=2"])
+
+
+def test_a_vit_on_a_saved_hugging_face_dataset_with_a_flwr_partitioner(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    pytest.importorskip("flwr_datasets")
+    root = image_folder(tmp_path / "pets", per_class=30, size=8, nested=False)
+    datasets.load_dataset("imagefolder", data_dir=str(root)).save_to_disk(str(tmp_path / "saved"))
+    _run(tmp_path / "run", ["data.dataset=hf", f"data.path={tmp_path / 'saved'}", "data.num_clients=3",
+                            "data.partition=flwr:DirichletPartitioner", "data.partition_options.alpha=1.0",
+                            "data.partition_options.min_partition_size=5",
+                            "model.name=fedtitan_example.models:make_vit", "model.options.dim=16"])
+    part = pd.read_csv(tmp_path / "run" / "partition.csv")
+    assert len(part) == 3 and part.n.sum() == 72
