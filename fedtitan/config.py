@@ -525,6 +525,25 @@ def inert_settings(cfg: Config) -> list[tuple[str, str, str]]:
     elif sel.buffer_max != SelectionSection().buffer_max and sel.buffer_size != "auto":
         out.append(("selection.buffer_max", "selection.buffer_size", f"{sel.buffer_max!r} has no effect unless "
                     "selection.buffer_size = \"auto\""))
+    d, dd = cfg.data, DataSection()
+    readers = {"image_size": ("folder", "hf"), "image_mode": ("folder", "hf"), "label_column": ("table", "hf"),
+               "feature_columns": ("table", "hf"), "group_column": ("table", "hf"), "window": ("table", "hf"),
+               "window_step": ("table", "hf"), "bad_rows": ("table", "hf"), "sample_shape": ("leaf",),
+               "holdout": ("folder", "table", "leaf", "hf"), "test_fraction": ("folder", "table", "leaf", "hf")}
+    out += [(f"data.{n}", "data.dataset", f"{getattr(d, n)!r} has no effect with data.dataset = {d.dataset!r}; it "
+             f"reads data.dataset = {' or '.join(repr(k) for k in kinds)}")
+            for n, kinds in readers.items() if d.dataset not in kinds and getattr(d, n) != getattr(dd, n)]
+    if d.window_step is not None and d.window is None and d.dataset in ("table", "hf"):
+        out.append(("data.window_step", "data.window", f"{d.window_step!r} has no effect without data.window"))
+    if d.self_balancing and d.partition != "dirichlet":
+        out.append(("data.self_balancing", "data.partition", f"has no effect with data.partition = {d.partition!r}; "
+                    "it applies to dirichlet"))
+    if d.quantity_sigma != dd.quantity_sigma and d.partition != "quantity":
+        out.append(("data.quantity_sigma", "data.partition", f"{d.quantity_sigma!r} has no effect with "
+                    f"data.partition = {d.partition!r}; set data.partition = quantity"))
+    if d.partition_options and not d.partition.startswith(FLWR_PREFIX):
+        out.append(("data.partition_options", "data.partition", f"has no effect with data.partition = {d.partition!r}; "
+                    "it applies to flwr:NAME partitioners"))
     if t.backend == "none":
         td = TrackingSection()
         out += [(f"tracking.{n}", "tracking.backend", f"{getattr(t, n)!r} has no effect with tracking.backend = "

@@ -147,7 +147,9 @@ def _ray_init(cfg: Config, address: str | None, quiet: bool) -> None:
     if ray.is_initialized():
         return
     # what Flower's own init passes: the driver's sys.path, so workers import what it imports
-    pythonpath = os.pathsep.join(sys.path)
+    # (made absolute: a notebook's or `python -c`'s "" means the driver's folder, which a
+    # worker's is not, and a model or selector module written there must import)
+    pythonpath = os.pathsep.join(os.path.abspath(p) if p else os.getcwd() for p in sys.path)
     if os.environ.get("PYTHONPATH"):
         pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
     os.environ["PYTHONPATH"] = pythonpath

@@ -262,3 +262,45 @@ def test_a_parquet_table(tmp_path):
 def test_the_cache_is_memory_mapped(tmp_path):
     ds = load_dataset("folder", path=image_folder(tmp_path / "m"))
     assert isinstance(ds.x_train, np.memmap) and not ds.x_train.flags.writeable
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (["data.window=10"], "data.window: 10 has no effect with data.dataset = 'digits'; it reads data.dataset = 'table'"),
+    (["data.image_size=32", "data.dataset=table", "data.path=t.csv"], "data.image_size: 32 has no effect with "
+                                                                      "data.dataset = 'table'"),
+    (["data.quantity_sigma=2"], "data.quantity_sigma: 2.0 has no effect with data.partition = 'dirichlet'"),
+])
+def test_settings_for_another_format_are_flagged(sets, message, caplog, monkeypatch):
+    from fedtitan import config
+    from fedtitan.config import load_config
+
+    monkeypatch.setattr(config, "_told", set())  # warn_once: as in a fresh process
+    with caplog.at_level("WARNING"):
+        load_config("quickstart", sets)
+    assert message in caplog.text
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (["data.partition=shard"], "unknown partition 'shard'; did you mean 'shards'?"),
+    (["data.dataset=folder"], "data.path: data.dataset = 'folder' reads your data at data.path"),
+])
+def test_bad_data_settings_are_one_line_errors(sets, message):
+    from fedtitan.config import load_config
+    from fedtitan.errors import ConfigError
+    from fedtitan.preflight import check_config
+
+    with pytest.raises(ConfigError) as exc:
+        check_config(load_config("quickstart", sets))
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_data_summary_shows_a_tables_classes_and_groups(tmp_path, capsys):
+    from simulations.cli import main
+
+    path = sensor_table(tmp_path / "s.csv")
+    assert main(["data", "summary", "--dataset", "table", "--path", str(path), "--set", "data.label_column=activity",
+                 "--set", "data.group_column=subject", "--set", "data.window=10", "--partition", "natural",
+                 "--num-clients", "3", "--set", "data.min_samples=1"]) == 0
+    out = capsys.readouterr().out
+    assert "s: 18 training and 6 test samples of shape (3, 10) (float32)" in out
+    assert "3 classes (training samples): run 6, sit 6, walk 6" in out and "3 training groups (1 test groups)" in out

@@ -20,6 +20,7 @@ def test_quickstart_notebook_runs(tmp_path):
     text = "\n".join(str(o.get("data", {}).get("text/plain", o.get("text", ""))) for cell in outputs.values()
                      for o in cell)
     assert "Run('notebook-runs/titan', 10 rounds" in text
+    assert "Run('notebook-runs/own-model', 10 rounds" in text  # a model class written in the notebook's folder
     assert "8 of 8 runs done" in text and "warmup-loss - random" in text
     assert (tmp_path / "notebook-runs" / "pruning-sweep" / "report.html").exists()
     assert any("image/png" in o.get("data", {}) for cell in outputs.values() for o in cell)  # the figures
