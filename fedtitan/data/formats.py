@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from fedtitan.data.dataset import Dataset
+from fedtitan.data.splits import holdout_groups, stratified_holdout
 from fedtitan.errors import DataError, did_you_mean
 from fedtitan.paths import cache_dir
 
@@ -203,8 +204,6 @@ def split_holdout(arrays: dict[str, np.ndarray], opts: ReadOptions, seed: int, w
     """Train/test arrays: the data's own test split, else a seeded hold-out (stratified or by group)."""
     if "test_x" in arrays:
         return arrays
-    from fedtitan.data.loaders import _holdout_groups, stratified_holdout
-
     x, y, g = arrays["x"], arrays["y"], arrays.get("groups")
     how = opts.holdout
     if how == "auto":
@@ -216,7 +215,7 @@ def split_holdout(arrays: dict[str, np.ndarray], opts: ReadOptions, seed: int, w
         if len(np.unique(g)) < 2:
             raise DataError(f"{where}: holding out whole groups needs at least 2 groups, found {len(np.unique(g))}; "
                             f"set data.holdout = 'stratified'")
-        test = _holdout_groups(g, opts.test_fraction, seed)
+        test = holdout_groups(g, opts.test_fraction, seed)
         tr, te = np.flatnonzero(~test), np.flatnonzero(test)
     else:
         tr, te = stratified_holdout(y, opts.test_fraction, seed)

@@ -23,6 +23,7 @@ import numpy as np
 
 from fedtitan.data.dataset import Dataset
 from fedtitan.data.formats import FORMATS, load_format
+from fedtitan.data.splits import holdout_groups, stratified_holdout
 from fedtitan.errors import DataError, FedtitanError, did_you_mean
 from fedtitan.fileio import atomic_writer
 from fedtitan.paths import cache_dir, data_dirs
@@ -101,32 +102,6 @@ def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray, mode: str) -> np.ndarra
         img = Image.open(io.BytesIO(blob[offsets[i] : offsets[i + 1]].tobytes())).convert(mode)
         out.append(np.asarray(img, dtype=np.uint8))
     return np.stack(out)
-
-
-def stratified_holdout(
-    y: np.ndarray, test_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded per-class split of indices into (train, test); each class keeps >= 1 train sample."""
-    if not 0.0 < test_fraction < 1.0:
-        raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        rng.shuffle(idx)
-        n_test = min(int(round(test_fraction * len(idx))), len(idx) - 1)
-        test.append(idx[:n_test])
-        train.append(idx[n_test:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
-
-
-def _holdout_groups(groups: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of samples whose group is held out for test (whole groups)."""
-    uniq = np.unique(groups)
-    rng = np.random.default_rng(seed)
-    n_test = max(1, int(round(test_fraction * len(uniq))))
-    held = rng.choice(uniq, size=n_test, replace=False)
-    return np.isin(groups, held)
 
 
 # --------------------------------------------------------------------------- cifar10
@@ -274,7 +249,7 @@ def load_uci_har(
         raw = _load_npz(pack)
         order = [list(raw["channels"]).index(c) for c in HAR_CHANNELS]
         x = raw["x"][:, :, order]
-        held = _holdout_groups(raw["subject"], test_fraction, seed)
+        held = holdout_groups(raw["subject"], test_fraction, seed)
         x_tr, y_tr, g_tr = x[~held], raw["y"][~held], raw["subject"][~held]
         x_te, y_te, g_te = x[held], raw["y"][held], raw["subject"][held]
     else:
@@ -334,7 +309,7 @@ def load_speech_commands(
                     "speaker": raw["speaker"], "classes": raw["classes"]}
 
         arrays = _cached("speech-commands", pack, build)
-    held = _holdout_groups(arrays["speaker"], test_fraction, seed)
+    held = holdout_groups(arrays["speaker"], test_fraction, seed)
     x = arrays["x"][:, None]
     return Dataset(
         name="speech-commands", x_train=x[~held], y_train=arrays["y"][~held].astype(np.int64),

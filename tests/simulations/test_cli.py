@@ -73,12 +73,12 @@ def test_data_summary_shows_the_partition_a_run_trains_on(tmp_path, capsys):
     assert main(args) == 0
     ran = pd.read_csv(out / "partition.csv", index_col=0)
     shown = _partition_table(build_parser().parse_args(["data", "summary", "quickstart", "--set", sets[0],
-                                                         "--set", sets[1]]))
+                                                         "--set", sets[1]]))[0]
     pd.testing.assert_frame_equal(shown.reset_index(drop=True), ran.reset_index(drop=True), check_dtype=False)
     assert ran.iloc[:, 0].min() >= 20  # data.min_samples of the preset
     # the old flags override the preset's settings: --alpha and --seed are data.alpha and run.seed
     flags = _partition_table(build_parser().parse_args(["data", "summary", "quickstart", "--alpha", "0.1",
-                                                         "--seed", "3"]))
+                                                         "--seed", "3"]))[0]
     pd.testing.assert_frame_equal(flags, shown)
 
 
