@@ -34,6 +34,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import adaptiveclipping_mod
 
 from clients import object_store
+from clients.arrays import decode_arrays, encode_arrays
 from fedtitan.checkpoint import ClientStateStore, pack, unpack
 from fedtitan.compute import torch_threads
 from fedtitan.config import Config
@@ -106,12 +107,26 @@ def _global_weights(msg: Message) -> dict[str, Any]:
     """The round's global weights: in the message, or named by it in Ray's object store."""
     arrays = msg.content.array_records.get(ARRAYS_RECORD)
     if arrays is not None:
-        return arrays.to_torch_state_dict()
+        return _decoded(arrays)
     rec = msg.content[CONFIG_RECORD]
     assert isinstance(rec, ConfigRecord)
     if ARRAYS_KEY not in rec:
         raise ValueError(f"the train message carries no model weights (no {ARRAYS_RECORD!r} record)")
     return object_store.global_weights(str(rec[ARRAYS_KEY]))
+
+
+_LAST_DECODED: list[Any] = [None, None]  # [the ArrayRecord, its tensors]
+
+
+def _decoded(arrays: ArrayRecord) -> dict[str, Any]:
+    """The record's arrays as CPU tensors. The clients of one round share the record under the
+    local engine: it is decoded once a round, not once a client (the tensors are only read:
+    loaded into the model, compared against)."""
+    if _LAST_DECODED[0] is not arrays:
+        import torch
+
+        _LAST_DECODED[:] = [arrays, {k: torch.from_numpy(v) for k, v in decode_arrays(arrays).items()}]
+    return dict(_LAST_DECODED[1])
 
 
 def _with_weights_inside(msg: Message) -> None:
@@ -161,7 +176,7 @@ def _train(msg: Message, context: Context) -> Message:
     numbers, strings = out.report.to_wire()
     metrics = MetricRecord(cast(dict[str, Any], numbers))
     if ARRAYS_RECORD in msg.content.array_records or ARRAYS_KEY not in rec:  # the weights go back as they came
-        content = RecordDict({ARRAYS_RECORD: ArrayRecord(out.state_dict), METRICS_RECORD: metrics})
+        content = RecordDict({ARRAYS_RECORD: encode_arrays(out.state_dict), METRICS_RECORD: metrics})
     else:
         key = object_store.put_weights(f"{token}/{server_round}", out.state_dict)
         content = RecordDict({METRICS_RECORD: metrics, ARRAYS_KEY: ConfigRecord({ARRAYS_NAME: key})})

@@ -161,6 +161,7 @@ class ClientStateStore:
     def __init__(self, root: str | Path, keep: int = 2) -> None:
         self.root = Path(root)
         self.keep = max(1, keep)
+        self._made: set[int] = set()  # partitions whose folder this store has made
 
     def _dir(self, partition_id: int) -> Path:
         return self.root / f"p{int(partition_id):06d}"
@@ -181,14 +182,17 @@ class ClientStateStore:
         rounds too) are removed. Returns the bytes written."""
         blob = state if isinstance(state, bytes) else pack(state)
         path = self.path(partition_id, server_round)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if partition_id not in self._made:  # one mkdir a partition, not one a put
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(partition_id)
+        before = self.rounds(partition_id)
         with atomic_writer(path, fsync=True) as fh:
             fh.write(blob)
         # this round and the keep-1 before it stay; states of later rounds are a cut-off
         # future that is being redone, so they go
-        older = [r for r in self.rounds(partition_id) if r < server_round]
+        older = [r for r in before if r < server_round]
         keep = {int(server_round), *(older[-(self.keep - 1):] if self.keep > 1 else []), *keep_rounds}
-        for r in self.rounds(partition_id):
+        for r in before:
             if r not in keep:
                 self.path(partition_id, r).unlink(missing_ok=True)
         return len(blob)

@@ -17,7 +17,7 @@ import logging
 import math
 import re
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -267,6 +267,7 @@ class Config(_Section):
     # the keys the user typed (overrides, their own file), set by validate(): checks that need
     # a registry (fedtitan.preflight) flag only what was typed, not a preset's bulk settings
     _explicit: frozenset[str] = PrivateAttr(default_factory=frozenset)
+    _json: str | None = PrivateAttr(default=None)
 
     @property
     def explicit(self) -> frozenset[str]:
@@ -278,7 +279,16 @@ class Config(_Section):
         return "streaming" if self.pruning.method == "none" else "static"
 
     def to_json(self) -> str:
-        return self.model_dump_json()
+        """The settings as JSON, made once (the config is frozen): per-process caches key on it,
+        once per client call."""
+        if self._json is None:
+            self._json = self.model_dump_json()
+        return self._json
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Config:
+        out = super().model_copy(update=update, deep=deep)
+        out._json = None  # a copy with other settings: its own JSON
+        return out
 
     @classmethod
     def from_json(cls, text: str) -> Config:

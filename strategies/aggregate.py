@@ -22,17 +22,17 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from clients.arrays import decode_arrays, encode_arrays
 from fedtitan.wire import ARRAYS_RECORD, CONFIG_RECORD, SERVER_ROUND_KEY
 from strategies.fleet import ClientResult
 from strategies.weights import fedavg
 
 
 def to_arrays(state: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+    return encode_arrays(state)
 
 
 class Aggregator(Protocol):
@@ -126,7 +126,7 @@ class FlowerAggregator:
             raise AggregationFailed(f"{self.name}.aggregate_train: {type(exc).__name__}: {exc}") from exc
         if arrays is None:
             return None
-        out = {k: np.asarray(v.numpy()) for k, v in arrays.items()}
+        out = decode_arrays(arrays)
         if set(out) != set(current):
             raise AggregationFailed(f"{self.name} returned arrays {sorted(set(out) ^ set(current))} that the model "
                                     "does not have (or lacks)")

@@ -16,6 +16,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
+from clients.arrays import decode_arrays
 from fedtitan.status import Status
 from fedtitan.wire import (
     ARRAYS_KEY,
@@ -166,7 +167,7 @@ def parse_reply(reply: Message, node_id: int, stored: dict[str, np.ndarray] | No
                                 error="its new weights were lost from Ray's object store (its process died)")
         arrays = stored
     elif arrays_rec is not None:
-        arrays = {k: v.numpy() for k, v in arrays_rec.items()}
+        arrays = decode_arrays(arrays_rec)
     if arrays is not None and check and status.trained and not finite(arrays):
         status = Status.NONFINITE
     return ClientResult(node_id, status, metrics, arrays, raw=reply, device=device)

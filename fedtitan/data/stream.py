@@ -74,8 +74,17 @@ class DataStream:
         self.noise = noise or NoiseSpec()
         self.epoch = 0
         self.offset = 0
-        self._order = self._permutation(0)
+        self._order_of: int | None = None  # the epoch whose permutation ``_cached`` holds, made when first read
+        self._cached = self.indices
         self._noisy_features, self._new_labels = self._noise_plan()
+
+    @property
+    def _order(self) -> np.ndarray:
+        """This epoch's order of the client's samples, computed when first needed (a client that
+        restores its stream, or ends a round at the end of a pass, computes none in vain)."""
+        if self._order_of != self.epoch:
+            self._cached, self._order_of = self._permutation(self.epoch), self.epoch
+        return self._cached
 
     def _permutation(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, self.client, epoch, 0x5EED])
@@ -101,22 +110,21 @@ class DataStream:
 
     def restore(self, state: dict[str, int]) -> None:
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
-        self._order = self._permutation(self.epoch)
 
     def next_ids(self, v: int | None = None) -> np.ndarray:
         v = self.v if v is None else v
         out = []
         need = v
+        n = len(self.indices)
         while need:
-            take = min(need, len(self._order) - self.offset)
+            take = min(need, n - self.offset)
             out.append(self._order[self.offset : self.offset + take])
             self.offset += take
             need -= take
-            if self.offset == len(self._order):
+            if self.offset == n:
                 self.epoch += 1
                 self.offset = 0
-                self._order = self._permutation(self.epoch)
-        return np.concatenate(out)
+        return out[0].copy() if len(out) == 1 else np.concatenate(out)
 
     def materialise(self, ids: np.ndarray) -> Chunk:
         """Inputs and (possibly noisy) labels of training samples ``ids``."""
