@@ -301,13 +301,13 @@ def folder_layout(root: Path) -> tuple[dict[str, Path], list[str], dict[str, lis
     return splits, classes, files
 
 
-def _read_image(path: Path, mode: str | None, size: int | None) -> tuple[np.ndarray, str]:
+def _read_image(path: Path, mode: str | None, size: int | None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as f:
             f.load()
-            return _pil_array(f, mode, size), f.mode
+            return _pil_array(f, mode, size)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {exc}; remove or replace the file") from None
 
@@ -324,7 +324,7 @@ def decode_folder(root: Path, opts: ReadOptions, progress: bool = False) -> Sour
                 continue
             images = []
             for f, _c in _progress(items, f"decoding {split} images", progress):
-                a, _own = _read_image(f, opts.image_mode, opts.image_size)
+                a = _read_image(f, opts.image_mode, opts.image_size)
                 channels = 1 if a.ndim == 2 else a.shape[2]
                 if not first:
                     first.update(shape=a.shape, file=f, channels=channels)

@@ -36,7 +36,6 @@ def takes_stem(name: str) -> bool:
 
 
 MODEL_GROUP = "fedtitan.models"
-PART_KEYS = {"head": "model.head_module", "embedding": "model.embedding_module", "first_block": "model.first_block_module"}
 
 
 def model_factory(name: str) -> Callable[..., Any]:
@@ -85,5 +84,5 @@ def model_flops(name: str, input_shape: tuple[int, ...], num_classes: int, n_blo
     return count_forward_flops(build_model(name, input_shape, num_classes), input_shape, n_blocks)
 
 
-__all__ = ["MODELS", "MODEL_GROUP", "PART_KEYS", "AdaptedModel", "BlockModel", "adapt", "check_model_options",
+__all__ = ["MODELS", "MODEL_GROUP", "AdaptedModel", "BlockModel", "adapt", "check_model_options",
            "model_factory", "build_model", "count_forward_flops", "model_flops", "param_bytes", "takes_stem"]

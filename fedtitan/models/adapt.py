@@ -108,7 +108,7 @@ class AdaptedModel(BlockModel):
     def features(self, x: torch.Tensor, n_blocks: int = 1) -> torch.Tensor:
         if not 1 <= n_blocks <= self.num_blocks:
             raise ValueError(f"n_blocks must be in 1..{self.num_blocks}, got {n_blocks}")
-        return self._until(self.blocks[n_blocks - 1], x)
+        return self._until(self.net.get_submodule(self.block_names[n_blocks - 1]), x)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.embedding_name is not None:
