@@ -237,7 +237,7 @@ class DeviceData:
         resident = {}
         for split in ("train", "test"):
             x, y = dataset.split(split)
-            resident[split] = (torch.as_tensor(np.ascontiguousarray(x)).to(device),
+            resident[split] = (torch.as_tensor(np.ascontiguousarray(x) if x.flags.writeable else np.array(x)).to(device),
                                torch.as_tensor(np.asarray(y, dtype=np.int64)).to(device))
         channels = len(dataset.mean)
         ndim = dataset.x_train.ndim

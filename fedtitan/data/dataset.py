@@ -79,7 +79,8 @@ class Dataset:
 def normalise(
     x: np.ndarray, scale: float, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> torch.Tensor:
-    t = torch.as_tensor(np.ascontiguousarray(x)).to(torch.float32)
+    # a read-only array (a memory-mapped cache) is copied: torch warns about sharing one
+    t = torch.as_tensor(np.ascontiguousarray(x) if x.flags.writeable else np.array(x)).to(torch.float32)
     if scale != 1.0:
         t = t * scale
     if len(mean) > 1 and t.ndim >= 2:

@@ -260,8 +260,14 @@ def test_a_parquet_table(tmp_path):
 
 
 def test_the_cache_is_memory_mapped(tmp_path):
+    import warnings
+
     ds = load_dataset("folder", path=image_folder(tmp_path / "m"))
     assert isinstance(ds.x_train, np.memmap) and not ds.x_train.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when a tensor would share a read-only array
+        whole = ds.tensor("test")
+    assert whole.shape == (len(ds.y_test), 3, 10, 10)
 
 
 @pytest.mark.parametrize(("sets", "message"), [
