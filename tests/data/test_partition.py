@@ -142,5 +142,8 @@ def test_flwr_partitioners_by_name():
     groups = np.repeat([f"w{i}" for i in range(5)], 40)
     nat = partition(y, "flwr:NaturalIdPartitioner", 5, seed=0, groups=groups, options={"partition_by": "group"})
     assert sorted(len(p) for p in nat) == [40] * 5 and all(len(set(groups[p])) == 1 for p in nat)
+    inner = partition(y, "flwr:InnerDirichletPartitioner", 4, seed=0,
+                      options={"partition_sizes": [20, 40, 60, 80], "alpha": 0.5})
+    assert [len(p) for p in inner] == [20, 40, 60, 80]  # its sizes, its label skew
     with pytest.raises(ConfigError, match="no partitioner 'DirichletPartitoner'; did you mean 'DirichletPartitioner'"):
         partition(y, "flwr:DirichletPartitoner", 4)
