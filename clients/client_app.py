@@ -26,6 +26,8 @@ strings (the device's name) in a ``fedtitan-report`` ConfigRecord.
 from __future__ import annotations
 
 import functools
+import logging
+import traceback
 from pathlib import Path
 from typing import Any, cast
 
@@ -35,6 +37,7 @@ from flwr.clientapp.mod import adaptiveclipping_mod
 
 from clients import object_store
 from clients.arrays import decode_arrays, encode_arrays
+from clients.records import config_record, metric_record
 from fedtitan.checkpoint import ClientStateStore, pack, unpack
 from fedtitan.compute import torch_threads
 from fedtitan.config import Config
@@ -43,8 +46,11 @@ from fedtitan.wire import (
     ARRAYS_KEY,
     ARRAYS_NAME,
     ARRAYS_RECORD,
+    BUNDLE_KEY,
+    CLIENT_APP_RAISED_EXCEPTION,
     CLIPPING_NORM_KEY,
     CONFIG_RECORD,
+    ERROR_RECORD,
     METRICS_RECORD,
     NODE_DEVICE,
     NODE_METER,
@@ -64,8 +70,11 @@ from fedtitan.wire import (
     STATE_NPZ,
     STATE_RECORD,
     STATE_ROUND,
+    STATE_ROUND_KEY,
+    member_key,
 )
 
+log = logging.getLogger("fedtitan")
 app = ClientApp()
 
 
@@ -74,8 +83,8 @@ def _parse(config_json: str) -> Config:
     return Config.from_json(config_json)
 
 
-def _config(msg: Message) -> tuple[Config, ConfigRecord]:
-    rec = msg.content[CONFIG_RECORD]
+def _config(content: RecordDict) -> tuple[Config, ConfigRecord]:
+    rec = content[CONFIG_RECORD]
     assert isinstance(rec, ConfigRecord)
     return _parse(str(rec[RUN_CONFIG_KEY])), rec
 
@@ -90,25 +99,26 @@ def local_store(context: Context, cfg: Config, token: str) -> ClientStateStore |
     return ClientStateStore(Path(str(root)).expanduser() / (token or "no-token"), keep=keep)
 
 
-def load_state(msg: Message, store: ClientStateStore | None, partition_id: int, server_round: int) -> dict[str, Any]:
+def load_state(content: RecordDict, store: ClientStateStore | None, partition_id: int,
+               server_round: int) -> dict[str, Any]:
     """The state this round starts from: the newest one the node made before ``server_round``
     (a node with a state folder), else the one the server sent (none on a first round)."""
     if store is not None:
         found = store.get(partition_id, before=server_round)
         return dict(found[1]) if found else {}
-    rec = msg.content[CONFIG_RECORD]
+    rec = content[CONFIG_RECORD]
     assert isinstance(rec, ConfigRecord)
     if STATE_KEY not in rec:
         return {}
     return dict(unpack(cast(bytes, rec[STATE_KEY]), f"the client state sent for partition {partition_id}"))
 
 
-def _global_weights(msg: Message) -> dict[str, Any]:
+def _global_weights(content: RecordDict) -> dict[str, Any]:
     """The round's global weights: in the message, or named by it in Ray's object store."""
-    arrays = msg.content.array_records.get(ARRAYS_RECORD)
+    arrays = content.array_records.get(ARRAYS_RECORD)
     if arrays is not None:
         return _decoded(arrays)
-    rec = msg.content[CONFIG_RECORD]
+    rec = content[CONFIG_RECORD]
     assert isinstance(rec, ConfigRecord)
     if ARRAYS_KEY not in rec:
         raise ValueError(f"the train message carries no model weights (no {ARRAYS_RECORD!r} record)")
@@ -135,7 +145,7 @@ def _with_weights_inside(msg: Message) -> None:
     rec = msg.content[CONFIG_RECORD]
     assert isinstance(rec, ConfigRecord)
     if ARRAYS_RECORD not in msg.content.array_records and ARRAYS_KEY in rec:
-        msg.content[ARRAYS_RECORD] = ArrayRecord(_global_weights(msg))
+        msg.content[ARRAYS_RECORD] = ArrayRecord(_global_weights(msg.content))
 
 
 def _node(context: Context) -> tuple[int, str | None, str | None]:
@@ -162,7 +172,15 @@ def _threads(cfg: Config, rec: ConfigRecord) -> int | None:
 
 
 def _train(msg: Message, context: Context) -> Message:
-    cfg, rec = _config(msg)
+    rec = msg.content[CONFIG_RECORD]
+    assert isinstance(rec, ConfigRecord)
+    content = _train_bundle(msg.content, rec, context) if BUNDLE_KEY in rec else _train_one(msg.content, context)
+    return Message(content=content, reply_to=msg)
+
+
+def _train_one(message: RecordDict, context: Context) -> RecordDict:
+    """One client's round: its reply's records."""
+    cfg, rec = _config(message)
     _, device, meter = _node(context)
     pid = _partition(rec, context)
     strategy_config = {k: v for k, v in rec.items() if k not in OWN_CONFIG_KEYS}  # what the strategy added
@@ -170,22 +188,50 @@ def _train(msg: Message, context: Context) -> Message:
     server_round = int(cast(int, rec[SERVER_ROUND_KEY]))
     store = local_store(context, cfg, token)
     with torch_threads(_threads(cfg, rec)):
-        out = client_round(cfg, pid, _global_weights(msg), load_state(msg, store, pid, server_round), server_round,
-                           device=device, meter=meter, strategy_config=strategy_config,
+        out = client_round(cfg, pid, _global_weights(message), load_state(message, store, pid, server_round),
+                           server_round, device=device, meter=meter, strategy_config=strategy_config,
                            round_start_s=float(cast(float, rec.get(ROUND_START_KEY, 0.0))))
     numbers, strings = out.report.to_wire()
-    metrics = MetricRecord(cast(dict[str, Any], numbers))
-    if ARRAYS_RECORD in msg.content.array_records or ARRAYS_KEY not in rec:  # the weights go back as they came
+    metrics = metric_record(numbers)
+    if ARRAYS_RECORD in message.array_records or ARRAYS_KEY not in rec:  # the weights go back as they came
         content = RecordDict({ARRAYS_RECORD: encode_arrays(out.state_dict), METRICS_RECORD: metrics})
     else:
         key = object_store.put_weights(f"{token}/{server_round}", out.state_dict)
         content = RecordDict({METRICS_RECORD: metrics, ARRAYS_KEY: ConfigRecord({ARRAYS_NAME: key})})
-    content[REPORT_RECORD] = ConfigRecord(cast(dict[str, Any], strings))
+    content[REPORT_RECORD] = config_record(strings)
     if store is not None:
         store.put(pid, server_round, out.state)
     else:
         content[STATE_RECORD] = ConfigRecord({STATE_NPZ: pack(out.state), STATE_ROUND: server_round})
-    return Message(content=content, reply_to=msg)
+    return content
+
+
+def _train_bundle(message: RecordDict, rec: ConfigRecord, context: Context) -> RecordDict:
+    """A bundle's clients (:mod:`fedtitan.wire`), one after another, each as if it had come
+    alone: the shared config with its own partition and state. A client that raises is
+    reported as Flower reports a ClientApp that raises; the others go on."""
+    parts = [int(p) for p in cast(list[int], rec[BUNDLE_KEY])]
+    own = {member_key(j, key) for j in range(len(parts)) for key in (STATE_KEY, STATE_ROUND_KEY)}
+    shared = {k: rec[k] for k in rec if k != BUNDLE_KEY and k not in own}
+    arrays = message.array_records.get(ARRAYS_RECORD)
+    out = RecordDict()
+    for j, pid in enumerate(parts):
+        config = {**shared, PARTITION_KEY: pid}
+        for key in (STATE_KEY, STATE_ROUND_KEY):
+            if member_key(j, key) in rec:
+                config[key] = rec[member_key(j, key)]
+        member = RecordDict({CONFIG_RECORD: config_record(config)})
+        if arrays is not None:
+            member[ARRAYS_RECORD] = arrays  # the same record: decoded once for all of them
+        try:
+            got = _train_one(member, context)
+        except Exception as exc:
+            log.debug("partition %d raised in a bundle: %s", pid, traceback.format_exc())
+            got = RecordDict({ERROR_RECORD: ConfigRecord({"code": CLIENT_APP_RAISED_EXCEPTION,
+                                                          "reason": f"{type(exc)}:<'Message: {exc}'>"})})
+        for name in got:
+            out[member_key(j, name)] = got[name]
+    return out
 
 
 @app.train()
@@ -214,9 +260,9 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    cfg, rec = _config(msg)
+    cfg, rec = _config(msg.content)
     pid = _partition(rec, context)
     with torch_threads(_threads(cfg, rec)):
-        metrics = client_evaluate(cfg, pid, _global_weights(msg))
+        metrics = client_evaluate(cfg, pid, _global_weights(msg.content))
     return Message(content=RecordDict({METRICS_RECORD: MetricRecord(cast(dict[str, Any], metrics))}),
                    reply_to=msg)

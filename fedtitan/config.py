@@ -206,7 +206,11 @@ FLEET_SETTINGS: tuple[str, ...] = tuple(k for k in FleetSection.model_fields if 
 
 class SimulationSection(_Section):
     engine: Literal["ray", "local"] = "ray"  # local: every client in the server's process, one after another
-    workers: int = Field(0, ge=0)  # Flower nodes that play the partitions (0: eight per client process)
+    workers: int = Field(0, ge=0)  # Flower nodes that play the partitions (0: two per client process)
+    # clients one message to a worker carries (bundles of a round's clients that share the
+    # weights and the strategy's config); 0: a round's clients dealt evenly, one message per
+    # worker; 1: one message per client. The same results either way.
+    clients_per_message: int = Field(0, ge=0)
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
     ray_address: str | None = None

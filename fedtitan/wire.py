@@ -18,6 +18,14 @@ strategies aggregate a reply only with exactly one ArrayRecord and one MetricRec
 ``NUM_EXAMPLES``, with the same keys across clients: the report's numbers always carry the same
 keys (``METRIC_KEYS``, then the selector's diagnostics under ``INFO_PREFIX``: the same names for
 every client of a run), and its strings travel in a ConfigRecord, which aggregation ignores.
+
+A bundle (simulation workers only): one train message for several clients of a round that
+share the weights and the strategy's config. Its config names their partitions in order
+(``BUNDLE_KEY``) and each one's last state under ``member_key(i, STATE_KEY)`` /
+``member_key(i, STATE_ROUND_KEY)``; its reply holds each client's records under
+``member_key(i, name)`` (``ARRAYS_RECORD``, ``METRICS_RECORD``, ``REPORT_RECORD``,
+``STATE_RECORD``), or ``member_key(i, ERROR_RECORD)`` (``{"code", "reason"}``) for a client
+that raised. The server turns it back into one reply per client before anything else sees it.
 """
 
 from __future__ import annotations
@@ -51,8 +59,17 @@ STATE_KEY = STATE_RECORD  # the partition's last state (npz bytes)...
 STATE_ROUND_KEY = f"{STATE_RECORD}-round"  # ...and the round that made it
 QUERY_KEY = "what"  # a query message: what the server asks for (QUERY_PARTITION)
 QUERY_PARTITION = PARTITION_KEY
+BUNDLE_KEY = "fedtitan-bundle"  # a bundle's partitions, in order (list of ints)
+ERROR_RECORD = "fedtitan-error"  # a bundle member that raised: {"code": int, "reason": str}
+# Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION (spelled out: Flower moves its internal modules)
+CLIENT_APP_RAISED_EXCEPTION = 2
 OWN_CONFIG_KEYS = (RUN_CONFIG_KEY, SERVER_ROUND_KEY, RUN_TOKEN_KEY, ROUND_START_KEY, PARTITION_KEY,
-                   STATE_KEY, STATE_ROUND_KEY, ARRAYS_KEY)
+                   STATE_KEY, STATE_ROUND_KEY, ARRAYS_KEY, BUNDLE_KEY)
+
+
+def member_key(i: int, name: str) -> str:
+    """The name of bundle member ``i``'s own entry ``name`` (a config key or a reply record)."""
+    return f"{i}:{name}"
 
 # Keys a Flower strategy adds to the train config (Flower's spelling; it moves its internal
 # modules between releases, so they are spelled out here)
@@ -180,8 +197,9 @@ METRIC_KEYS = (
 
 
 __all__ = [
-    "ACCURACY", "ARRAYS_KEY", "BATTERY_J", "ARRAYS_NAME", "ARRAYS_RECORD", "CLIPPING_NORM_KEY", "CONFIG_RECORD", "DEVICE",
-    "INFO_PREFIX",
+    "ACCURACY", "ARRAYS_KEY", "BATTERY_J", "ARRAYS_NAME", "ARRAYS_RECORD", "BUNDLE_KEY", "CLIENT_APP_RAISED_EXCEPTION",
+    "CLIPPING_NORM_KEY",
+    "CONFIG_RECORD", "DEVICE", "ERROR_RECORD", "INFO_PREFIX", "member_key",
     "LOSS", "METRICS_RECORD", "METRIC_KEYS", "NODE_DEVICE", "NODE_METER", "NODE_NUM_PARTITIONS",
     "NODE_PARTITION", "NODE_STATE_DIR", "NUM_EXAMPLES", "NUM_PARTITIONS", "OWN_CONFIG_KEYS", "PARTITION_ID",
     "PARTITION_KEY", "PROXIMAL_MU_KEY", "QUERY_KEY", "QUERY_PARTITION", "REPORT_RECORD", "ROUND_START_KEY",

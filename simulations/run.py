@@ -273,14 +273,16 @@ class PromptDispatch:
 
 def pool_size(cfg: Config, population: int, cpus: float | None = None) -> int:
     """How many simulation workers (Flower SuperNodes) play a population's partitions: what
-    can run at once, not the population. ``simulation.workers``, or (0, the default) eight per
-    client process the CPUs allow (``cpus`` / ``simulation.num_cpus``; Flower's engine hands
-    each node one message per 0.1 s, so spare nodes keep the processes fed with small
-    clients), never more than the population."""
+    can run at once, not the population. ``simulation.workers``, or (0, the default) two per
+    client process the CPUs allow (``cpus`` / ``simulation.num_cpus``): a round's clients go
+    out in one message per worker (``simulation.clients_per_message``), so each process gets
+    two, and one that finishes early takes the other's next; with one message per client,
+    eight per process (Flower's engine hands each node one message per wake, so spare nodes
+    keep the processes fed with small clients). Never more than the population."""
     if cfg.simulation.workers:
         return max(1, min(cfg.simulation.workers, population))
     processes = max(1, int((cpus if cpus is not None else os.cpu_count() or 1) // cfg.simulation.num_cpus))
-    return max(1, min(population, 8 * processes))
+    return max(1, min(population, (8 if cfg.simulation.clients_per_message == 1 else 2) * processes))
 
 
 def simulate(server_main: Callable[[Any], object], cfg: Config, population: int, ray_address: str | None = None,
@@ -297,6 +299,9 @@ def simulate(server_main: Callable[[Any], object], cfg: Config, population: int,
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    stop = stop if stop is not None else threading.Event()  # set by Ctrl-C / SIGTERM; server_main's server watches it
+    if cfg.simulation.engine == "local":  # no Ray: imported below, so a machine without it runs this engine
+        return _simulate_local(server_main, 1, quiet, stop)
     import ray
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
@@ -304,9 +309,6 @@ def simulate(server_main: Callable[[Any], object], cfg: Config, population: int,
 
     from clients.client_app import app as client_app
 
-    stop = stop if stop is not None else threading.Event()  # set by Ctrl-C / SIGTERM; server_main's server watches it
-    if cfg.simulation.engine == "local":
-        return _simulate_local(server_main, 1, quiet, stop)
     address = ray_address or cfg.simulation.ray_address
     errors: list[BaseException] = []
     server_app = ServerApp()

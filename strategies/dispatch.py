@@ -9,16 +9,29 @@ holds no round logic: the synchronous round and an event-driven loop both send t
 from __future__ import annotations
 
 import logging
+import math
 import time
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
-from flwr.app import Message, RecordDict
+from flwr.app import ArrayRecord, Error, Message, RecordDict
 from flwr.serverapp import Grid
 
 from clients.object_store import ServerArrays
+from clients.records import config_record
 from fedtitan.status import Status
-from fedtitan.wire import PARTITION_KEY
+from fedtitan.wire import (
+    ARRAYS_KEY,
+    ARRAYS_RECORD,
+    BUNDLE_KEY,
+    CLIPPING_NORM_KEY,
+    CONFIG_RECORD,
+    ERROR_RECORD,
+    PARTITION_KEY,
+    STATE_KEY,
+    STATE_ROUND_KEY,
+    member_key,
+)
 from strategies.fleet import ClientResult
 from strategies.messages import (
     ask_partition_ids,
@@ -40,8 +53,9 @@ class Dispatch:
     """The clients of one run on ``grid``. ``pool``: its nodes are simulation workers that
     play any partition (True), real SuperNodes with a partition each (False), or ask them (None)."""
 
-    def __init__(self, grid: Grid, timeout_s: float, pool: bool | None = None) -> None:
+    def __init__(self, grid: Grid, timeout_s: float, pool: bool | None = None, per_message: int = 0) -> None:
         self.grid, self.timeout_s, self.pool = grid, timeout_s, pool
+        self.per_message = per_message  # clients a worker's message may carry (0: a round's share of each worker)
         self.workers: list[int] = []
         self.nodes: list[int] = []  # client ids, in partition order
         self.partition_of: dict[int, int] = {}
@@ -82,19 +96,34 @@ class Dispatch:
         per partition."""
         if not self.pool:
             return {r.metadata.src_node_id: r for r in self.grid.send_and_receive(messages, timeout=self.timeout_s)}
-        clients = []
-        for i, m in enumerate(messages):
-            clients.append(m.metadata.dst_node_id)
-            with_config(m, {PARTITION_KEY: self.partition_of[m.metadata.dst_node_id]})
+        outgoing: list[tuple[Message, list[Message]]] = []  # (what goes to a worker, the clients' messages in it)
+        for group in _groups(messages):
+            size = self.per_message or math.ceil(len(group) / len(self.workers))
+            for k in range(0, len(group), size):
+                members = group[k:k + size]
+                parts = [self.partition_of[m.metadata.dst_node_id] for m in members]
+                outgoing.append((_bundle(members, parts) if len(members) > 1 else members[0], members))
+        for i, (m, members) in enumerate(outgoing):
+            if len(members) == 1 and m is members[0]:
+                client = m.metadata.dst_node_id
+                with_config(m, {PARTITION_KEY: self.partition_of[client]})
+                m.metadata.__dict__["_fedtitan_client"] = client
             m.metadata.dst_node_id = self.workers[i % len(self.workers)]
-        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout_s))
-        by_message = {m.metadata.message_id: vid for m, vid in zip(messages, clients, strict=True)}
+        replies = list(self.grid.send_and_receive([m for m, _ in outgoing], timeout=self.timeout_s))
+        sent = {m.metadata.message_id: (m, members) for m, members in outgoing}
         out = {}
         for r in replies:
-            client = by_message.get(r.metadata.reply_to_message_id)
-            if client is not None:
+            found = sent.get(r.metadata.reply_to_message_id)
+            if found is None:
+                continue
+            m, members = found
+            if len(members) == 1 and m is members[0]:
+                client = m.metadata.__dict__["_fedtitan_client"]
                 r.metadata.__dict__["_src_node_id"] = client
                 out[client] = r
+            else:
+                for j, member in enumerate(members):
+                    out[member.metadata.dst_node_id] = _unbundled(r, j, member)
         return out
 
     def send_surviving(self, messages: list[Message], what: str) -> dict[int, Message]:
@@ -140,3 +169,70 @@ class Dispatch:
     def ask(self, clients: list[int], content: RecordDict, message_type: str, key: str) -> dict[int, float]:
         """Client id -> metric ``key`` of each successful reply to ``content``."""
         return metric_of(self.send([Message(content, dst_node_id=c, message_type=message_type) for c in clients]), key)
+
+
+# ----------------------------------------------------------------------------- bundles
+_MEMBER_KEYS = (PARTITION_KEY, STATE_KEY, STATE_ROUND_KEY)  # what differs between the clients of one bundle
+
+
+def _shared_config(m: Message) -> dict[str, Any] | None:
+    """What ``m`` asks of its client apart from the client's own keys, when it can travel in a
+    bundle: a train message with the weights inside, no other records, no client mod (DP
+    clipping) and no weights in Ray's object store; else None."""
+    if m.metadata.message_type != "train":
+        return None
+    content = m.content
+    rec = content.config_records.get(CONFIG_RECORD)
+    if rec is None or set(content.keys()) - {CONFIG_RECORD, ARRAYS_RECORD} or ARRAYS_RECORD not in content.array_records:
+        return None
+    if CLIPPING_NORM_KEY in rec or ARRAYS_KEY in rec or BUNDLE_KEY in rec:
+        return None
+    return {k: rec[k] for k in rec if k not in _MEMBER_KEYS}
+
+
+def _groups(messages: list[Message]) -> list[list[Message]]:
+    """The messages in groups that may share one message (the same weights, the same config
+    apart from each client's own keys), in their order; a message that cannot is alone."""
+    groups: list[tuple[Any, dict[str, Any] | None, list[Message]]] = []
+    for m in messages:
+        shared = _shared_config(m)
+        if shared is not None:
+            arrays = m.content.array_records[ARRAYS_RECORD]
+            for g_arrays, g_shared, g in groups:
+                if g_arrays is arrays and g_shared == shared:
+                    g.append(m)
+                    break
+            else:
+                groups.append((arrays, shared, [m]))
+        else:
+            groups.append((None, None, [m]))
+    return [g for _, _, g in groups]
+
+
+def _bundle(members: list[Message], partitions: list[int]) -> Message:
+    """One train message for ``members`` (a group of :func:`_groups`) playing ``partitions``:
+    their shared config and weights, and each one's last state under its index."""
+    first = members[0]
+    own: dict[str, Any] = {**cast(dict[str, Any], _shared_config(first)), BUNDLE_KEY: partitions}
+    for j, m in enumerate(members):
+        rec = m.content[CONFIG_RECORD]
+        for key in (STATE_KEY, STATE_ROUND_KEY):
+            if key in rec:
+                own[member_key(j, key)] = rec[key]
+    arrays = cast(ArrayRecord, first.content.array_records[ARRAYS_RECORD])
+    return Message(RecordDict({CONFIG_RECORD: config_record(own), ARRAYS_RECORD: arrays}),
+                   dst_node_id=first.metadata.dst_node_id, message_type="train", group_id=first.metadata.group_id)
+
+
+def _unbundled(reply: Message, j: int, member: Message) -> Message:
+    """Member ``j``'s reply, as it would have come alone: its records, or its error (the
+    bundle's own when the bundle failed as a whole: a dead process, a timeout)."""
+    if reply.has_error():
+        return Message(Error(code=reply.error.code, reason=reply.error.reason), reply_to=member)
+    prefix = member_key(j, "")
+    content = reply.content
+    err = content.config_records.get(member_key(j, ERROR_RECORD))
+    if err is not None:
+        return Message(Error(code=int(cast(int, err["code"])), reason=str(err["reason"])), reply_to=member)
+    own = RecordDict({k[len(prefix):]: content[k] for k in content if k.startswith(prefix)})
+    return Message(own, reply_to=member)

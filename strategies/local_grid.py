@@ -18,12 +18,10 @@ from uuid import uuid4
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedtitan.wire import NODE_NUM_PARTITIONS, NODE_PARTITION
+from fedtitan.wire import CLIENT_APP_RAISED_EXCEPTION, NODE_NUM_PARTITIONS, NODE_PARTITION
 
 log = logging.getLogger("fedtitan")
 
-# Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION (spelled out: Flower moves its internal modules)
-CLIENT_APP_RAISED_EXCEPTION = 2
 SUPERLINK_NODE_ID = 1  # flwr.common.constant.SUPERLINK_NODE_ID
 FIRST_NODE_ID = 1001  # node ids differ from partition ids, as they do under Flower's engines
 

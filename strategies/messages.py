@@ -17,6 +17,7 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from clients.arrays import decode_arrays
+from clients.records import config_record
 from fedtitan.status import Status
 from fedtitan.wire import (
     ARRAYS_KEY,
@@ -98,7 +99,7 @@ def with_config(message: Message, entries: dict[str, Any]) -> None:
     one content, and one config, between all its messages)."""
     rec = message.content[CONFIG_RECORD]
     assert isinstance(rec, ConfigRecord)
-    own = ConfigRecord({**{k: rec[k] for k in rec}, **entries})
+    own = config_record({**{k: rec[k] for k in rec}, **entries})
     message.content = RecordDict({**{k: message.content[k] for k in message.content}, CONFIG_RECORD: own})
 
 
@@ -113,8 +114,8 @@ def error_gist(error: str) -> str:
     own exception when there is one (Ray wraps it in lines of actor ids), else the first line."""
     lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", error).splitlines() if ln.strip()]
     for ln in lines:
-        if "Message: " in ln:
-            return ln.split("Message: ", 1)[1][:300]
+        if "Message: " in ln:  # (the engines close the reason with "'>", on the same line when it is one)
+            return ln.split("Message: ", 1)[1].removesuffix("'>")[:300]
     return lines[0][:300] if lines else ""
 
 

@@ -101,7 +101,7 @@ class FleetServer:
         s = cfg.server
         self.policy = FleetPolicy(s.fraction, s.min_clients, s.policy, s.deadline_s, s.over_commit, cfg.run.seed,
                                   s.clients_per_round)
-        self.dispatch = Dispatch(grid, s.timeout_s, pool)
+        self.dispatch = Dispatch(grid, s.timeout_s, pool, cfg.simulation.clients_per_message)
         self.aggregator: Aggregator = make_aggregator(None, "fedavg")
         self.history = History()
         self.virtual_s = 0.0
@@ -242,6 +242,7 @@ class FleetServer:
                     "torch": torch.get_rng_state()},
             "target_reached_round": reached,
         }
+        self.states.sync()  # the client states it refers to reach the disk first (its time counts in io_s)
         t0 = time.perf_counter()
         blob = self.checkpointer.encode(rnd, state)
         io_s, io_bytes = self.states.io_s, self.states.io_bytes
@@ -304,6 +305,7 @@ class FleetServer:
                    "wall_s": time.perf_counter() - t_start, "target_reached_round": reached, "interrupted": interrupted,
                    **({"resumed_from_round": self.resume_from.server_round} if self.resume_from else {}),
                    **self.failures()}
+        self.states.syncer.close()
         self.sinks.finish(RunEnd(summary, self.history, self.global_state))
         return summary
 

@@ -5,6 +5,7 @@ import errno
 import io
 import logging
 import math
+import os
 import pickle
 import zipfile
 
@@ -216,3 +217,35 @@ def test_resume_checks_the_names_a_stored_config_gives(tmp_path):
 def test_npz_is_a_zip_of_plain_arrays():
     with zipfile.ZipFile(io.BytesIO(pack({"a": np.arange(3)}))) as z:
         assert sorted(z.namelist()) == ["__tree__.npy", "a0.npy"]
+
+
+def test_client_states_reach_the_disk_before_the_checkpoint_that_refers_to_them(tmp_path, monkeypatch):
+    """The server stores states without an fsync each; FileSyncer fsyncs them in the
+    background and wait() returns only once every one of them is done; a full disk surfaces."""
+    from fedtitan.checkpoint import FileSyncer
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store, syncer = ClientStateStore(tmp_path, keep=1), FileSyncer()
+    for pid in range(5):
+        store.put(pid, 3, {"x": np.arange(pid + 1)}, fsync=False)
+        syncer.add(store.path(pid, 3))
+    assert not any(p.endswith(".tmp") for p in synced)  # no file was synced in the writing thread
+    syncer.add(tmp_path / "gone.npz")  # removed before its turn: nothing to sync
+    syncer.wait()
+    assert sorted(synced) == sorted(str(store.path(pid, 3)) for pid in range(5))
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    syncer.add(store.path(0, 3))
+    with pytest.raises(DiskFullError, match="the disk is full: could not write .*r000003.npz"):
+        syncer.wait()
+    syncer.close()

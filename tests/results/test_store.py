@@ -110,3 +110,26 @@ def test_restore_drops_a_cut_off_last_line(tmp_path):
     w2 = RunWriter(tmp_path / "run")
     w2.restore(2, 2, 0)
     assert pd.read_csv(tmp_path / "run" / "clients.csv").server_round.tolist() == [1, 2]
+
+
+def test_rounds_csv_is_what_pandas_writes_of_every_row_after_each_change(tmp_path):
+    """rounds.csv is formatted from its kept text plus the newest row; a column that appears
+    late (a checkpoint's cost, an evaluation) rewrites it whole: the file always equals
+    pandas' table of every row (read back: pandas writes an integer column with gaps as floats)."""
+    import io
+
+    w = RunWriter(tmp_path / "run")
+    path = tmp_path / "run" / "rounds.csv"
+
+    def same() -> None:
+        pd.testing.assert_frame_equal(pd.read_csv(path), pd.read_csv(io.StringIO(pd.DataFrame(w.rounds).to_csv(index=False))))
+
+    for rnd in range(1, 8):
+        row = {"server_round": rnd, "loss": 1 / rnd, "updated": rnd % 2 == 0, "error": "a, b" if rnd == 3 else None}
+        if rnd >= 4:
+            row["accuracy"] = 0.1 * rnd  # a column from round 4 on
+        w.add_round(row, [{"server_round": rnd, "node_id": 1}])
+        same()
+        if rnd % 3:
+            w.update_last_round(checkpoint_s=0.5 * rnd, checkpoint_bytes=rnd)
+            same()

@@ -54,6 +54,8 @@ def test_error_gist_finds_the_clients_own_message():
     assert error_gist(ray) == "injected client failure (partition 1)"
     oom = "<class 'ray.exceptions.OutOfMemoryError'>:<'1 worker(s) were killed due to the node running low on memory.\nmore"
     assert error_gist(oom).endswith("running low on memory.") and error_gist("") == ""
+    one_line = "<class 'fedtitan.training.faults.InjectedFault'>:<'Message: injected client failure (partition 2)'>"
+    assert error_gist(one_line) == "injected client failure (partition 2)"
 
 
 def _updates(n=5, sizes=((1_200_000,), (3, 7), (900_000,)), seed=0):
