@@ -5,6 +5,7 @@ their weights is :mod:`strategies.weights`'s."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,13 +58,13 @@ class FleetPolicy:
         ``min_clients``, at most what is available."""
         return min(available, self.target(population if population is not None else available))
 
-    def sample(self, node_ids: list[int], server_round: int, population: int | None = None) -> list[int]:
+    def sample(self, node_ids: Sequence[int], server_round: int, population: int | None = None) -> list[int]:
         """Seeded by (seed, round) over ``node_ids`` in the given order (the server orders them
         by partition id, so a seed picks the same partitions in every run); first-k over-commits.
 
         ``population``: the fleet's size when ``node_ids`` are only the devices available now;
         the sample is then ``fraction`` of the fleet, or all that are available if fewer."""
-        nodes = list(node_ids)
+        nodes = node_ids if isinstance(node_ids, (list, tuple, range)) else list(node_ids)  # no copy of a fleet
         k = self.keep(len(nodes), population)
         if self.policy == "first-k":
             k = min(len(nodes), math.ceil(k * (1.0 + self.over_commit)))

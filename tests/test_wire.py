@@ -82,19 +82,21 @@ def test_a_count_that_is_not_whole_is_refused():
 
 def test_every_key_is_spelled_once():
     records = (wire.CONFIG_RECORD, wire.ARRAYS_RECORD, wire.METRICS_RECORD, wire.STATE_RECORD, wire.ARRAYS_KEY,
-               wire.REPORT_RECORD)
+               wire.REPORT_RECORD, wire.ERROR_RECORD)
     config = (*wire.OWN_CONFIG_KEYS, wire.PROXIMAL_MU_KEY, wire.CLIPPING_NORM_KEY)
     node = (wire.NODE_PARTITION, wire.NODE_NUM_PARTITIONS, wire.NODE_DEVICE, wire.NODE_METER, wire.NODE_STATE_DIR)
     reply_fields = (*wire.METRIC_KEYS, wire.NUM_PARTITIONS, wire.LOSS, wire.ACCURACY)
     for group in (records, config, node, reply_fields, (wire.STATE_NPZ, wire.STATE_ROUND)):
         assert len(set(group)) == len(group), group
     own = {wire.RUN_CONFIG_KEY, wire.SERVER_ROUND_KEY, wire.RUN_TOKEN_KEY, wire.ROUND_START_KEY, wire.PARTITION_KEY,
-           wire.STATE_KEY, wire.STATE_ROUND_KEY, wire.ARRAYS_KEY}
+           wire.STATE_KEY, wire.STATE_ROUND_KEY, wire.ARRAYS_KEY, wire.BUNDLE_KEY}
     assert set(wire.OWN_CONFIG_KEYS) == own  # every key fedtitan puts in a train config is its own
     # every field of the report travels under one key (its strings under their own)
     report_fields = {f.name for f in fields(ClientReport)}
     assert report_fields - {"device", "extra"} == {k.replace("num-examples", "num_examples") for k in wire.METRIC_KEYS}
     assert not [k for k in wire.METRIC_KEYS if k.startswith(wire.INFO_PREFIX)]  # the selector's names stay apart
+    # a bundle member's own entries cannot be taken for a record or key of a lone client's message
+    assert not {wire.member_key(0, k) for k in (*records, *config)} & {*records, *config}
 
 
 def test_the_selectors_diagnostics_travel_after_the_fixed_keys_under_their_prefix():

@@ -15,7 +15,8 @@ import os
 import pickle
 import struct
 import tarfile
-from collections.abc import Callable, Mapping
+import zipfile
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +62,55 @@ def _missing(name: str, candidates: list[str], data_dir: str | os.PathLike[str] 
     return DataError(f"dataset '{name}' not found (looked for {looked}); {how}")
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
+# an npz array at least this large is memory-mapped where it can be (see _load_npz)
+MAP_MIN_BYTES = 16 * 2**20
+
+
+def _load_npz(path: Path, mapped: Collection[str] = ()) -> dict[str, np.ndarray]:
+    """The arrays of an npz file. Those named in ``mapped`` of at least :data:`MAP_MIN_BYTES`
+    are memory-mapped, read-only, from the file itself where it stores them uncompressed
+    (``np.savez``): the processes of one machine then share one copy in the page cache."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            out = {}
+            for k in z.files:
+                m = _mapped_member(path, z.zip, f"{k}.npy") if k in mapped else None
+                out[k] = m if m is not None else z[k]
+            return out
     except Exception as exc:  # zipfile/OSError/ValueError: all mean an unreadable file
         raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}; the file may be corrupt") from None
+
+
+def _mapped_member(path: Path, zf: zipfile.ZipFile, name: str) -> np.ndarray | None:
+    """The ``.npy`` member ``name`` of the npz at ``path``, memory-mapped read-only where it is
+    stored uncompressed with a plain header and holds :data:`MAP_MIN_BYTES` or more; else
+    ``None`` (the caller reads it)."""
+    try:
+        info = zf.getinfo(name)
+    except KeyError:
+        return None
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1 or info.file_size < MAP_MIN_BYTES:
+        return None
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)  # the member's local header: its name and extra field come next
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            return None
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        start = info.header_offset + 30 + name_len + extra_len
+        fh.seek(start)
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            return None
+        offset = fh.tell()
+    size = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    if dtype.hasobject or size == 0 or offset + size > start + info.file_size:
+        return None
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape, order="F" if fortran else "C", offset=offset)
 
 
 def _cached(key: str, source: Path, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -385,7 +429,7 @@ def load_digits(seed: int = 0) -> Dataset:
 def _labels(y: np.ndarray, p: Path, key: str) -> np.ndarray:
     """Integer class labels (floats holding whole numbers are accepted)."""
     if np.issubdtype(y.dtype, np.integer):
-        return y.astype(np.int64)
+        return y.astype(np.int64, copy=False)
     if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(np.mod(y, 1) == 0):
         return y.astype(np.int64)
     raise DataError(f"{p}: '{key}' must hold integer class labels >= 0, got dtype {y.dtype}"
@@ -398,11 +442,16 @@ def load_npz(path: str | os.PathLike[str], seed: int = 0, test_fraction: float =
     ``x`` is channels-first ``(N, C, H, W)``, ``(N, C, L)`` or ``(N, D)``; labels are
     integers ``0..K-1``, or text (classes sorted: as numbers when all are numbers, else as text). Without a test split, a seeded stratified hold-out of
     ``test_fraction`` is used. Optional: ``num_classes``, ``mean``, ``std``, ``scale``.
+
+    ``x`` and ``x_test`` of 16 MiB or more, stored uncompressed (``np.savez``, not
+    ``np.savez_compressed``), are memory-mapped read-only from the file, so the processes of a
+    run share one copy: do not rewrite such a file in place while a run reads it (write a new
+    file and rename it over the old one).
     """
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"npz dataset file not found: {p}")
-    raw = _load_npz(p)
+    raw = _load_npz(p, mapped=("x", "x_test"))
     for key in ("x", "y"):
         if key not in raw:
             raise DataError(f"{p} has no '{key}' array (found {sorted(raw)}); an npz dataset needs 'x' and 'y'")
@@ -437,8 +486,7 @@ def load_npz(path: str | os.PathLike[str], seed: int = 0, test_fraction: float =
         g_tr = groups[tr] if groups is not None else None
         g_te = groups[te] if groups is not None else None
     top = int(max(y_tr.max(), y_te.max()))
-    distinct = len(np.unique(np.concatenate([y_tr, y_te])))
-    if "num_classes" not in raw and top >= 1000 and top >= 10 * distinct:
+    if "num_classes" not in raw and top >= 1000 and top >= 10 * (distinct := len(np.unique(np.concatenate([y_tr, y_te])))):
         raise DataError(f"{p}: labels reach {top} but only {distinct} distinct values occur; labels must be class "
                         "indices 0..K-1 (remap them: np.unique(y, return_inverse=True)[1])")
     num_classes = int(raw["num_classes"]) if "num_classes" in raw else len(names) or top + 1
@@ -446,7 +494,7 @@ def load_npz(path: str | os.PathLike[str], seed: int = 0, test_fraction: float =
     std = tuple(np.atleast_1d(raw["std"]).tolist()) if "std" in raw else (1.0,)
     scale = float(raw["scale"]) if "scale" in raw else (1 / 255 if x.dtype == np.uint8 else 1.0)
     return Dataset(
-        name=p.stem, x_train=x_tr, y_train=y_tr.astype(np.int64), x_test=x_te, y_test=y_te,
+        name=p.stem, x_train=x_tr, y_train=y_tr.astype(np.int64, copy=False), x_test=x_te, y_test=y_te,
         num_classes=num_classes, classes=tuple(names), groups_train=g_tr, groups_test=g_te, scale=scale, mean=mean, std=std,
     )
 

@@ -42,6 +42,7 @@ from fedtitan.devices.catalog import DeviceProfile
 from fedtitan.errors import ConfigError, did_you_mean
 
 FACTOR_COLUMNS = ("available", "speed_factor", "select_share", "bandwidth_factor")
+MASK32, MASK64 = (1 << 32) - 1, (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -121,11 +122,11 @@ class DiurnalDynamics:
     def _night(self, partition_id: int, t_s: float) -> float:
         return self._night_at(self._phase(partition_id), t_s)
 
-    def factors_many(self, partition_ids: Sequence[int], t_s: float) -> FactorTable:
+    def factors_many(self, partition_ids: Sequence[int] | np.ndarray, t_s: float) -> FactorTable:
         """:meth:`factors` of many devices at once, equal to it bit for bit, at the cost of
         numpy: each device's phase is drawn once a run and its availability once a slot
         (both are pure functions of their keys), and the same float operations follow."""
-        ids = [int(p) for p in partition_ids]
+        ids = [int(p) for p in np.asarray(partition_ids, dtype=np.int64).reshape(-1).tolist()]
         phases: dict[int, float] = self._memo.setdefault("phase", {})
         slot = int(t_s // self.slot_s)
         if self._memo.get("slot") != slot:
@@ -159,25 +160,63 @@ class DiurnalDynamics:
                        lerp(self.bandwidth_min, self.bandwidth_max))
 
 
-# steps of each client's random-walk path kept at once (32 bytes a step)
-WALK_WINDOW = 64
+# a batch of fewer clients than this walks one numpy generator at a time (numpy's own draws);
+# a larger one walks as arrays (fedtitan.devices.streams), in chunks of _CHUNK clients
+_ARRAY_MIN = 64
+_CHUNK = 1 << 16
+_WALK_TAG = 0x5A1C  # a client's walk draws from np.random.default_rng([seed, client, _WALK_TAG])
 
 
-@dataclass(slots=True)
-class _WalkBlock:
-    """A client's kept window of its random walk, and the walk's state just after it."""
+class _WalkStates:
+    """Where each asked client's walk stands: its generator's state (PCG64: state and
+    increment, 128 bits each, as uint64 halves), its position ``x`` (log factors), on/off, and
+    how many steps it has walked (-1: not started). 73 bytes a client, whatever the time."""
 
-    start: int
-    rows: np.ndarray
-    rng_state: tuple[int, int]  # the PCG64 generator's (state, inc)
-    x: np.ndarray
-    on: bool
+    def __init__(self) -> None:
+        self.slot_of = np.full(0, -1, dtype=np.int64)  # client id -> its row below
+        self.size = 0
+        self.s_hi, self.s_lo, self.i_hi, self.i_lo = (np.zeros(0, dtype=np.uint64) for _ in range(4))
+        self.x = np.zeros((0, 3))
+        self.on = np.zeros(0, dtype=bool)
+        self.done = np.zeros(0, dtype=np.int64)
+
+    def slots(self, ids: np.ndarray) -> np.ndarray:
+        """The rows of ``ids`` (distinct, >= 0), made for those never asked (not started)."""
+        if len(ids) and int(ids.max()) >= len(self.slot_of):
+            grown = np.full(max(int(ids.max()) + 1, 2 * len(self.slot_of)), -1, dtype=np.int64)
+            grown[:len(self.slot_of)] = self.slot_of
+            self.slot_of = grown
+        slots = self.slot_of[ids]
+        new = np.flatnonzero(slots < 0)
+        if len(new):
+            need = self.size + len(new)
+            if need > len(self.done):
+                cap = max(need, 2 * len(self.done), 16)
+                for name in ("s_hi", "s_lo", "i_hi", "i_lo", "x", "on", "done"):
+                    old = getattr(self, name)
+                    arr = np.zeros((cap, *old.shape[1:]), dtype=old.dtype)
+                    arr[:len(old)] = old
+                    setattr(self, name, arr)
+            slots[new] = np.arange(self.size, need)
+            self.slot_of[ids[new]] = slots[new]
+            self.done[slots[new]] = -1
+            self.size = need
+        return slots
 
 
-def _pcg64_state(state: tuple[int, int]) -> dict[str, Any]:
-    """A PCG64 state from (state, inc): the walk draws only 64-bit values, so no 32-bit half is
-    ever left over (checked when the state is taken)."""
-    return {"bit_generator": "PCG64", "state": {"state": state[0], "inc": state[1]}, "has_uint32": 0, "uinteger": 0}
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """The distinct values, sorted (``np.unique``, whose hashing took 0.4 s on 1,000,000 ids)."""
+    if len(values) < 2 or bool((values[1:] > values[:-1]).all()):
+        return values
+    v = np.sort(values)
+    return v[np.concatenate(([True], v[1:] != v[:-1]))]
+
+
+def _numpy_pcg64(s_hi: int, s_lo: int, i_hi: int, i_lo: int) -> dict[str, Any]:
+    """A PCG64 state from its halves: the walk draws only 64-bit values, so no 32-bit half is
+    ever left over."""
+    return {"bit_generator": "PCG64", "state": {"state": (s_hi << 64) | s_lo, "inc": (i_hi << 64) | i_lo},
+            "has_uint32": 0, "uinteger": 0}
 
 
 @dataclass
@@ -193,105 +232,123 @@ class RandomWalkDynamics:
     select_share_max: float = 1.0
     bandwidth_min: float = 0.25
     bandwidth_max: float = 1.0
-    # each client's window of its path (start step, rows) and the walk's state after it, to go on
-    _blocks: dict[int, _WalkBlock] = field(default_factory=dict, repr=False, compare=False)
-    # the rows factors_many gathered last: (step, ids, rows); a round within the same step reuses them
-    _last: tuple[int, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    # where each asked client's walk stands (its generator, position, on/off, steps walked)
+    _walks: _WalkStates = field(default_factory=_WalkStates, repr=False, compare=False)
+    # the table factors_many gave last: (step, ids, available, exp(x)); the same step again reuses it
+    _last: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def _bounds(self) -> np.ndarray:
         return np.array([[self.speed_min, self.speed_max], [self.select_share_min, self.select_share_max],
                          [self.bandwidth_min, self.bandwidth_max]], dtype=np.float64)
 
-    def _row(self, partition_id: int, step: int) -> np.ndarray:
-        """One step's row: available, speed, select_share, bandwidth."""
-        block = self._blocks[partition_id]
-        return block.rows[step - block.start]
+    def _cover(self, ids: np.ndarray, step: int) -> np.ndarray:
+        """Walk each of ``ids`` to ``step`` (its state just after that step); their rows.
 
-    def _cover(self, partition_ids: Sequence[int], step: int) -> None:
-        """Make the kept window of each of ``partition_ids`` hold ``step``.
+        A client keeps only where its walk stands, so memory does not grow with virtual time
+        or with how far ahead the walk is asked. A later step goes on from there; an earlier
+        one walks that client again from the start. Each client draws from its own generator,
+        in the order the walk has always used (per step one uniform for on/off, then three
+        normals), so a path never depends on which clients were asked with it or when; the
+        arithmetic runs for all of them at once, with the same float operations element by
+        element (bit for bit what one client alone gets)."""
+        w = self._walks
+        asked = _distinct(ids)
+        if len(asked) and asked[0] < 0:
+            raise ValueError(f"partition ids must be >= 0, got {int(asked[0])}")
+        slots = w.slots(asked)
+        target = step + 1
+        again = np.flatnonzero((w.done[slots] < 0) | (w.done[slots] > target))
+        if len(again):  # from the start: fast, idle, full bandwidth
+            self._start(asked[again], slots[again])
+        need = target - w.done[slots]
+        for n in _distinct(need[need > 0]).tolist():
+            group = slots[need == n]
+            for at in range(0, len(group), _CHUNK):
+                self._walk(group[at:at + _CHUNK], int(n))
+        return w.slot_of[ids]
 
-        A client keeps :data:`WALK_WINDOW` steps of its path, and the walk's state after them
-        (its generator, position and on/off), so memory does not grow with virtual time. Past
-        the window the walk goes on from that state, and the new window starts at ``step``
-        (rows on the way are computed and dropped). Before it the walk starts again from step 0,
-        and the window ends at ``step``. Each client draws from its own generator, in the
-        order the walk has always used (per step one uniform for on/off, then three normals),
-        so a path never depends on which clients were asked with it or when; the arithmetic
-        runs for all of them at once, with the same float operations element by element (bit
-        for bit what one client alone gets)."""
-        plans: dict[tuple[int, int], list[int]] = {}
-        for p in dict.fromkeys(int(q) for q in partition_ids):
-            block = self._blocks.get(p)
-            if block is not None and block.start <= step < block.start + len(block.rows):
-                continue
-            if block is None:  # first asked: from the start, the window forward
-                first, keep = 0, (0 if step < WALK_WINDOW else step)
-            elif step < block.start:  # back in time: again from the start, the window ending here
-                first, keep = 0, max(0, step - WALK_WINDOW + 1)
-            else:  # on from the window's end
-                first, keep = block.start + len(block.rows), step
-            plans.setdefault((first, keep), []).append(p)
-        for (first, keep), group in plans.items():
-            n = keep + WALK_WINDOW - first
-            chunk = max(1, min(4096, (1 << 21) // n))  # bounded scratch memory at any population and time
-            for at in range(0, len(group), chunk):
-                self._walk(group[at:at + chunk], first, keep, n)
+    def _start(self, ids: np.ndarray, slots: np.ndarray) -> None:
+        """Put ``ids``'s walks (at ``slots``) at their start: the generator freshly seeded."""
+        from fedtitan.devices.streams import seed_states, vectorised
 
-    def _walk(self, ids: list[int], first: int, keep: int, n: int) -> None:
-        """Walk ``ids`` ``n`` steps from step ``first`` (0: the start; else their kept state),
-        keeping the rows from step ``keep`` on (see :meth:`_cover`)."""
+        w = self._walks
+        if len(ids) >= _ARRAY_MIN and int(ids[-1]) <= MASK32 and vectorised():  # ids: sorted
+            for at in range(0, len(ids), _CHUNK):  # bounded scratch memory at any population
+                part = slots[at:at + _CHUNK]
+                w.s_hi[part], w.s_lo[part], w.i_hi[part], w.i_lo[part] = seed_states(
+                    (self.seed,), ids[at:at + _CHUNK], (_WALK_TAG,))
+        else:
+            for p, slot in zip(ids.tolist(), slots.tolist(), strict=True):
+                st = np.random.default_rng([self.seed, p, _WALK_TAG]).bit_generator.state["state"]
+                w.s_hi[slot], w.s_lo[slot] = st["state"] >> 64, st["state"] & MASK64
+                w.i_hi[slot], w.i_lo[slot] = st["inc"] >> 64, st["inc"] & MASK64
+        w.x[slots] = np.log(self._bounds())[:, 1]
+        w.on[slots] = True
+        w.done[slots] = 0
+
+    def _walk(self, slots: np.ndarray, n: int) -> None:
+        """Walk the clients at ``slots`` ``n`` steps on from where they stand."""
+        from fedtitan.devices.streams import Streams, vectorised
+
+        w = self._walks
         bounds = np.log(self._bounds())
         lo, hi = bounds[:, 0], bounds[:, 1]
         width = np.maximum(hi - lo, 1e-12)
-        u = np.empty((len(ids), n))
-        z = np.empty((len(ids), n, 3))
-        x = np.empty((len(ids), 3))
-        on = np.empty(len(ids), dtype=bool)
-        bit_gen: Any = np.random.PCG64()  # one generator, set to each client's state in turn
-        rng = np.random.Generator(bit_gen)
-        states = []
-        for j, p in enumerate(ids):
-            if first == 0:  # start at the top: fast, idle, full bandwidth
-                bit_gen.state = np.random.default_rng([self.seed, p, 0x5A1C]).bit_generator.state
-                x[j], on[j] = hi, True
-            else:
-                block = self._blocks[p]
-                bit_gen.state, x[j], on[j] = _pcg64_state(block.rng_state), block.x, block.on
-            uj, zj = u[j], z[j]
-            for i in range(n):
-                uj[i] = rng.random()
-                zj[i] = rng.standard_normal(3)
-            after = bit_gen.state
-            assert not after["has_uint32"]
-            states.append((after["state"]["state"], after["state"]["inc"]))
-        rows = np.empty((len(ids), first + n - keep, 4))
-        for i in range(n):
-            on = np.where(on, u[:, i] >= self.p_leave, u[:, i] < self.p_return)
-            x = x + self.sigma * z[:, i]
-            x = lo + np.abs(((x - lo) + width) % (2 * width) - width)  # reflect into [lo, hi]
-            if first + i >= keep:
-                rows[:, first + i - keep, 0] = on
-                rows[:, first + i - keep, 1:] = np.exp(x)
-        for j, p in enumerate(ids):  # each client's own arrays (the batch's are freed)
-            self._blocks[p] = _WalkBlock(keep, rows[j].copy(), states[j], x[j].copy(), bool(on[j]))
+        x, on = w.x[slots], w.on[slots]
+        if len(slots) >= _ARRAY_MIN and vectorised():
+            streams = Streams(w.s_hi[slots], w.s_lo[slots], w.i_hi[slots], w.i_lo[slots])
 
-    def factors_many(self, partition_ids: Sequence[int], t_s: float) -> FactorTable:
+            def draws(i: int) -> tuple[np.ndarray, np.ndarray]:
+                u = streams.random()
+                return u, np.column_stack([streams.standard_normal() for _ in range(3)])
+        else:  # numpy's generators, one client at a time
+            u_all, z_all = np.empty((len(slots), n)), np.empty((len(slots), n, 3))
+            bit_gen: Any = np.random.PCG64()
+            rng = np.random.Generator(bit_gen)
+            for j, slot in enumerate(slots.tolist()):
+                bit_gen.state = _numpy_pcg64(int(w.s_hi[slot]), int(w.s_lo[slot]), int(w.i_hi[slot]),
+                                             int(w.i_lo[slot]))
+                uj, zj = u_all[j], z_all[j]
+                for i in range(n):
+                    uj[i] = rng.random()
+                    zj[i] = rng.standard_normal(3)
+                after = bit_gen.state
+                assert not after["has_uint32"]
+                w.s_hi[slot], w.s_lo[slot] = after["state"]["state"] >> 64, after["state"]["state"] & MASK64
+            streams = None
+
+            def draws(i: int) -> tuple[np.ndarray, np.ndarray]:
+                return u_all[:, i], z_all[:, i]
+        for i in range(n):
+            u, z = draws(i)
+            on = np.where(on, u >= self.p_leave, u < self.p_return)
+            x = x + self.sigma * z
+            x = lo + np.abs(((x - lo) + width) % (2 * width) - width)  # reflect into [lo, hi]
+        if streams is not None:
+            w.s_hi[slots], w.s_lo[slots] = streams.s_hi, streams.s_lo
+        w.x[slots], w.on[slots] = x, on
+        w.done[slots] += n
+
+    def _at(self, ids: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(available, exp(x): speed, select share, bandwidth as columns) of ``ids`` at ``step``."""
+        slots = self._cover(ids, step)
+        return self._walks.on[slots], np.exp(self._walks.x[slots])
+
+    def factors_many(self, partition_ids: Sequence[int] | np.ndarray, t_s: float) -> FactorTable:
         """:meth:`factors` of many clients at once, equal to it bit for bit."""
         step = max(0, int(t_s // self.step_s))
-        ids = np.asarray(partition_ids, dtype=np.int64)
+        ids = np.asarray(partition_ids, dtype=np.int64).reshape(-1)
         last = self._last
         if last is None or last[0] != step or not np.array_equal(last[1], ids):  # else: the same step again
-            self._cover(partition_ids, step)
-            rows = np.array([self._row(int(p), step) for p in ids], dtype=np.float64).reshape(-1, 4)
-            last = self._last = (step, ids, rows)
-        rows = last[2]
-        return FactorTable(rows[:, 0] >= 0.5, rows[:, 1].copy(), rows[:, 2].copy(), rows[:, 3].copy())
+            on, e = self._at(ids, step)
+            last = self._last = (step, ids.copy(), on, e)
+        on, e = last[2], last[3]
+        return FactorTable(on.copy(), e[:, 0].copy(), e[:, 1].copy(), e[:, 2].copy())
 
     def factors(self, partition_id: int, t_s: float) -> Factors:
         step = max(0, int(t_s // self.step_s))
-        self._cover([partition_id], step)
-        a, speed, share, bw = self._row(partition_id, step)
-        return Factors(bool(a >= 0.5), float(speed), float(share), float(bw))
+        on, e = self._at(np.array([partition_id], dtype=np.int64), step)
+        return Factors(bool(on[0]), float(e[0, 0]), float(e[0, 1]), float(e[0, 2]))
 
 
 @dataclass(frozen=True)
@@ -442,12 +499,13 @@ class FleetDynamics:
     def is_static(self) -> bool:
         return isinstance(self.model, StaticDynamics) and self.trace is None
 
-    def factors_many(self, partition_ids: Sequence[int], t_s: float) -> FactorTable:
+    def factors_many(self, partition_ids: Sequence[int] | np.ndarray, t_s: float) -> FactorTable:
         """:meth:`factors` of many clients at once: the model's own ``factors_many`` where it
-        has one (``diurnal``), then the trace's values for the clients it covers."""
-        ids = [int(p) for p in partition_ids]
+        has one (``diurnal``, ``random-walk``), then the trace's values for the clients it covers."""
+        ids = np.asarray(partition_ids, dtype=np.int64).reshape(-1)
         many = getattr(self.model, "factors_many", None)
-        table = many(ids, t_s) if many is not None else FactorTable.of([self.model.factors(p, t_s) for p in ids])
+        table = many(ids, t_s) if many is not None else FactorTable.of([self.model.factors(p, t_s)
+                                                                       for p in ids.tolist()])
         if self.trace is None:
             return table
         # as Trace.values: the device kinds' rows, then the client's own, later rows winning
@@ -456,12 +514,12 @@ class FleetDynamics:
             if active:
                 if self._kinds is None:
                     self._kinds = np.asarray(self.devices)
-                rows_of_kind = np.flatnonzero(self._kinds[np.asarray(ids, dtype=np.int64)] == kind)
+                rows_of_kind = np.flatnonzero(self._kinds[ids] == kind)
                 for r in active:
                     _set(table, rows_of_kind, r.values)
         own = self.trace.by_partition
         if own:
-            asked = np.asarray(ids, dtype=np.int64)
+            asked = ids
             for i in np.flatnonzero(np.isin(asked, np.fromiter(own, dtype=np.int64, count=len(own)))):
                 for r in own[int(asked[i])]:
                     if r.t_start_s <= t_s < r.t_end_s:

@@ -21,8 +21,9 @@ Run in one go, each in its own process (one tree, measured from outside):
   arithmetic gains from threads, ``--variant cnn``, can come out below 1).
 
 Per engine: ``round_wall_s`` (median of rounds 2 to the last but one: round 1 warms up, the last
-evaluates), ``startup_s`` (the process's wall time minus its rounds'), ``peak_rss_mb`` (the
-process tree, sampled at 5 Hz). ``overhead_ratio`` = the engine's round wall / the plain loop's
+evaluates), ``startup_s`` (the process's wall time minus its rounds'), ``peak_rss_mb`` and
+``peak_pss_mb`` (the process tree, sampled at 5 Hz; PSS shares the pages processes share, RSS
+counts them once for each). ``overhead_ratio`` = the engine's round wall / the plain loop's
 (target <= 1.5, issue 42) and ``per_client_overhead_ms`` = their difference per sampled client.
 ``other_processes_cpus`` flags a machine that was not quiet (:mod:`simulations.benchmarks.machine`).
 """
@@ -81,10 +82,11 @@ def _steady(walls: pd.Series) -> float:
 def run_engine(engine: str, ovr: list[str], out: Path) -> dict[str, float]:
     cmd = [sys.executable, "-m", "simulations.cli", "run", "--quiet", "--out", str(out),
            *[a for o in [*ovr, f"simulation.engine={engine}"] for a in ("--set", o)]]
-    wall, peak, _ = measured(cmd, f"small_model: fedtitan run ({engine} engine)")
+    wall, peak, pss, _ = measured(cmd, f"small_model: fedtitan run ({engine} engine)")
     rounds = pd.read_csv(out / "rounds.csv")
     return {"round_wall_s": round(_steady(rounds.wall_s), 4), "startup_s": round(wall - float(rounds.wall_s.sum()), 2),
-            "peak_rss_mb": round(peak, 1), "final_accuracy": round(float(rounds.accuracy.dropna().iloc[-1]), 4)}
+            "peak_rss_mb": round(peak, 1), "peak_pss_mb": round(pss, 1),
+            "final_accuracy": round(float(rounds.accuracy.dropna().iloc[-1]), 4)}
 
 
 def plain_loop(args: argparse.Namespace) -> None:
@@ -133,7 +135,7 @@ def plain_loop(args: argparse.Namespace) -> None:
 
 
 # (label, module, attribute, the modules that call it by its imported name)
-TIMED = (("client_message", "clients.client_app", "_train", ()),
+TIMED = (("client_message", "clients.client_app", "_train_one", ()),  # one client (a message may carry several)
          ("client_round", "fedtitan.training.client", "client_round", ("clients.client_app",)),
          ("train_streaming", "fedtitan.training.streaming", "train_streaming", ("fedtitan.training.client",)),
          ("select", "fedtitan.training.streaming", "_select", ()),
@@ -181,11 +183,11 @@ def breakdown(ovr: list[str], out: Path) -> dict[str, float]:
 def run_plain(ovr: list[str], clients_csv: Path, threads: int) -> dict[str, float]:
     cmd = [sys.executable, "-m", "simulations.benchmarks.small_model", "--plain-child", "--overrides", json.dumps(ovr),
            "--clients-csv", str(clients_csv), "--plain-threads", str(threads)]
-    wall, peak, out = measured(cmd, "small_model: the plain loop")
+    wall, peak, pss, out = measured(cmd, "small_model: the plain loop")
     got = json.loads(out.strip().splitlines()[-1])
     walls = pd.Series(got["walls"])
     return {"round_wall_s": round(_steady(walls), 4), "startup_s": round(wall - float(walls.sum()), 2),
-            "peak_rss_mb": round(peak, 1)}
+            "peak_rss_mb": round(peak, 1), "peak_pss_mb": round(pss, 1)}
 
 
 def main() -> None:

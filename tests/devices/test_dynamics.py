@@ -202,36 +202,40 @@ def _walk_one_client_at_a_time(model, partition_id, n):
     return out
 
 
+def _rows(table):
+    return np.column_stack([table.available, table.speed_factor, table.select_share, table.bandwidth_factor])
+
+
 def test_random_walk_paths_made_in_batches_equal_the_one_client_walk():
+    """300 clients walk as arrays (numpy's generators stepped together: fedtitan.devices.streams),
+    three go on alone (numpy's generators one at a time): both give the one-client walk's rows."""
+    from fedtitan.devices.streams import vectorised
+
+    assert vectorised()  # this numpy's draws are the arrays' (else every batch walks one at a time)
     walk = RandomWalkDynamics(seed=5, step_s=1.0, sigma=0.4, p_leave=0.3, p_return=0.4, speed_min=0.2)
-    walk.factors_many(list(range(300)), 10.0)  # steps 0-63 of each, in one batch
-    walk.factors_many([3, 299, 7], 150.0)  # three go on past their window: steps 150-213
-    assert {walk._blocks[p].start for p in (3, 7, 299)} == {150} and walk._blocks[4].start == 0
-    for p in (0, 3, 4, 7, 150, 299):
-        block = walk._blocks[p]
-        ref = _walk_one_client_at_a_time(walk, p, block.start + len(block.rows))
-        assert np.array_equal(block.rows, ref[block.start:])
-    assert 0 < walk._blocks[0].rows[:, 0].mean() < 1  # the clients come and go
+    ids = list(range(300))
+    ref = {p: _walk_one_client_at_a_time(walk, p, 151) for p in ids}
+    assert np.array_equal(_rows(walk.factors_many(ids, 10.0)), np.array([ref[p][10] for p in ids]))
+    assert np.array_equal(_rows(walk.factors_many([3, 299, 7], 150.0)), np.array([ref[p][150] for p in (3, 299, 7)]))
+    assert walk._walks.done[walk._walks.slot_of[[3, 299, 7, 4]]].tolist() == [151, 151, 151, 11]
+    assert np.array_equal(_rows(walk.factors_many(ids, 150.0)), np.array([ref[p][150] for p in ids]))
+    assert 0 < ref[0][:, 0].mean() < 1  # the clients come and go
 
 
-def test_random_walk_keeps_a_window_whatever_the_time_and_goes_on_or_back_bit_for_bit():
-    """Memory per client does not grow with virtual time: a window of WALK_WINDOW steps is
-    kept, with the walk's state after it. Going on from it, jumping ahead, and going back
-    (the walk starts again) all give the one-client walk's rows."""
-    from fedtitan.devices.dynamics import WALK_WINDOW
-
+def test_random_walk_keeps_only_where_each_walk_stands_and_goes_on_or_back_bit_for_bit():
+    """Memory per client does not grow with virtual time: a client keeps its generator's state,
+    its position and on/off, nothing of its path. Going on, jumping ahead, and going back (the
+    walk starts again) all give the one-client walk's rows, for a batch walked as arrays and
+    for a few clients walked one at a time."""
     walk = RandomWalkDynamics(seed=9, step_s=1.0, sigma=0.3, p_leave=0.2, p_return=0.3)
-    ids = [0, 1, 2, 40]
-    ref = {p: _walk_one_client_at_a_time(walk, p, 1200) for p in ids}
-
-    def rows(table):
-        return np.column_stack([table.available, table.speed_factor, table.select_share, table.bandwidth_factor])
-
+    few, many = [0, 1, 2, 40], [0, 1, 2, 40, *range(100, 164)]
+    ref = {p: _walk_one_client_at_a_time(walk, p, 1200) for p in many}
     for step in [*range(0, 200, 7), 1000, 1001, 1100, 999, 300, 5, 1199]:
-        got = rows(walk.factors_many(ids, float(step) + 0.5))
-        assert np.array_equal(got, np.array([ref[p][step] for p in ids])), step
-        assert all(len(walk._blocks[p].rows) == WALK_WINDOW for p in ids)
-        assert all(walk._blocks[p].start <= step < walk._blocks[p].start + WALK_WINDOW for p in ids)
+        for ids in (many, few):
+            got = _rows(walk.factors_many(ids, float(step) + 0.5))
+            assert np.array_equal(got, np.array([ref[p][step] for p in ids])), step
+            assert walk._walks.done[walk._walks.slot_of[ids]].tolist() == [step + 1] * len(ids)
+    assert walk._walks.size == len(many) and len(walk._walks.done) < 2 * len(many)
     # one client asked alone, back and forth, after the batch moved on
     for step in (3, 1150, 64, 63):
         f = walk.factors(2, float(step))
