@@ -20,7 +20,6 @@ Two stores use that format:
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import logging
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from fedtitan.errors import FedtitanError
-from fedtitan.fileio import DiskFullError, atomic_writer, fsync_dir
+from fedtitan.fileio import atomic_writer, fsync_dir, fsync_file
 
 log = logging.getLogger("fedtitan")
 
@@ -234,7 +233,7 @@ class FileSyncer:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedtitan-fsync")
         self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
-        self._pending.append(self._pool.submit(_fsync_file, path))
+        self._pending.append(self._pool.submit(fsync_file, path))
 
     def wait(self) -> None:
         """Block until every file added so far is on disk; a failed ``fsync`` is raised here
@@ -248,21 +247,6 @@ class FileSyncer:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
-
-
-def _fsync_file(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:  # replaced or removed since: nothing of it to keep
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise DiskFullError(f"the disk is full: could not write {path}") from None
-        raise
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -61,15 +61,37 @@ def append_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     only a full disk or a power cut can leave part). A full disk is :class:`DiskFullError`."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, file_mode())
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        with _full_disk_as_error(path):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    """Make the content of the file at ``path`` durable (a file removed or replaced meanwhile
+    has nothing left to keep). A full disk is :class:`DiskFullError`."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        with _full_disk_as_error(path):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _full_disk_as_error(path: str | os.PathLike[str]) -> Iterator[None]:
+    """A full disk inside the block becomes one :class:`DiskFullError` line naming ``path``."""
+    try:
+        yield
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise DiskFullError(f"the disk is full: could not write {path}") from None
         raise
-    finally:
-        os.close(fd)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
