@@ -1,5 +1,5 @@
 """Writing files the way results need: atomically, with the usual mode under the umask, and
-with a full disk reported as one line."""
+with a full disk reported as one line; and finding a table that an archive keeps gzipped."""
 
 from __future__ import annotations
 
@@ -108,4 +108,23 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-__all__ = ["DiskFullError", "atomic_writer", "file_mode", "fsync_dir"]
+def table_path(folder: str | os.PathLike[str], name: str) -> Path:
+    """``folder/name`` (e.g. ``clients.csv``), or ``folder/name.gz`` where only that exists:
+    the archived run folders under docs/results keep their large tables gzipped, live runs
+    write them plain, and pandas reads either (``read_csv`` infers gzip from the suffix).
+    The plain path where neither exists, so ``.exists()`` and error messages name it."""
+    plain = Path(folder) / name
+    if plain.exists():
+        return plain
+    packed = plain.with_name(plain.name + ".gz")
+    return packed if packed.exists() else plain
+
+
+def find_tables(root: str | os.PathLike[str], name: str) -> list[Path]:
+    """Every ``name`` under ``root`` (any depth), plain or gzipped (:func:`table_path`: one per
+    folder, the plain one where both are), sorted by folder."""
+    folders = {p.parent for pattern in (name, name + ".gz") for p in Path(root).rglob(pattern)}
+    return [table_path(f, name) for f in sorted(folders)]
+
+
+__all__ = ["DiskFullError", "atomic_writer", "file_mode", "find_tables", "fsync_dir", "table_path"]

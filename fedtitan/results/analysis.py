@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fedtitan.errors import FedtitanError
+from fedtitan.fileio import table_path
 
 # Settings every analysis may need, read from each run's config.json when the sweep did not vary
 # them (a setting given once with --set, or left at its default), so a table can group by them
@@ -61,10 +62,11 @@ def load_sweep(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]
     ``path`` is a sweep folder (with ``index.csv``) or a single run folder. Besides ``run_id``,
     ``seed`` and one column per swept parameter, both frames have a column for each of
     :data:`SETTINGS` (from the run's config.json where it was not swept) and ``num_classes``
-    (from its partition.csv; NaN if it has none).
+    (from its partition.csv; NaN if it has none). A run's tables may be gzipped
+    (``clients.csv.gz``: the archived runs under docs/results).
     """
     root = Path(path)
-    if (root / "rounds.csv").exists() and not (root / "index.csv").exists():
+    if table_path(root, "rounds.csv").exists() and not (root / "index.csv").exists():
         runs = [(root, {"run_id": root.name, "seed": json.loads((root / "config.json").read_text())["run"]["seed"]})]
         params: list[str] = []
     else:
@@ -87,10 +89,10 @@ def load_sweep(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]
             if k not in keys:
                 keys[k] = setting(cfg, k)
         keys["num_classes"] = _num_classes(run_dir)
-        r = pd.read_csv(run_dir / "rounds.csv").assign(**keys)
+        r = pd.read_csv(table_path(run_dir, "rounds.csv")).assign(**keys)
         rounds.append(r)
-        if (run_dir / "clients.csv").exists():
-            clients.append(pd.read_csv(run_dir / "clients.csv").assign(**keys))
+        if (c := table_path(run_dir, "clients.csv")).exists():  # archived runs: clients.csv.gz
+            clients.append(pd.read_csv(c).assign(**keys))
     if not rounds:
         raise FedtitanError(f"no finished runs under {root}")
     return pd.concat(rounds, ignore_index=True), pd.concat(clients, ignore_index=True) if clients else pd.DataFrame(), params

@@ -13,6 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from fedtitan.errors import FedtitanError
+from fedtitan.fileio import find_tables
 from fedtitan.results import analysis, plots
 from fedtitan.results.store import atomic_write_text
 
@@ -118,7 +119,7 @@ def build_report(path: str | Path, target: float | None = None, out: str | Path 
     if len(tiers):
         sections.append("<h2>Per device tier</h2>" + _table(tiers)
                         + _img(plots.tier_costs(tiers, hue=per[0] if per else None)))
-    fleet = sorted(root.rglob("fleet.csv"))
+    fleet = find_tables(root, "fleet.csv")  # archived runs: fleet.csv.gz
     if fleet:
         sections.append(f"<h2>Devices over time ({html.escape(str(fleet[0].parent.relative_to(root)) or '.')}): "
                         "availability, speed, participation</h2>"

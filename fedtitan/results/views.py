@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedtitan.errors import FedtitanError
+from fedtitan.fileio import table_path
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -79,9 +80,11 @@ def _report(path: Path, target: float | None, out: str | Path | None) -> Path:
     return build_report(path, target, out)[0]
 
 
-def _csv(path: Path) -> pd.DataFrame:
+def _csv(folder: Path, name: str) -> pd.DataFrame:
+    """The folder's table ``name``, plain or gzipped (archived runs), or an empty frame."""
     import pandas as pd
 
+    path = table_path(folder, name)
     return pd.read_csv(path) if path.exists() else pd.DataFrame()
 
 
@@ -143,15 +146,15 @@ class Run:
 
     @cached_property
     def rounds(self) -> pd.DataFrame:
-        return _csv(self.path / "rounds.csv")
+        return _csv(self.path, "rounds.csv")
 
     @cached_property
     def clients(self) -> pd.DataFrame:
-        return _csv(self.path / "clients.csv")
+        return _csv(self.path, "clients.csv")
 
     @cached_property
     def fleet(self) -> pd.DataFrame:
-        return _csv(self.path / "fleet.csv")
+        return _csv(self.path, "fleet.csv")
 
     def refresh(self) -> Run:
         """Forget the tables read so far (to watch a run another process is writing)."""

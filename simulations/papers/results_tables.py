@@ -13,6 +13,7 @@ from typing import Any, cast
 import pandas as pd
 
 from fedtitan.errors import FedtitanError
+from fedtitan.fileio import table_path
 from fedtitan.results import analysis
 from simulations.papers.markdown import accuracy_pm
 from simulations.papers.markdown import md_table as _md
@@ -303,9 +304,9 @@ def pruning_kept(root: Path) -> None:
     from simulations.papers import pruning_kept as pk
 
     d = root / "pruning-kept"
-    if not (d / "clients.csv").exists():
+    if not table_path(d, "clients.csv").exists():
         return
-    clients, classes, fleet = (pd.read_csv(d / f"{n}.csv") for n in ("clients", "classes", "fleet"))
+    clients, classes, fleet = (pd.read_csv(table_path(d, f"{n}.csv")) for n in ("clients", "classes", "fleet"))
     s = pk.summarise(clients, classes, fleet)
     print(f"### pruning-kept\n\nmean over {clients.seed.nunique()} seed(s) x {clients.client.nunique()} clients: "
           "total-variation distance of the kept label mix from the client's (tv) and of the fleet's pooled kept "
