@@ -116,15 +116,63 @@ def cost_vs_ratio(per_run: pd.DataFrame, fits: pd.DataFrame, ratio: str = "pruni
     return fig
 
 
-def tier_costs(tiers: pd.DataFrame, hue: str | None = None) -> Figure:
-    """Mean simulated time and energy per client round, per device tier."""
+def tier_costs(tiers: pd.DataFrame, hue: str | None = None, unit: str = "client round") -> Figure:
+    """Mean simulated time and energy per client round (``unit``: per update in asynchronous
+    runs), per device tier."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     sns.barplot(tiers, x="device", y="time_s_mean", hue=hue, ax=axes[0])
     sns.barplot(tiers, x="device", y="energy_j_mean", hue=hue, ax=axes[1])
     for ax in axes:
         ax.tick_params(axis="x", rotation=30)
-    axes[0].set_ylabel("time per client round (s)")
-    axes[1].set_ylabel("energy per client round (J)")
+    axes[0].set_ylabel(f"time per {unit} (s)")
+    axes[1].set_ylabel(f"energy per {unit} (J)")
+    fig.tight_layout()
+    return fig
+
+
+# The most dots a staleness figure draws (one per update); beyond, a seeded sample (the boxes
+# and counts still use every update).
+STALENESS_DOTS = 3000
+STATUS_COLOURS = {"ok": "tab:blue", "lost": "tab:red", "stale": "tab:orange"}  # other statuses: grey
+
+
+def staleness_by_device(clients: pd.DataFrame, hue: str | None = None, max_dots: int = STALENESS_DOTS) -> Figure:
+    """Asynchronous runs: the staleness of every update that reached the server (server steps
+    between the model its client started from and its arrival), per device type. A box per
+    device over all its updates; without ``hue`` a dot per update coloured by its status,
+    with ``hue`` a box per ``hue`` value instead. Each device's label counts its updates and
+    how many were ``lost`` (offline before arrival) or ``stale`` (beyond max staleness).
+    Rows without a staleness (synchronous runs of a mixed sweep) are left out."""
+    from matplotlib.ticker import MaxNLocator
+
+    data = clients.dropna(subset=["staleness"]).assign(device=lambda d: d["device"].astype(str),
+                                                       status=lambda d: d["status"].astype(str))
+    devices = sorted(data["device"].unique())
+    counts = data.groupby("device")["status"].agg(
+        n="size", lost=lambda s: int((s == "lost").sum()), stale=lambda s: int((s == "stale").sum()))
+    labels = [f"{d}\n{counts.n[d]} updates\n{counts.lost[d]} lost, {counts.stale[d]} stale" for d in devices]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(devices) + 1.5), 4.2))
+    if hue:
+        sns.boxplot(data.assign(**{hue: data[hue].astype(str)}), x="device", y="staleness", hue=hue, order=devices,
+                    ax=ax, fliersize=2)
+        ax.legend(fontsize=7, title=hue, title_fontsize=7)
+    else:
+        sns.boxplot(data, x="device", y="staleness", order=devices, ax=ax, color="#e8e8e8", showfliers=False)
+        dots = data.sample(max_dots, random_state=0) if len(data) > max_dots else data
+        shown = sorted(set(dots["status"]), key=lambda s: (list(STATUS_COLOURS).index(s) if s in STATUS_COLOURS
+                                                            else len(STATUS_COLOURS), s))
+        sns.stripplot(dots, x="device", y="staleness", hue="status", order=devices, hue_order=shown,
+                      palette={s: STATUS_COLOURS.get(s, "grey") for s in shown}, jitter=0.25, size=3.5, alpha=0.7,
+                      ax=ax, zorder=3)
+        ax.legend(fontsize=7, title="status", title_fontsize=7)
+    title = (f"{len(data):,} updates: {int(counts.lost.sum()):,} lost, {int(counts.stale.sum()):,} stale"
+             + (f" (dots: a sample of {max_dots:,})" if not hue and len(data) > max_dots else ""))
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks(range(len(devices)))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("device type")
+    ax.set_ylabel("staleness (server steps)")
     fig.tight_layout()
     return fig
 

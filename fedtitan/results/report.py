@@ -23,6 +23,43 @@ NO_TTA = ("No time-to-accuracy table: its default target is random selection's m
           "sweep has no random-selection arm (selection.method=rs swept beside other methods); give a target "
           "accuracy with --target ACC")
 
+# Under the staleness figure of an asynchronous run (server.mode = async).
+STALENESS_CAPTION = ("Staleness of every update that reached the server: the server steps between the model its "
+                     "client started from and its arrival (0 = trained on the current model), a box per device type. "
+                     "Each label counts the device type's updates, those lost (the device went offline before its "
+                     "update arrived) and those stale (beyond server.async.max_staleness, left out).")
+
+
+def server_mode(rounds: pd.DataFrame) -> str:
+    """``async`` when every row of ``rounds`` is a server step of an asynchronous run
+    (``server.mode = "async"``: its rounds.csv has ``updates_included``), ``mixed`` when some
+    are, else ``sync``."""
+    if "updates_included" not in rounds.columns:
+        return "sync"
+    steps = rounds["updates_included"].notna()
+    return "async" if steps.all() else "mixed" if steps.any() else "sync"
+
+
+# What a row of clients.csv is, by :func:`server_mode`.
+PER = {"sync": "client round", "async": "update", "mixed": "client round or update"}
+
+
+def has_staleness(clients: pd.DataFrame) -> bool:
+    """Whether ``clients`` has updates of an asynchronous run (a ``staleness`` per update)."""
+    return "staleness" in clients.columns and bool(clients["staleness"].notna().any())
+
+
+def staleness_figure(clients: pd.DataFrame, varying: list[str]) -> Figure:
+    """:func:`~fedtitan.results.plots.staleness_by_device` of the updates in ``clients``, a box
+    per configuration (of the ``varying`` settings) where the asynchronous runs differ in more
+    than their seed."""
+    updates = clients.dropna(subset=["staleness"])
+    boxes = None
+    if varying:
+        updates = updates.assign(group=updates[varying].astype(str).agg(" ".join, axis=1))
+        boxes = "group" if updates["group"].nunique() > 1 else None
+    return plots.staleness_by_device(updates, boxes)
+
 
 def _img(fig: Figure) -> str:
     buf = io.BytesIO()
@@ -65,7 +102,14 @@ def build_report(path: str | Path, target: float | None = None, out: str | Path 
         rounds = rounds.assign(group=rounds[varying].astype(str).agg(" ".join, axis=1))
         hue = "group"
     by = varying
+    mode = server_mode(rounds)
     sections: list[str] = []
+    if mode != "sync":
+        which = ("Some runs are" if mode == "mixed" else "This run is" if rounds.run_id.nunique() == 1
+                 else "The runs are")
+        sections.append(f"<p>{which} asynchronous (server.mode = async): {'for them, ' if mode == 'mixed' else ''}"
+                        "a row of rounds.csv, and a point of the accuracy figure, is a server step (an aggregation "
+                        "of server.async.buffer_size updates), not a round; a row of clients.csv is an update.</p>")
     final = analysis.final_accuracy(rounds, by) if by else analysis.final_accuracy(rounds.assign(_all="all"), ["_all"])
     sections.append("<h2>Final accuracy (mean, sd and 95% CI over seeds)</h2>" + _table(final))
     tta = pd.DataFrame()
@@ -117,8 +161,13 @@ def build_report(path: str | Path, target: float | None = None, out: str | Path 
     per = ["fleet.name"] if "fleet.name" in by and "fleet.name" in clients.columns else []  # tiers within each fleet
     tiers = analysis.tier_costs(clients, per)
     if len(tiers):
-        sections.append("<h2>Per device tier</h2>" + _table(tiers)
-                        + _img(plots.tier_costs(tiers, hue=per[0] if per else None)))
+        unit = PER[mode]
+        shown = tiers.rename(columns={"client_rounds": "updates"}) if mode == "async" else tiers
+        sections.append(f"<h2>Per device tier{'' if mode == 'sync' else f' (per {unit})'}</h2>" + _table(shown)
+                        + _img(plots.tier_costs(tiers, hue=per[0] if per else None, unit=unit)))
+    if has_staleness(clients):
+        sections.append("<h2>Staleness per device type</h2>" + _img(staleness_figure(clients, varying))
+                        + f"<p>{html.escape(STALENESS_CAPTION)}</p>")
     fleet = find_tables(root, "fleet.csv")  # archived runs: fleet.csv.gz
     if fleet:
         sections.append(f"<h2>Devices over time ({html.escape(str(fleet[0].parent.relative_to(root)) or '.')}): "

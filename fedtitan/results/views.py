@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PLOT_KINDS", "Run", "Sweep", "figure", "load"]
 
-PLOT_KINDS = ("accuracy-time", "accuracy-ratio", "tiers", "partition")
+PLOT_KINDS = ("accuracy-time", "accuracy-ratio", "tiers", "partition", "staleness")
 
 
 def load(path: str | Path) -> Run | Sweep:
@@ -70,7 +70,20 @@ def figure(kind: str, path: str | Path, target: float | None = None) -> tuple[Fi
             hue = "group"
         return plots.accuracy_vs_time(rounds, hue, target=target), ""
     if kind == "tiers":
-        return plots.tier_costs(analysis.tier_costs(clients, [])), ""
+        from fedtitan.results.report import PER, server_mode
+
+        return plots.tier_costs(analysis.tier_costs(clients, []), unit=PER[server_mode(rounds)]), ""
+    if kind == "staleness":
+        from fedtitan.results.report import has_staleness, staleness_figure
+
+        if not has_staleness(clients):
+            p = Path(path)
+            if (p / "index.csv").exists():
+                raise FedtitanError(f"{path} has no staleness: none of its runs is asynchronous (server.mode = async)")
+            if json.loads((p / "config.json").read_text()).get("server", {}).get("mode") == "async":
+                raise FedtitanError(f"{path} has no staleness yet: no update of this asynchronous run has arrived")
+            raise FedtitanError(f"{path} has no staleness: it is a synchronous run (server.mode = sync)")
+        return staleness_figure(clients, varying), ""
     return plots.accuracy_vs_ratio(analysis.ratio_final(rounds, varying), hue="series"), ""
 
 
@@ -169,8 +182,9 @@ class Run:
 
     def plot(self, kind: str = "accuracy-time", target: float | None = None) -> Figure:
         """The figure ``fedtitan plot KIND`` draws: ``accuracy-time`` (accuracy against virtual
-        seconds, a dashed line at ``target``), ``tiers`` (seconds and joules per device tier) or
-        ``partition`` (labels per client)."""
+        seconds, a dashed line at ``target``), ``tiers`` (seconds and joules per device tier),
+        ``partition`` (labels per client) or, for an asynchronous run, ``staleness`` (staleness
+        of its updates per device type)."""
         return figure(kind, self.path, target)[0]
 
 
