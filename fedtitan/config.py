@@ -162,7 +162,25 @@ class PruningSection(_Section):
         return v
 
 
+class AsyncSection(_Section):
+    """``server.async``: the event-driven loop of ``server.mode = "async"`` (docs/running.md,
+    "Asynchronous aggregation"; strategies/async_loop.py)."""
+
+    concurrency: int | None = Field(None, ge=1)  # clients in flight (None: as many as a synchronous round samples)
+    buffer_size: int | None = Field(None, ge=1)  # updates a server step aggregates, K (1: FedAsync; None: half the concurrency)
+    dispatch_threshold: int = Field(1, ge=1)  # free slots before new clients are sent (the concurrency: synchronous)
+    staleness: Literal["constant", "polynomial", "hinge", "cutoff"] = "polynomial"
+    staleness_a: float = Field(0.5, ge=0)  # polynomial: (1 + s)^-a (0.5: FedBuff); hinge: the slope after b
+    staleness_b: int = Field(4, ge=0)  # hinge / cutoff: the staleness up to which an update counts fully
+    max_staleness: int | None = Field(None, ge=0)  # older updates are dropped (and counted)
+    server_lr: float = Field(1.0, gt=0)  # the server step's learning rate on the buffered updates
+
+
 class ServerSection(_Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    mode: Literal["sync", "async"] = "sync"  # rounds, or server steps as updates arrive on the virtual clock
+    async_: AsyncSection = Field(default_factory=AsyncSection, alias="async")
     strategy: str = "fedavg"  # fedtitan's FedAvg, a Flower strategy's short name, or package.module:Class
     strategy_options: dict[str, Any] = Field(default_factory=dict)
     fraction: float = Field(0.2, gt=0, le=1)
@@ -286,7 +304,7 @@ class Config(_Section):
         """The settings as JSON, made once (the config is frozen): per-process caches key on it,
         once per client call."""
         if self._json is None:
-            self._json = self.model_dump_json()
+            self._json = self.model_dump_json(by_alias=True)
         return self._json
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Config:
@@ -368,12 +386,24 @@ def _parse_value(key: str, raw: str) -> Any:
         return raw
 
 
+def _fields(model: type[BaseModel]) -> dict[str, Any]:
+    """A section's fields by the name a config gives them (its alias: ``async`` for ``async_``)."""
+    return {f.alias or name: f for name, f in model.model_fields.items()}
+
+
+def _nested(section: str, name: str) -> type[BaseModel] | None:
+    """The sub-section ``section.name`` is (``server.async``), else None."""
+    field = _fields(Config.model_fields[section].annotation).get(name)  # type: ignore[arg-type]
+    sub = field.annotation if field is not None else None
+    return sub if isinstance(sub, type) and issubclass(sub, BaseModel) else None
+
+
 def _known_keys() -> list[str]:
     keys = []
     for section, field in Config.model_fields.items():
-        sub = field.annotation
-        for name in sub.model_fields:  # type: ignore[union-attr]
-            keys.append(f"{section}.{name}")
+        for name in _fields(field.annotation):  # type: ignore[arg-type]
+            sub = _nested(section, name)
+            keys += [f"{section}.{name}.{k}" for k in _fields(sub)] if sub is not None else [f"{section}.{name}"]
     return keys
 
 
@@ -457,7 +487,13 @@ def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not is_known_key(key):
             raise ConfigError(f"unknown config key {key!r}{key_hint(key)}")
         section, name = key.split(".", 1)
-        if name in Config.model_fields[section].annotation.model_fields:  # type: ignore[union-attr]
+        head, _, rest = name.partition(".")
+        if key in _known_keys() and _nested(section, head) is not None:  # server.async.concurrency
+            target = doc.setdefault(section, {}).setdefault(head, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"config {section}.{head} is a table; cannot set {key}")
+            target[rest] = _parse_value(key, raw.strip())
+        elif name in _fields(Config.model_fields[section].annotation):  # type: ignore[arg-type]
             doc.setdefault(section, {})[name] = _parse_value(key, raw.strip())
         else:  # an entry of an option table
             table, _, entry = name.partition(".")
@@ -525,6 +561,22 @@ def inert_settings(cfg: Config) -> list[tuple[str, str, str]]:
     if s.over_commit and s.policy != "first-k":
         out.append(("server.over_commit", "server.policy", f"{s.over_commit!r} has no effect with server.policy = "
                     f"{s.policy!r}; set server.policy=first-k"))
+    if s.mode == "sync":
+        ad = AsyncSection()
+        out += [(f"server.async.{n}", "server.mode", f"{getattr(s.async_, n)!r} has no effect with server.mode = "
+                 "'sync'; set server.mode=async") for n in AsyncSection.model_fields
+                if getattr(s.async_, n) != getattr(ad, n)]
+    else:
+        a = s.async_
+        if a.staleness not in ("polynomial", "hinge") and a.staleness_a != AsyncSection().staleness_a:
+            out.append(("server.async.staleness_a", "server.async.staleness", f"{a.staleness_a!r} has no effect with "
+                        f"server.async.staleness = {a.staleness!r}; it applies to polynomial and hinge"))
+        if a.staleness not in ("hinge", "cutoff") and a.staleness_b != AsyncSection().staleness_b:
+            out.append(("server.async.staleness_b", "server.async.staleness", f"{a.staleness_b!r} has no effect with "
+                        f"server.async.staleness = {a.staleness!r}; it applies to hinge and cutoff"))
+        if s.policy != "wait-all":
+            out.append(("server.policy", "server.mode", f"{s.policy!r} has no effect with server.mode = 'async' "
+                        "(updates count as they arrive); leave server.policy = wait-all"))
     fd = FaultSection()
     if f.slow_factor != fd.slow_factor and not f.slow:
         out.append(("faults.slow_factor", "faults.slow", f"{f.slow_factor!r} has no effect with faults.slow = 0"))
@@ -590,9 +642,22 @@ def _check_consistency(cfg: Config) -> None:
 
 
 def _settings(doc: dict[str, Any]) -> dict[str, Any]:
-    """``{"run": {"seed": 0}}`` -> ``{"run.seed": 0}`` (a table such as fleet.mix stays one value)."""
-    return {f"{section}.{key}": value for section, table in doc.items() if isinstance(table, dict)
-            for key, value in table.items()}
+    """``{"run": {"seed": 0}}`` -> ``{"run.seed": 0}`` (a table such as fleet.mix stays one value;
+    a sub-section's keys are its own: ``server.async.buffer_size``)."""
+    out: dict[str, Any] = {}
+    for section, table in doc.items():
+        if not isinstance(table, dict):
+            continue
+        sub = Config.model_fields[section].annotation if section in Config.model_fields else None
+        fields: dict[str, Any] = sub.model_fields if isinstance(sub, type) and issubclass(sub, BaseModel) else {}
+        for key, value in table.items():
+            alias = getattr(fields.get(key), "alias", None)
+            key = alias or key  # a dump by field name (async_) reads as the config's own (async)
+            if isinstance(value, dict) and section in Config.model_fields and _nested(section, key) is not None:
+                out.update({f"{section}.{key}.{k}": v for k, v in value.items()})
+            else:
+                out[f"{section}.{key}"] = value
+    return out
 
 
 # Settings that do not change what a run computes: a finished run is reused, and a cut-off

@@ -19,6 +19,9 @@ class Status(StrEnum):
     DROPPED = "dropped"  # trained, then dropped out before replying
     NONFINITE = "nonfinite"  # replied with NaN/inf weights (excluded)
     STRAGGLER = "straggler"  # replied after the deadline / beyond the first k (excluded)
+    # asynchronous mode (server.mode = "async"); appended, so the codes above keep their numbers
+    LOST = "lost"  # trained, then went offline before its update arrived (its energy is spent, its update lost)
+    STALE = "stale"  # arrived more server steps late than server.async.max_staleness allows (excluded)
 
     @property
     def code(self) -> float:

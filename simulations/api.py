@@ -104,7 +104,7 @@ def _config(preset: str | Config, overrides: Overrides) -> Config:
     from fedtitan.config import Config, apply_overrides, load_config, validate
 
     if isinstance(preset, Config):
-        return validate(apply_overrides(preset.model_dump(mode="json"), _override_list(overrides)))
+        return validate(apply_overrides(preset.model_dump(mode="json", by_alias=True), _override_list(overrides)))
     if not isinstance(preset, str):
         raise FedtitanError(f"preset must be a preset name, a TOML path or a Config, got {type(preset).__name__}")
     return load_config(preset, _override_list(overrides))

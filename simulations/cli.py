@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedtitan.errors import FedtitanError
+from fedtitan.results.views import PLOT_KINDS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -361,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=_cmd_report)
 
     pl = sub.add_parser("plot", help="one figure (PNG/PDF) from a sweep or run folder")
-    pl.add_argument("kind", choices=["accuracy-time", "accuracy-ratio", "tiers", "partition"])
+    pl.add_argument("kind", choices=list(PLOT_KINDS))
     pl.add_argument("dir")
     pl.add_argument("-o", "--output", required=True)
     pl.add_argument("--target", type=float)

@@ -225,7 +225,7 @@ def _run_all(todo: list[RunSpec], configs: dict[str, Config], root: Path, ray_ad
     whose workers play the partitions of every run; a run's clients keep their state in its
     own folder."""
     from simulations.run import check_resources, simulate
-    from strategies.server import fleet_server
+    from strategies.loops import fleet_server
 
     stop = threading.Event()  # set by Ctrl-C / SIGTERM (simulate): the running run ends after its round
 

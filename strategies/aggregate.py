@@ -145,9 +145,25 @@ def with_arrays(result: ClientResult) -> Any:
     return reply
 
 
+def anchor(strategy: Any, current: dict[str, np.ndarray]) -> None:
+    """Point a Flower strategy's server optimiser at ``current``. Its ``configure_train`` keeps
+    the weights it sent (``current_arrays``: FedOpt's family, FedAvgM, the DP wrappers) and its
+    ``aggregate_train`` steps from them; an asynchronous server step comes after several
+    dispatches (or none) since, so the weights it steps from are set here."""
+    from flwr.serverapp.strategy.fedopt import FedOpt
+
+    if isinstance(strategy, FedOpt):
+        strategy.current_arrays = {k: np.array(v, copy=True) for k, v in current.items()}
+    elif hasattr(strategy, "current_arrays"):
+        strategy.current_arrays = to_arrays(current)
+    inner = getattr(strategy, "strategy", None)  # a DP wrapper's wrapped strategy
+    if inner is not None and inner is not strategy:
+        anchor(inner, current)
+
+
 def make_aggregator(strategy: Any, name: str) -> Aggregator:
     return FedtitanFedAvg() if strategy is None else FlowerAggregator(strategy, name)
 
 
-__all__ = ["AggregationFailed", "Aggregator", "FedtitanFedAvg", "FlowerAggregator", "NodeView", "make_aggregator",
+__all__ = ["AggregationFailed", "Aggregator", "anchor", "FedtitanFedAvg", "FlowerAggregator", "NodeView", "make_aggregator",
            "to_arrays"]

@@ -68,8 +68,13 @@ class FleetPolicy:
         k = self.keep(len(nodes), population)
         if self.policy == "first-k":
             k = min(len(nodes), math.ceil(k * (1.0 + self.over_commit)))
-        rng = np.random.default_rng([self.seed, server_round, 0x5A3B1E])
-        picks = np.sort(rng.choice(len(nodes), size=k, replace=False))  # indices: node ids can exceed int64
+        return self.draw(nodes, server_round, k)
+
+    def draw(self, nodes: Sequence[int], key: int, k: int) -> list[int]:
+        """``k`` of ``nodes`` (at most all), seeded by (seed, ``key``), in the given order: a
+        round's sample (``key``: the round) or an asynchronous dispatch's (the dispatch's number)."""
+        rng = np.random.default_rng([self.seed, key, 0x5A3B1E])
+        picks = np.sort(rng.choice(len(nodes), size=min(k, len(nodes)), replace=False))  # indices: ids can exceed int64
         return [nodes[int(i)] for i in picks]
 
     def include(self, results: list[ClientResult], keep: int) -> tuple[list[ClientResult], float]:

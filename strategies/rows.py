@@ -24,7 +24,7 @@ from strategies.fleet import ClientResult
 TIMELINE_ALL_MAX = 10_000
 _ROW_FIRST = ("sim_time_s", "sim_energy_j", NUM_EXAMPLES, PARTITION_ID, STATUS)  # metrics clients.csv puts first
 _FAILED = (Status.FAILED, Status.NONFINITE, Status.DROPPED)
-_LEFT_OUT = (Status.STRAGGLER, Status.DECLINED, Status.UNAVAILABLE)
+_LEFT_OUT = (Status.STRAGGLER, Status.DECLINED, Status.UNAVAILABLE, Status.LOST, Status.STALE)
 
 
 @dataclass(frozen=True)

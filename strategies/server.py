@@ -1,4 +1,5 @@
-"""The synchronous round loop: one run of rounds on a grid, each round a sequence of named steps.
+"""The synchronous round loop: one run of rounds on a grid, each round a sequence of named steps
+(``server.mode = "async"``: :class:`strategies.async_loop.AsyncServer`, built on this one).
 
 A round, as :meth:`FleetServer.round` reads::
 
@@ -15,20 +16,18 @@ The loop owns no I/O: it is handed its sinks (:mod:`strategies.sinks`), its chec
 (:mod:`strategies.checkpoints`) and a stop event. What it composes is reusable by another
 loop: :class:`~strategies.sampling.Sampler`, :class:`~strategies.dispatch.Dispatch`
 (send/collect), :class:`~strategies.client_states.ClientStates`, the sinks and checkpoints.
-:func:`fleet_server` builds one for a run folder.
+:func:`strategies.loops.fleet_server` builds one (or the asynchronous loop) for a run folder.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,7 +40,6 @@ from fedtitan.checkpoint import Checkpoint
 from fedtitan.compute import describe, resolve_device, set_deterministic
 from fedtitan.config import Config
 from fedtitan.data import summary as partition_summary
-from fedtitan.results.tracking import make_tracker
 from fedtitan.training.setup import build_global_model, dataset_for, fleet_dynamics, partition_for
 from fedtitan.wire import (
     ARRAYS_RECORD,
@@ -52,7 +50,7 @@ from fedtitan.wire import (
     SERVER_ROUND_KEY,
 )
 from strategies.aggregate import AggregationFailed, Aggregator, make_aggregator, to_arrays
-from strategies.checkpoints import KEEP_CHECKPOINTS, Checkpointer, client_states_dir
+from strategies.checkpoints import Checkpointer
 from strategies.client_states import ClientStates
 from strategies.dispatch import Dispatch
 from strategies.evaluation import CentralEval, Evaluation, eval_indices
@@ -63,15 +61,11 @@ from strategies.registry import build_strategy
 from strategies.rows import RoundOutcome, client_rows, fleet_rows, round_energy_j, round_row
 from strategies.sampling import Sample, Sampler
 from strategies.sinks import (
-    ProgressFn,
-    ProgressSink,
     RoundRows,
     RunEnd,
     RunStart,
     Sink,
     Sinks,
-    TrackerSink,
-    WriterSink,
 )
 from strategies.state import load_strategy_state, strategy_state, unsaved
 from strategies.weights import finite
@@ -240,7 +234,7 @@ class FleetServer:
             **self.sinks.checkpoint_state(), "client_rounds": self.states.rounds.copy(),
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(),  # noqa: NPY002 - global, as Flower uses it
                     "torch": torch.get_rng_state()},
-            "target_reached_round": reached,
+            "target_reached_round": reached, **self.loop_state(),
         }
         self.states.sync()  # the client states it refers to reach the disk first (its time counts in io_s)
         t0 = time.perf_counter()
@@ -267,7 +261,15 @@ class FleetServer:
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])  # noqa: NPY002
         torch.set_rng_state(rng["torch"])
+        self.restore_loop(st)
         return ckpt.server_round
+
+    def loop_state(self) -> dict[str, Any]:
+        """What a loop keeps beyond the rounds' (an event-driven loop: its clients in flight)."""
+        return {}
+
+    def restore_loop(self, state: dict[str, Any]) -> None:
+        """Back to :meth:`loop_state`'s entries of a checkpoint."""
 
     # -------------------------------------------------------------------------- the run
     def run(self, partition_ids: dict[int, int] | None = None) -> dict[str, Any]:
@@ -286,12 +288,11 @@ class FleetServer:
         reached, interrupted = None, False
         last_row = self.history.rounds[-1] if self.history.rounds else {}
         acc, loss = float(last_row.get("accuracy", math.nan)), float(last_row.get("loss", math.nan))
-        for rnd in range(first, self.cfg.run.rounds + 1):
-            if self.stop.is_set():
+        for rnd, row in self.steps(first):
+            if row is None:
                 interrupted = True
                 log.warning("stopping before round %d as asked; finished rounds are on disk", rnd)
                 break
-            row = self.round(rnd)
             acc, loss = row["accuracy"], row["loss"]
             if target is not None and not math.isnan(acc) and acc >= target:
                 reached = rnd
@@ -304,10 +305,23 @@ class FleetServer:
                    "virtual_time_s": self.virtual_s, "energy_j": self.energy_cum,
                    "wall_s": time.perf_counter() - t_start, "target_reached_round": reached, "interrupted": interrupted,
                    **({"resumed_from_round": self.resume_from.server_round} if self.resume_from else {}),
-                   **self.failures()}
+                   **self.summary_extra(), **self.failures()}
         self.states.syncer.close()
         self.sinks.finish(RunEnd(summary, self.history, self.global_state))
         return summary
+
+    def steps(self, first: int) -> Iterator[tuple[int, dict[str, Any] | None]]:
+        """The run's steps from ``first`` to ``run.rounds``: (round, its rounds.csv row), or
+        (round, None) when ``stop`` was set before it (the run then ends)."""
+        for rnd in range(first, self.cfg.run.rounds + 1):
+            if self.stop.is_set():
+                yield rnd, None
+                return
+            yield rnd, self.round(rnd)
+
+    def summary_extra(self) -> dict[str, Any]:
+        """A loop's own entries in summary.json."""
+        return {}
 
     def failures(self) -> dict[str, Any]:
         """:func:`strategies.history.failures` of the run's rows, logged when the run failed."""
@@ -315,24 +329,3 @@ class FleetServer:
         if "failed" in out:
             log.error("run failed: %s", out["failed"])
         return out
-
-
-def fleet_server(grid: Grid, cfg: Config, out_dir: str | Path, progress: ProgressFn | None = None,
-                 resume_from: Checkpoint | None = None, pool: bool | None = None,
-                 stop: threading.Event | None = None, after_collect: Sequence[AfterCollect] = ()) -> FleetServer:
-    """A run whose record is the folder ``out_dir`` (its files, checkpoints and clients'
-    states), followed by ``cfg.tracking``'s tracker and ``progress`` (called with each round's
-    row). Nothing is written before the server starts."""
-    run_dir = Path(out_dir).expanduser()
-    writer = WriterSink(run_dir, save_model=cfg.run.save_model)
-    sinks: list[Sink] = [writer]
-    t = cfg.tracking
-    if t.backend != "none":
-        sinks.append(TrackerSink(make_tracker(t.backend, t.uri, t.project, t.mode), run_dir,
-                                 json.loads(cfg.to_json()), report=t.report))
-    if progress is not None:
-        sinks.append(ProgressSink(progress))
-    token = hashlib.sha1(f"{cfg.to_json()}|{run_dir.resolve()}|{time.time_ns()}".encode()).hexdigest()[:16]
-    return FleetServer(grid, cfg, ClientStates(client_states_dir(run_dir), cfg.data.num_clients, KEEP_CHECKPOINTS),
-                       sinks=sinks, checkpointer=Checkpointer(run_dir, cfg.run.checkpoint_every, guard=writer.safe),
-                       stop=stop, resume_from=resume_from, pool=pool, after_collect=after_collect, token=token)

@@ -23,7 +23,8 @@ from fedtitan.errors import FedtitanError
 from fedtitan.paths import RESULTS_ROOT_ENV, inside_root
 from fedtitan.preflight import check_config
 from strategies.checkpoints import resume_config
-from strategies.server import AfterCollect, fleet_server
+from strategies.loops import fleet_server
+from strategies.server import AfterCollect
 from strategies.sinks import ProgressFn
 
 

@@ -59,7 +59,8 @@ def free_port() -> Callable[[], int]:
 # Slow tests that start no Ray instance and no SuperLink: they may run beside anything.
 IN_PROCESS = {"test_single_device.py", "test_central_cifar.py", "test_server_round.py"}
 # Files of in-process cases where only the tests named so start Ray
-RAY_ONLY = {"test_resume.py": ("test_ray_", "test_a_ray_", "test_a_sweep_")}
+RAY_ONLY = {"test_resume.py": ("test_ray_", "test_a_ray_", "test_a_sweep_"),
+            "test_async_run.py": ("test_an_async_sweep_",)}
 
 
 def xdist_group(item: pytest.Item) -> str | None:

@@ -1,7 +1,7 @@
 """Faults for tests, from this one place: a server SIGKILLed mid-round, a client process killed.
 
 Production code checks no test flag: the round calls its ``after_collect`` hooks (see
-:func:`strategies.server.fleet_server`, which both a run's :func:`strategies.server_app.run_server`
+:func:`strategies.loops.fleet_server`, which both a run's :func:`strategies.server_app.run_server`
 and a sweep's runs build their server with) and the ClientApp is plain; the faults below are
 installed only by tests.
 
@@ -77,18 +77,18 @@ def with_train_mod(app: Any, mod: Callable[..., Any]) -> Any:
 def install(kill_at: int | None = None, kill_client: str | None = None) -> None:
     """Put the faults where the launcher picks up the server and the ClientApp (the module
     attributes it imports when a run starts: ``strategies.server_app.run_server`` for a run,
-    ``strategies.server.fleet_server`` for each run of a sweep); ``kill_client``:
+    ``strategies.loops.fleet_server`` for each run of a sweep); ``kill_client``:
     ``ROUND:PARTITION:MARKER``."""
     import clients.client_app
-    import strategies.server
+    import strategies.loops
     import strategies.server_app
 
     if kill_at is not None:
         hooks = [kill_at_round(kill_at)]
         strategies.server_app.run_server = functools.partial(  # type: ignore[assignment]
             strategies.server_app.run_server, after_collect=hooks)
-        strategies.server.fleet_server = functools.partial(  # type: ignore[assignment]
-            strategies.server.fleet_server, after_collect=hooks)
+        strategies.loops.fleet_server = functools.partial(  # type: ignore[assignment]
+            strategies.loops.fleet_server, after_collect=hooks)
     if kill_client is not None:
         rnd, pid, marker = kill_client.split(":", 2)
         clients.client_app.app = with_train_mod(clients.client_app.app, kill_client_mod(int(rnd), int(pid), marker))

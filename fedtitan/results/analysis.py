@@ -30,7 +30,7 @@ RATIO, METHOD = "pruning.ratio", "pruning.method"
 def _defaults() -> dict[str, Any]:
     from fedtitan.config import Config
 
-    return Config().model_dump(mode="json")
+    return Config().model_dump(mode="json", by_alias=True)
 
 
 def setting(cfg: dict[str, Any] | None, key: str) -> Any:
@@ -39,9 +39,16 @@ def setting(cfg: dict[str, Any] | None, key: str) -> Any:
     config."""
     if cfg is None:
         return None
-    section, _, name = key.partition(".")
-    sec = cfg.get(section)
-    value = sec[name] if isinstance(sec, dict) and name in sec else _defaults().get(section, {}).get(name)
+    *path, name = key.split(".")  # server.async.buffer_size: a sub-section's key
+
+    def find(tree: Any) -> Any:
+        for part in path:
+            tree = tree.get(part) if isinstance(tree, dict) else None
+        return tree[name] if isinstance(tree, dict) and name in tree else None
+
+    value = find(cfg)
+    if value is None:
+        value = find(_defaults())
     return value if value is None or isinstance(value, (str, int, float)) else str(value)
 
 

@@ -14,7 +14,8 @@ from clients.client_app import app as client_app
 from fedtitan.config import load_config
 from strategies.client_states import ClientStates
 from strategies.local_grid import LocalGrid
-from strategies.server import FleetServer, fleet_server
+from strategies.loops import fleet_server
+from strategies.server import FleetServer
 from strategies.sinks import ListSink
 
 pytestmark = pytest.mark.slow  # trains a few steps on real data
