@@ -45,6 +45,7 @@ from typing import Any, cast
 import numpy as np
 from flwr.app import Message, MetricRecord, RecordDict
 
+from fedtitan.errors import FedtitanError
 from fedtitan.status import Status
 from fedtitan.wire import ARRAYS_RECORD, METRICS_RECORD, NUM_EXAMPLES
 from strategies.aggregate import AggregationFailed, anchor, to_arrays
@@ -279,18 +280,16 @@ class AsyncServer(FleetServer):
             log.warning("server.async.dispatch_threshold=%d > concurrency %d: clients go out only when all %d "
                         "slots are free", threshold, conc, conc)
             threshold = conc
-        t = self.virtual_s
-        step = first
-        if step > self.cfg.run.rounds:
-            return
-        if self.stop.is_set():
-            yield step, None
-            return
-        wall0 = time.perf_counter()
-        stalled = 0
+        t, step, stalled, boundary, wall0 = self.virtual_s, first, 0, True, 0.0
         while True:
-            # after a server step (or at the start, or on resume: the same moment), free slots
-            # are filled once there are dispatch_threshold of them
+            if boundary:  # before a server step's arrivals (at the start, on resume, after a step)
+                if step > self.cfg.run.rounds:
+                    return
+                if self.stop.is_set():
+                    yield step, None
+                    return
+                wall0, boundary = time.perf_counter(), False
+            # free slots are filled once there are dispatch_threshold of them
             free = conc - len(self.in_flight)
             if free >= threshold:
                 self.send_out(t, free)
@@ -299,8 +298,8 @@ class AsyncServer(FleetServer):
                 while not self.heap:
                     t += IDLE_PROBE_S
                     if t - idle_from > IDLE_MAX_S:
-                        raise RuntimeError(f"asynchronous run: no device was available for {IDLE_MAX_S / 86400:.0f} "
-                                           f"virtual days from {idle_from:.0f} s; check the fleet's trace or dynamics")
+                        raise FedtitanError(f"asynchronous run: no device was available for {IDLE_MAX_S / 86400:.0f} "
+                                            f"virtual days from {idle_from:.0f} s; check the fleet's trace or dynamics")
                     self.send_out(t, conc)
             arrival, _, node = heapq.heappop(self.heap)
             t = arrival
@@ -310,16 +309,8 @@ class AsyncServer(FleetServer):
             if len(self.buffer) < k and stalled >= STALL_FACTOR * max(k, conc):
                 forced = f"{stalled} arrivals without {k} updates to aggregate"
             if len(self.buffer) >= k or forced:
-                row = self.server_step(step, t, wall0, forced)
-                yield step, row
-                stalled = 0
-                step += 1
-                if step > self.cfg.run.rounds:
-                    return
-                if self.stop.is_set():
-                    yield step, None
-                    return
-                wall0 = time.perf_counter()
+                yield step, self.server_step(step, t, wall0, forced)
+                stalled, step, boundary = 0, step + 1, True
 
     # -------------------------------------------------------------------------- checkpoints
     def loop_state(self) -> dict[str, Any]:
@@ -332,7 +323,7 @@ class AsyncServer(FleetServer):
     def restore_loop(self, state: dict[str, Any]) -> None:
         st = state.get("async")
         if st is None:
-            raise RuntimeError("this checkpoint was written by a synchronous run; resume it with server.mode=sync")
+            raise FedtitanError("this checkpoint was written by a synchronous run; resume it with server.mode=sync")
         self.in_flight = {(u := Update.from_state(x)).result.node_id: u for x in st["in_flight"]}
         self.heap = sorted(u.order for u in self.in_flight.values())
         self.buffer = [Update.from_state(x) for x in st["buffer"]]
