@@ -65,6 +65,7 @@ from fedtitan.wire import (
     ROUND_START_KEY,
     RUN_CONFIG_KEY,
     RUN_TOKEN_KEY,
+    SCHEDULE_ROUND_KEY,
     SERVER_ROUND_KEY,
     STATE_KEY,
     STATE_NPZ,
@@ -190,7 +191,8 @@ def _train_one(message: RecordDict, context: Context) -> RecordDict:
     with torch_threads(_threads(cfg, rec)):
         out = client_round(cfg, pid, _global_weights(message), load_state(message, store, pid, server_round),
                            server_round, device=device, meter=meter, strategy_config=strategy_config,
-                           round_start_s=float(cast(float, rec.get(ROUND_START_KEY, 0.0))))
+                           round_start_s=float(cast(float, rec.get(ROUND_START_KEY, 0.0))),
+                           schedule_round=int(cast(int, rec.get(SCHEDULE_ROUND_KEY, server_round))))
     numbers, strings = out.report.to_wire()
     metrics = metric_record(numbers)
     if ARRAYS_RECORD in message.array_records or ARRAYS_KEY not in rec:  # the weights go back as they came

@@ -54,6 +54,9 @@ RUN_CONFIG_KEY = "config"  # the run's Config as JSON
 SERVER_ROUND_KEY = "server-round"  # Flower's own name
 RUN_TOKEN_KEY = "run-token"  # names the run (a node's state folder)
 ROUND_START_KEY = "round-start-s"  # the virtual clock at the round's start
+# the round a client's learning-rate schedule reads (asynchronous runs: the server step its update
+# is for; SERVER_ROUND_KEY is then the dispatch's number, which keys its seeds and state)
+SCHEDULE_ROUND_KEY = "schedule-round"
 PARTITION_KEY = "partition-id"  # the partition a simulation worker plays
 STATE_KEY = STATE_RECORD  # the partition's last state (npz bytes)...
 STATE_ROUND_KEY = f"{STATE_RECORD}-round"  # ...and the round that made it
@@ -64,7 +67,7 @@ ERROR_RECORD = "fedtitan-error"  # a bundle member that raised: {"code": int, "r
 # Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION (spelled out: Flower moves its internal modules)
 CLIENT_APP_RAISED_EXCEPTION = 2
 OWN_CONFIG_KEYS = (RUN_CONFIG_KEY, SERVER_ROUND_KEY, RUN_TOKEN_KEY, ROUND_START_KEY, PARTITION_KEY,
-                   STATE_KEY, STATE_ROUND_KEY, ARRAYS_KEY, BUNDLE_KEY)
+                   STATE_KEY, STATE_ROUND_KEY, ARRAYS_KEY, BUNDLE_KEY, SCHEDULE_ROUND_KEY)
 
 
 def member_key(i: int, name: str) -> str:
@@ -203,7 +206,7 @@ __all__ = [
     "LOSS", "METRICS_RECORD", "METRIC_KEYS", "NODE_DEVICE", "NODE_METER", "NODE_NUM_PARTITIONS",
     "NODE_PARTITION", "NODE_STATE_DIR", "NUM_EXAMPLES", "NUM_PARTITIONS", "OWN_CONFIG_KEYS", "PARTITION_ID",
     "PARTITION_KEY", "PROXIMAL_MU_KEY", "QUERY_KEY", "QUERY_PARTITION", "REPORT_RECORD", "ROUND_START_KEY",
-    "RUN_CONFIG_KEY", "RUN_TOKEN_KEY", "SERVER_ROUND_KEY", "STATE_KEY", "STATE_NPZ", "STATE_RECORD", "STATE_ROUND",
+    "RUN_CONFIG_KEY", "RUN_TOKEN_KEY", "SCHEDULE_ROUND_KEY", "SERVER_ROUND_KEY", "STATE_KEY", "STATE_NPZ", "STATE_RECORD", "STATE_ROUND",
     "STATE_ROUND_KEY", "STATUS", "ClientReport",
 ]
 

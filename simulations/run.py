@@ -17,6 +17,7 @@ from fedtitan.compute import keep_heap, one_arena
 from fedtitan.config import Config
 from fedtitan.errors import FedtitanError
 from fedtitan.results import prepare_dir
+from strategies.dispatch import REPLIED_EVENT
 
 
 def progress_bar(fields: str, quiet: bool) -> Any:
@@ -242,6 +243,7 @@ class PromptDispatch:
         grid.push_messages = push_messages
         if self._original_store is None or not hasattr(grid, "pull_messages"):
             return
+        setattr(grid, REPLIED_EVENT, self.replied)  # Dispatch.pull (asynchronous runs) waits on it too
 
         def send_and_receive(messages: Any, *, timeout: float | None = None) -> list[Any]:
             """Flower's ``send_and_receive``: push, then pull until every reply is in or

@@ -26,8 +26,8 @@ their server optimiser takes one step per flush.
 
 Clients keep their stream, selector buffer and pruning subset across dispatches through the
 client-state store, keyed by the dispatch's number (never reused: a client is never in flight
-twice). A client that becomes unavailable (its trace or dynamics) before its arrival loses its
-update (status ``lost``; its energy is spent); one staler than ``max_staleness`` is dropped
+twice). A client that is unavailable (its trace or dynamics) at the moment its update arrives
+loses it (status ``lost``; its energy is spent); one staler than ``max_staleness`` is dropped
 (``stale``). Checkpoints hold the clients in flight with their updates, so a resumed run goes on
 exactly.
 """
@@ -38,17 +38,21 @@ import heapq
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import numpy as np
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import Message, RecordDict
 
+from clients.records import metric_record
+from fedtitan.devices.cost import comm_cost
 from fedtitan.errors import FedtitanError
 from fedtitan.status import Status
-from fedtitan.wire import ARRAYS_RECORD, METRICS_RECORD, NUM_EXAMPLES
+from fedtitan.training.setup import device_of, setup_for
+from fedtitan.wire import ARRAYS_RECORD, METRICS_RECORD, SCHEDULE_ROUND_KEY
 from strategies.aggregate import AggregationFailed, anchor, to_arrays
+from strategies.dispatch import Sent
 from strategies.fleet import ClientResult
 from strategies.rows import RoundOutcome, client_row, fleet_rows, round_energy_j, round_row
 from strategies.server import FleetServer
@@ -75,6 +79,21 @@ def staleness_weight(kind: str, tau: int, a: float, b: int) -> float:
     if kind == "cutoff":
         return 1.0 if tau <= b else 0.0
     raise ValueError(f"unknown staleness weighting {kind!r}")
+
+
+@dataclass
+class Pending:
+    """A dispatch whose replies are not taken yet: what :meth:`AsyncServer.settle` needs."""
+
+    event: int
+    t: float
+    sampled: list[int]
+    dst: list[int]  # the messages' clients (before the pool's workers were put in)
+    messages: list[Message]
+    sent: Sent
+    base: dict[str, np.ndarray]  # the model they got
+    version: int
+    bounds: dict[int, float]  # client -> the least seconds its update takes
 
 
 @dataclass
@@ -111,13 +130,20 @@ class Update:
 
 
 class AsyncServer(FleetServer):
-    """The event-driven loop of ``server.mode = "async"`` (the module's docstring says how it runs)."""
+    """The event-driven loop of ``server.mode = "async"`` (the module's docstring says how it runs).
+
+    ``run_ahead``: process arrivals while a dispatch's clients still train, up to the earliest
+    moment one of them could arrive (:meth:`lower_bounds`); False waits for every dispatch at
+    once. The same run either way (tested); only the wall time differs."""
+
+    run_ahead = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         a = self.cfg.server.async_
         self.opts = a
-        self.in_flight: dict[int, Update] = {}  # client id -> its update, until processed
+        self.in_flight: dict[int, Update | None] = {}  # client id -> its update until processed (None: not in yet)
+        self.pending: list[Pending] = []  # dispatches sent whose replies are not taken yet
         self.heap: list[tuple[float, int, int]] = []  # (arrival, dispatch, client id) of the clients in flight
         self.buffer: list[Update] = []
         self.arrived: list[Update] = []  # processed since the last server step (included or not)
@@ -128,11 +154,19 @@ class AsyncServer(FleetServer):
         self.counts = {"updates": 0, "included": 0, "lost": 0, "stale": 0, "failed": 0}
 
     # -------------------------------------------------------------------------- sizes
-    def concurrency(self) -> int:
-        return self.opts.concurrency or self.policy.target(len(self.dispatch.nodes))
+    def concurrency(self, nodes: int | None = None) -> int:
+        return self.opts.concurrency or self.policy.target(len(self.dispatch.nodes) if nodes is None else nodes)
 
-    def buffer_size(self) -> int:
-        return self.opts.buffer_size or max(1, math.ceil(self.concurrency() / 2))
+    def buffer_size(self, nodes: int | None = None) -> int:
+        return self.opts.buffer_size or max(1, math.ceil(self.concurrency(nodes) / 2))
+
+    def cohort(self, nodes: int) -> int:
+        """A server step combines K updates (DP noise is scaled by it)."""
+        return self.buffer_size(nodes)
+
+    def train_config(self) -> dict[str, Any]:
+        """The clients' learning-rate schedule follows the server steps, not the dispatches."""
+        return {SCHEDULE_ROUND_KEY: self.version + 1}
 
     # -------------------------------------------------------------------------- dispatch
     def available(self, t: float) -> list[int]:
@@ -145,8 +179,9 @@ class AsyncServer(FleetServer):
         return [n for n in nodes if n not in self.in_flight] if self.in_flight else nodes
 
     def send_out(self, t: float, slots: int) -> int:
-        """Draw up to ``slots`` clients available at ``t`` and send them the current model; their
-        results are held until they arrive. Returns how many were sent."""
+        """Draw up to ``slots`` clients available at ``t`` and send them the current model,
+        without waiting for them (:meth:`settle` takes their results, which are then held until
+        they arrive). Returns how many were sent."""
         candidates = self.available(t)
         if not candidates or slots <= 0:
             return 0
@@ -155,19 +190,64 @@ class AsyncServer(FleetServer):
         sampled = self.policy.draw(candidates, e, slots)
         self.virtual_s = t  # the clients read the fleet's dynamics at their dispatch
         messages = self.broadcast(e, sampled)
-        results = self.collect(e, messages, sampled)
+        dst = [m.metadata.dst_node_id for m in messages]
+        sent = self.dispatch.push(messages)
+        bounds = self.lower_bounds(sampled, t)
+        self.pending.append(Pending(e, t, sampled, dst, messages, sent, self.global_state, self.version, bounds))
+        for c in sampled:
+            self.in_flight[c] = None
+        self.dispatched.extend(sampled)
+        if not self.run_ahead:
+            self.settle(self.pending[-1])
+        return len(sampled)
+
+    def lower_bounds(self, clients: list[int], t: float) -> dict[int, float]:
+        """Seconds that each client's update takes at the least: the model's download at its
+        device's bandwidth at ``t`` (0 for measured devices and real boards, whose seconds the
+        server cannot foresee). Nothing arrives sooner: a trained update also trains and uploads,
+        and a client that fails, declines or is unavailable is known to have done so once it
+        has the model. So the loop may process arrivals up to then before this dispatch's
+        replies are in: client processes train while the server goes on."""
+        if not self.dispatch.pool or self.cfg.fleet.meter == "measured":
+            return dict.fromkeys(clients, 0.0)
+        setup, dyn = setup_for(self.cfg), self.sampler.dynamics
+        mb = float(setup.model_bytes)
+        out = {}
+        for c in clients:
+            pid = self.dispatch.partition_of[c]
+            profile = device_of(self.cfg, pid)
+            if not dyn.is_static:
+                profile = dyn.factors(pid, t).apply(profile)
+            out[c] = comm_cost(profile, mb, 0.0).time_s
+        return out
+
+    def settle(self, p: Pending) -> None:
+        """Take the replies of dispatch ``p`` (waiting for them): their states stored, their
+        updates (new weights minus the model they got) held until they arrive."""
+        self.pending.remove(p)
+        replies = self.dispatch.send_surviving(p.messages, f"dispatch {p.event}", p.sent)
+        for node, reply in replies.items():
+            if node in self.dispatch.partition_of:
+                self.states.keep(p.event, self.dispatch.partition_of[node], reply)
+        stored = self.dispatch.stored_arrays(replies, f"{self.token}/{p.event}/")
+        results = self.dispatch.results(replies, p.dst, p.sampled, stored)
         for hook in self.after_collect:
-            hook(e, results)
+            hook(p.event, results)
         for r in results:
             delta = None
             if r.trained and r.arrays is not None:
-                delta = {k: (np.asarray(v) - self.global_state[k]) if np.issubdtype(np.asarray(v).dtype, np.floating)
+                delta = {k: (np.asarray(v) - p.base[k]) if np.issubdtype(np.asarray(v).dtype, np.floating)
                          else np.array(v, copy=True) for k, v in r.arrays.items()}
-            u = Update(replace(r, arrays=None, raw=None), e, t, t + max(r.time_s, 0.0), self.version, delta)
+            took = max(r.time_s, p.bounds.get(r.node_id, 0.0))
+            u = Update(replace(r, arrays=None, raw=None), p.event, p.t, p.t + took, p.version, delta)
             self.in_flight[r.node_id] = u
             heapq.heappush(self.heap, u.order)
-        self.dispatched.extend(sampled)
-        return len(sampled)
+
+    def settle_before(self, t: float | None) -> None:
+        """Take every dispatch whose updates might arrive by ``t`` (None: all of them)."""
+        for p in sorted(self.pending, key=lambda p: p.event):
+            if t is None or p.t + min(p.bounds.values(), default=0.0) <= t:
+                self.settle(p)
 
     # -------------------------------------------------------------------------- arrivals
     def arrive(self, u: Update) -> None:
@@ -227,7 +307,7 @@ class AsyncServer(FleetServer):
         (fedtitan's FedAvg reads the result itself)."""
         if getattr(self.aggregator, "strategy", None) is None:
             return None
-        metrics = MetricRecord({NUM_EXAMPLES: float(result.metrics.get(NUM_EXAMPLES, 0.0))})
+        metrics = metric_record(dict(result.metrics))  # every metric the client sent (DP's norm bit, losses)
         return Message(RecordDict({ARRAYS_RECORD: to_arrays(arrays), METRICS_RECORD: metrics}),
                        dst_node_id=result.node_id, message_type="train")
 
@@ -266,33 +346,50 @@ class AsyncServer(FleetServer):
         self.sinks.add_round(rows)
         self.history.rounds.append(row)
         self.history.clients.extend(clients)
-        self.counts["included"] += len(self.buffer) if updated else 0
+        self.counts["included"] += len(self.buffer)
         self.version += int(updated)
         self.buffer, self.arrived, self.dispatched = [], [], []
         self.step_start_s = t
-        self.states.reset_io()
         return row
 
     # -------------------------------------------------------------------------- the loop
-    def steps(self, first: int) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    def steps(self, first: int) -> Generator[tuple[int, dict[str, Any] | None], None, None]:
         conc, k, threshold = self.concurrency(), self.buffer_size(), self.opts.dispatch_threshold
         if threshold > conc:
             log.warning("server.async.dispatch_threshold=%d > concurrency %d: clients go out only when all %d "
                         "slots are free", threshold, conc, conc)
             threshold = conc
+        try:
+            yield from self._steps(first, conc, k, threshold)
+        finally:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Forget the dispatches still training when the loop ends early (stop, target, error):
+        their weights leave Ray's object store; their replies are never read."""
+        for p in self.pending:
+            if self.dispatch.transport is not None:
+                self.dispatch.transport.drop(f"{self.token}/{p.event}/")
+        self.pending = []
+
+    def _steps(self, first: int, conc: int, k: int,
+               threshold: int) -> Generator[tuple[int, dict[str, Any] | None], None, None]:
         t, step, stalled, boundary, wall0 = self.virtual_s, first, 0, True, 0.0
         while True:
             if boundary:  # before a server step's arrivals (at the start, on resume, after a step)
                 if step > self.cfg.run.rounds:
+                    self.settle_before(None)  # no reply is left behind on the grid
                     return
                 if self.stop.is_set():
                     yield step, None
                     return
                 wall0, boundary = time.perf_counter(), False
+                self.states.reset_io()  # the states stored from here on count in this step's row
             # free slots are filled once there are dispatch_threshold of them
             free = conc - len(self.in_flight)
             if free >= threshold:
                 self.send_out(t, free)
+            self.settle_before(self.heap[0][0] if self.heap else None)
             if not self.heap:  # nothing in flight: nobody was available; look again later
                 idle_from = t
                 while not self.heap:
@@ -301,9 +398,10 @@ class AsyncServer(FleetServer):
                         raise FedtitanError(f"asynchronous run: no device was available for {IDLE_MAX_S / 86400:.0f} "
                                             f"virtual days from {idle_from:.0f} s; check the fleet's trace or dynamics")
                     self.send_out(t, conc)
+                    self.settle_before(None)
             arrival, _, node = heapq.heappop(self.heap)
             t = arrival
-            self.arrive(self.in_flight.pop(node))
+            self.arrive(cast(Update, self.in_flight.pop(node)))
             stalled += 1
             forced = ""
             if len(self.buffer) < k and stalled >= STALL_FACTOR * max(k, conc):
@@ -313,10 +411,18 @@ class AsyncServer(FleetServer):
                 stalled, step, boundary = 0, step + 1, True
 
     # -------------------------------------------------------------------------- checkpoints
+    def checkpoint(self, rnd: int, reached: int | None) -> None:
+        """Every dispatch's replies are taken first: the checkpoint holds every update in flight
+        and the client states they left."""
+        self.settle_before(None)
+        super().checkpoint(rnd, reached)
+
     def loop_state(self) -> dict[str, Any]:
         """The clients in flight (with their updates), the buffer, the counters: a resumed run
         goes on from the same moment."""
-        return {"async": {"in_flight": [u.to_state() for u in sorted(self.in_flight.values(), key=lambda u: u.order)],
+        assert not self.pending, "a checkpoint is written once every dispatch's replies are in"
+        flying = [u for u in self.in_flight.values() if u is not None]
+        return {"async": {"in_flight": [u.to_state() for u in sorted(flying, key=lambda u: u.order)],
                           "buffer": [u.to_state() for u in self.buffer], "version": self.version,
                           "events": self.events, "step_start_s": self.step_start_s, "counts": dict(self.counts)}}
 
@@ -324,8 +430,9 @@ class AsyncServer(FleetServer):
         st = state.get("async")
         if st is None:
             raise FedtitanError("this checkpoint was written by a synchronous run; resume it with server.mode=sync")
-        self.in_flight = {(u := Update.from_state(x)).result.node_id: u for x in st["in_flight"]}
-        self.heap = sorted(u.order for u in self.in_flight.values())
+        flying = [Update.from_state(x) for x in st["in_flight"]]
+        self.in_flight = {u.result.node_id: u for u in flying}
+        self.heap = sorted(u.order for u in flying)
         self.buffer = [Update.from_state(x) for x in st["buffer"]]
         self.version, self.events = int(st["version"]), int(st["events"])
         self.step_start_s = float(st["step_start_s"])

@@ -47,6 +47,18 @@ from strategies.weights import finite_each
 
 log = logging.getLogger("fedtitan")
 WORKER_RETRIES = 4  # re-sends of a dead client process's work, 1, 2, 4 and 8 s apart
+PULL_INTERVAL_S = 0.5  # between looks for replies to pushed messages, where the grid says nothing else
+# a grid attribute: a threading.Event set whenever a reply is stored (simulations.run.PromptDispatch sets it)
+REPLIED_EVENT = "fedtitan_replied"
+
+
+class Sent:
+    """What :meth:`Dispatch.push` sent and is waiting for: the messages that went out (each with
+    the clients' messages it carries), the ids still without a reply, the replies so far."""
+
+    def __init__(self, outgoing: list[tuple[Message, list[Message]]], ids: list[str]) -> None:
+        self.outgoing, self.waiting = outgoing, set(ids)
+        self.replies: list[Message] = []
 
 
 class Dispatch:
@@ -60,6 +72,7 @@ class Dispatch:
         self.nodes: list[int] = []  # client ids, in partition order
         self.partition_of: dict[int, int] = {}
         self.transport: ServerArrays | None = None  # weights through Ray's object store (simulation)
+        self._turn = 0  # the worker the next message goes to
 
     def connect(self, num_clients: int, partition_ids: dict[int, int] | None = None) -> list[int]:
         """Wait for the clients; order them by partition id, so a seed samples the same
@@ -94,26 +107,66 @@ class Dispatch:
         message names its partition and goes to a worker (dealt in turn); its reply comes back
         under the client's own id, so strategies, DP wrappers and clients.csv see one stable id
         per partition."""
+        outgoing = self._outgoing(messages)
+        replies = list(self.grid.send_and_receive([m for m, _ in outgoing], timeout=self.timeout_s))
+        return self._by_client(outgoing, replies)
+
+    def push(self, messages: list[Message]) -> Sent:
+        """Send ``messages`` and return at once; :meth:`pull` waits for their replies (an
+        event-driven loop goes on meanwhile)."""
+        outgoing = self._outgoing(messages)
+        return Sent(outgoing, list(self.grid.push_messages([m for m, _ in outgoing])))
+
+    def pull(self, sent: Sent) -> dict[int, Message]:
+        """The replies to what :meth:`push` sent, by client id: every one that comes within the
+        timeout, counted from this call (the loop may have gone on for a while since the push)."""
+        deadline = time.monotonic() + self.timeout_s
+        replied = getattr(self.grid, REPLIED_EVENT, None)  # set on each stored reply, where the engine has one
+        while sent.waiting:
+            if replied is not None:
+                replied.clear()  # before looking: a reply stored after the look wakes the wait
+            got = list(self.grid.pull_messages(list(sent.waiting)))
+            sent.replies.extend(got)
+            sent.waiting.difference_update(r.metadata.reply_to_message_id for r in got)
+            left = deadline - time.monotonic()
+            if not sent.waiting or left <= 0:
+                break
+            if replied is not None:
+                replied.wait(min(0.1, left))
+            else:
+                time.sleep(min(getattr(self.grid, "pull_interval", PULL_INTERVAL_S), left))
+        return self._by_client(sent.outgoing, sent.replies)
+
+    def _outgoing(self, messages: list[Message]) -> list[tuple[Message, list[Message]]]:
+        """What goes on the grid for ``messages``: (a message, the clients' messages it carries).
+        A pool's messages are bundled and dealt to its workers in turn (turns go on between
+        calls, so one-client sends do not all land on the first worker)."""
         if not self.pool:
-            return {r.metadata.src_node_id: r for r in self.grid.send_and_receive(messages, timeout=self.timeout_s)}
-        outgoing: list[tuple[Message, list[Message]]] = []  # (what goes to a worker, the clients' messages in it)
+            return [(m, [m]) for m in messages]
+        outgoing: list[tuple[Message, list[Message]]] = []
         for group in _groups(messages):
             size = self.per_message or math.ceil(len(group) / len(self.workers))
             for k in range(0, len(group), size):
                 members = group[k:k + size]
                 parts = [self.partition_of[m.metadata.dst_node_id] for m in members]
                 outgoing.append((_bundle(members, parts) if len(members) > 1 else members[0], members))
-        for i, (m, members) in enumerate(outgoing):
+        for m, members in outgoing:
             if len(members) == 1 and m is members[0]:
                 client = m.metadata.dst_node_id
                 with_config(m, {PARTITION_KEY: self.partition_of[client]})
                 m.metadata.__dict__["_fedtitan_client"] = client
-            m.metadata.dst_node_id = self.workers[i % len(self.workers)]
-        replies = list(self.grid.send_and_receive([m for m, _ in outgoing], timeout=self.timeout_s))
-        sent = {m.metadata.message_id: (m, members) for m, members in outgoing}
+            m.metadata.dst_node_id = self.workers[self._turn % len(self.workers)]
+            self._turn += 1
+        return outgoing
+
+    def _by_client(self, outgoing: list[tuple[Message, list[Message]]], replies: list[Message]) -> dict[int, Message]:
+        """``replies`` (to ``outgoing``) by client id, bundles unbundled."""
+        if not self.pool:
+            return {r.metadata.src_node_id: r for r in replies}
+        by_id = {m.metadata.message_id: (m, members) for m, members in outgoing}
         out = {}
         for r in replies:
-            found = sent.get(r.metadata.reply_to_message_id)
+            found = by_id.get(r.metadata.reply_to_message_id)
             if found is None:
                 continue
             m, members = found
@@ -126,13 +179,14 @@ class Dispatch:
                     out[member.metadata.dst_node_id] = _unbundled(r, j, member)
         return out
 
-    def send_surviving(self, messages: list[Message], what: str) -> dict[int, Message]:
-        """:meth:`send`; the work of a client whose process died (Ray restarts it) is sent once
-        more, so a killed worker costs time, not a different run."""
-        sent = [m.metadata.dst_node_id for m in messages]
-        replies = self.send(messages)
+    def send_surviving(self, messages: list[Message], what: str, sent: Sent | None = None) -> dict[int, Message]:
+        """:meth:`send` (or :meth:`pull` of ``sent``, what :meth:`push` sent of ``messages``);
+        the work of a client whose process died (Ray restarts it) is sent once more, so a
+        killed worker costs time, not a different run."""
+        dst = [m.metadata.__dict__.get("_fedtitan_client", m.metadata.dst_node_id) for m in messages]
+        replies = self.pull(sent) if sent is not None else self.send(messages)
         for attempt in range(WORKER_RETRIES):  # Ray restarts a dead process; until it is back, sends fail too
-            died = [(node, m) for node, m in zip(sent, messages, strict=True) if (r := replies.get(node)) is not None
+            died = [(node, m) for node, m in zip(dst, messages, strict=True) if (r := replies.get(node)) is not None
                     and r.has_error() and worker_died(str(r.error.reason))]
             if not died:
                 break

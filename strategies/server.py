@@ -27,7 +27,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import numpy as np
@@ -130,7 +130,7 @@ class FleetServer:
         """Wait for the clients (:meth:`Dispatch.connect`); the strategy is built for as many
         as a round samples."""
         nodes = self.dispatch.connect(self.cfg.data.num_clients, partition_ids)
-        self.aggregator = make_aggregator(build_strategy(self.cfg, self.policy.target(len(nodes))),
+        self.aggregator = make_aggregator(build_strategy(self.cfg, self.cohort(len(nodes))),
                                           self.cfg.server.strategy)
         if wants_object_store(self.cfg.simulation.arrays, self.global_state, self.grid):
             self.dispatch.transport = ServerArrays.start()  # None unless Ray runs in this process
@@ -139,7 +139,8 @@ class FleetServer:
     # -------------------------------------------------------------------------- a round
     def broadcast(self, rnd: int, sampled: list[int]) -> list[Message]:
         """The aggregator's train messages, each with its partition's last state (if any)."""
-        config = ConfigRecord({RUN_CONFIG_KEY: self.cfg_json, RUN_TOKEN_KEY: self.token, ROUND_START_KEY: self.virtual_s})
+        config = ConfigRecord({RUN_CONFIG_KEY: self.cfg_json, RUN_TOKEN_KEY: self.token, ROUND_START_KEY: self.virtual_s,
+                               **self.train_config()})
         arrays = to_arrays(self.global_state)
         messages = self.aggregator.configure(rnd, arrays, config, self.grid, sampled)
         transport = self.dispatch.transport
@@ -151,6 +152,15 @@ class FleetServer:
         for m in messages:  # a strategy may share one content between its messages: give each its own
             self.states.attach(m, self.dispatch.partition_of.get(m.metadata.dst_node_id, -1))
         return messages
+
+    def train_config(self) -> dict[str, Any]:
+        """A loop's own entries in the train messages' config."""
+        return {}
+
+    def cohort(self, nodes: int) -> int:
+        """How many clients' updates one aggregation combines (a strategy is built for as many:
+        DP noise is scaled by it)."""
+        return self.policy.target(nodes)
 
     def collect(self, rnd: int, messages: list[Message], sampled: list[int]) -> list[ClientResult]:
         """Every sampled client's result; the states the clients sent back are stored."""
@@ -288,7 +298,8 @@ class FleetServer:
         reached, interrupted = None, False
         last_row = self.history.rounds[-1] if self.history.rounds else {}
         acc, loss = float(last_row.get("accuracy", math.nan)), float(last_row.get("loss", math.nan))
-        for rnd, row in self.steps(first):
+        steps = self.steps(first)
+        for rnd, row in steps:
             if row is None:
                 interrupted = True
                 log.warning("stopping before round %d as asked; finished rounds are on disk", rnd)
@@ -301,6 +312,7 @@ class FleetServer:
                 self.checkpoint(rnd, reached)
             if reached is not None:
                 break
+        steps.close()  # a loop's clean-up (clients still in flight) runs now, not when collected
         summary = {"rounds": len(self.history.rounds), "final_accuracy": acc, "final_loss": loss,
                    "virtual_time_s": self.virtual_s, "energy_j": self.energy_cum,
                    "wall_s": time.perf_counter() - t_start, "target_reached_round": reached, "interrupted": interrupted,
@@ -310,7 +322,7 @@ class FleetServer:
         self.sinks.finish(RunEnd(summary, self.history, self.global_state))
         return summary
 
-    def steps(self, first: int) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    def steps(self, first: int) -> Generator[tuple[int, dict[str, Any] | None], None, None]:
         """The run's steps from ``first`` to ``run.rounds``: (round, its rounds.csv row), or
         (round, None) when ``stop`` was set before it (the run then ends)."""
         for rnd in range(first, self.cfg.run.rounds + 1):

@@ -89,7 +89,7 @@ def test_every_key_is_spelled_once():
     for group in (records, config, node, reply_fields, (wire.STATE_NPZ, wire.STATE_ROUND)):
         assert len(set(group)) == len(group), group
     own = {wire.RUN_CONFIG_KEY, wire.SERVER_ROUND_KEY, wire.RUN_TOKEN_KEY, wire.ROUND_START_KEY, wire.PARTITION_KEY,
-           wire.STATE_KEY, wire.STATE_ROUND_KEY, wire.ARRAYS_KEY, wire.BUNDLE_KEY}
+           wire.STATE_KEY, wire.STATE_ROUND_KEY, wire.ARRAYS_KEY, wire.BUNDLE_KEY, wire.SCHEDULE_ROUND_KEY}
     assert set(wire.OWN_CONFIG_KEYS) == own  # every key fedtitan puts in a train config is its own
     # every field of the report travels under one key (its strings under their own)
     report_fields = {f.name for f in fields(ClientReport)}

@@ -92,6 +92,7 @@ class RoundContext:
     prox: Proximal | None  # FedProx's term, anchored at the global weights
     budget_j: float | None  # the most this round may spend
     state: dict[str, Any]
+    schedule_round: int  # the round the learning-rate schedule reads
 
 
 @dataclass(frozen=True)
@@ -144,13 +145,15 @@ class Work:
 def client_round(
     cfg: Config, partition_id: int, global_state: dict[str, torch.Tensor], state: dict[str, Any] | None,
     server_round: int, device: str | None = None, meter: str | None = None,
-    strategy_config: Mapping[str, Any] | None = None, round_start_s: float = 0.0,
+    strategy_config: Mapping[str, Any] | None = None, round_start_s: float = 0.0, schedule_round: int | None = None,
 ) -> RoundOutput:
     """One round of local training on ``partition_id``'s data as its device would do it.
 
     ``strategy_config``: what the server's strategy added to the train config
     (``proximal-mu`` turns on FedProx's proximal term in both regimes). ``round_start_s``:
-    the virtual clock at the round's start, where the fleet's dynamics are read."""
+    the virtual clock at the round's start, where the fleet's dynamics are read.
+    ``schedule_round``: the round the learning-rate schedule reads (default ``server_round``;
+    an asynchronous run's dispatches outnumber its server steps, and the schedule follows the steps)."""
     setup = setup_for(cfg)
     state = dict(state or {})
     if not 0 <= partition_id < len(setup.parts):
@@ -190,7 +193,8 @@ def client_round(
         measured.start()
     t_wall = time.perf_counter()
     ctx = RoundContext(cfg, setup, data, profile, partition_id, server_round, select_dev, rng, prox,
-                       round_budget(profile.energy_budget_j, battery.level_j), state)
+                       round_budget(profile.energy_budget_j, battery.level_j), state,
+                       server_round if schedule_round is None else schedule_round)
     work = _streaming(ctx) if cfg.regime == "streaming" else _static(ctx)
     wall_s = time.perf_counter() - t_wall
     energy_available, energy_j = True, work.sim.energy_j
@@ -254,7 +258,7 @@ def _streaming(ctx: RoundContext) -> Work:
     decision = affordable_units(ctx.budget_j, fixed.energy_j, one.energy_j - fixed.energy_j, s.local_steps)
     if decision.units == 0:  # not even one step fits: say so before spending anything
         return Work(Status.DECLINED, buffer_size=candidates)
-    global_step = (ctx.server_round - 1) * s.local_steps
+    global_step = (ctx.schedule_round - 1) * s.local_steps
     lr = lr_at(s.lr, "step", global_step, 0, decay=s.lr_decay, every=s.lr_decay_every)
     scfg = StreamingConfig(steps=decision.units, batch_size=s.batch_size, velocity=s.velocity, lr=lr,
                            pipeline=cfg.run.pipeline)
@@ -337,7 +341,7 @@ def _static(ctx: RoundContext) -> Work:
     if not len(use):  # the warm-up was this round's work
         return _static_work(ctx, status, warm, None, loss=0.0, examples=warm.samples, rho=rho)
     steps_per_round = p.epochs * math.ceil(len(use) / p.batch_size)
-    res = train_static(setup.model, ctx.data, use, scfg, ctx.rng, step_offset=(ctx.server_round - 1) * steps_per_round,
+    res = train_static(setup.model, ctx.data, use, scfg, ctx.rng, step_offset=(ctx.schedule_round - 1) * steps_per_round,
                        total_steps=cfg.run.rounds * steps_per_round, prox=ctx.prox)
     return _static_work(ctx, status, warm, res, loss=res.mean_loss, examples=len(use), rho=rho)
 

@@ -209,6 +209,21 @@ def test_boards_side_cannot_register_list_or_run_and_the_operator_can(tmp_path, 
         assert sorted(p.name for p in (run_states / "p000000").iterdir()) == ["r000002.npz", "r000003.npz"]
         assert json.loads((out / "meta.json").read_text())["resumed_from_rounds"] == [2]
 
+        # the same boards through the asynchronous loop: each update arrives at its dispatch plus
+        # the board's measured seconds (the twin's simulated ones); one update a server step
+        asyn = ('overrides="data.num_clients=2 run.rounds=3 server.mode=async server.async.concurrency=2 '
+                'server.async.buffer_size=1" out="lab/async"')
+        res = flwr("operator", "run", ".", "operator", "--stream", "--run-config", asyn, cwd=ROOT, timeout=400)
+        assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+        rounds = pd.read_csv(results / "lab" / "async" / "rounds.csv")
+        clients = pd.read_csv(results / "lab" / "async" / "clients.csv")
+        assert rounds.server_round.tolist() == [1, 2, 3] and (rounds.updates_included == 1).all()
+        assert rounds.virtual_time_s.is_monotonic_increasing and (clients.status == "ok").all()
+        took = clients.arrival_s - clients.dispatched_s
+        board = clients.partition_id == 0
+        assert took[board].tolist() == pytest.approx(clients.wall_s[board].tolist())
+        assert took[~board].tolist() == pytest.approx(clients.sim_time_s[~board].tolist())
+
         # an output outside the results root is refused, and nothing is written there
         escape = tmp_path / "escaped"
         bad = flwr("operator", "run", ".", "operator", "--stream", "--run-config",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,34 @@ from strategies.fleet import ClientResult, FleetPolicy
 
 
 # ----------------------------------------------------------------------------- a scripted fleet
+class FakeDispatch:
+    """The server's Dispatch for scripted clients: a push "trains" them on the model of the
+    moment (as a worker would, while the loop goes on); the pull hands their results over."""
+
+    def __init__(self, server: Scripted) -> None:
+        self.server, self.pool = server, True
+        self.nodes: list[int] = []
+        self.partition_of: dict[int, int] = {}
+        self.pulled: list[int] = []  # dispatch numbers, in the order their replies were taken
+
+    def push(self, messages):
+        self.most_pending = max(getattr(self, "most_pending", 0), len(self.server.pending) + 1)
+        e = self.server.events
+        return {"event": e, "arrived": self.server.counts["updates"], "results": [self.server.train(e, m.metadata.dst_node_id, self.server.global_state)
+                                        for m in messages]}
+
+    def send_surviving(self, messages, what, sent):
+        self.pulled.append(sent["event"])
+        self.ahead = max(getattr(self, "ahead", 0), self.server.counts["updates"] - sent["arrived"])
+        return {"results": sent["results"]}
+
+    def stored_arrays(self, replies, prefix):
+        return {}
+
+    def results(self, replies, dst, sampled, stored):
+        return replies["results"]
+
+
 class LowestFirst(FleetPolicy):
     """Draws the lowest client ids (a timeline a person can follow)."""
 
@@ -64,6 +93,7 @@ class Scripted(AsyncServer):
                  lowest_first: bool = True) -> None:
         cfg = load_config("quickstart", ["server.mode=async", f"data.num_clients={n}", *overrides])
         super().__init__(None, cfg, ClientStates(tmp, n, 2))
+        self.dispatch = FakeDispatch(self)  # type: ignore[assignment]
         self.dispatch.nodes = list(range(1, n + 1))
         self.dispatch.partition_of = {c: c - 1 for c in self.dispatch.nodes}
         if lowest_first:
@@ -84,25 +114,25 @@ class Scripted(AsyncServer):
         self.examples = examples or {}
         self.sent: list[tuple[int, float, list[int]]] = []  # (dispatch, time, clients)
         self.times: dict[int, int] = {}
+        self.bounds: dict[int, float] = {}  # client -> the least seconds its update takes (lower_bounds)
 
     def broadcast(self, rnd, sampled):  # type: ignore[override]
         assert not set(sampled) & set(self.in_flight), "a client in flight was sent work again"
         self.sent.append((rnd, self.virtual_s, list(sampled)))
-        return sampled
+        return [SimpleNamespace(metadata=SimpleNamespace(dst_node_id=c)) for c in sampled]
 
-    def collect(self, rnd, messages, sampled):  # type: ignore[override]
-        out = []
-        for c in sampled:
-            k = self.times.get(c, 0)
-            self.times[c] = k + 1
-            d = self.durations[c]
-            dur = d[min(k, len(d) - 1)] if isinstance(d, list) else d
-            if (c, rnd) in self.fail:
-                out.append(ClientResult(c, Status.FAILED, error="scripted failure"))
-                continue
-            metrics = {"sim_time_s": float(dur), "num-examples": float(self.examples.get(c, 1.0)), "sim_energy_j": 1.0}
-            out.append(ClientResult(c, Status.OK, metrics, {"w": self.global_state["w"] + self.steps_of.get(c, 1.0)}))
-        return out
+    def lower_bounds(self, clients, t):  # type: ignore[override]
+        return {c: self.bounds.get(c, 0.0) for c in clients}
+
+    def train(self, rnd: int, c: int, base: dict[str, np.ndarray]) -> ClientResult:
+        k = self.times.get(c, 0)
+        self.times[c] = k + 1
+        d = self.durations[c]
+        dur = d[min(k, len(d) - 1)] if isinstance(d, list) else d
+        if (c, rnd) in self.fail:
+            return ClientResult(c, Status.FAILED, error="scripted failure")
+        metrics = {"sim_time_s": float(dur), "num-examples": float(self.examples.get(c, 1.0)), "sim_energy_j": 1.0}
+        return ClientResult(c, Status.OK, metrics, {"w": base["w"] + self.steps_of.get(c, 1.0)})
 
     def evaluate(self, rnd, sampled):  # type: ignore[override]
         return Evaluation(accuracy=float(self.global_state["w"][0]))
@@ -227,6 +257,44 @@ def test_a_client_is_never_in_flight_twice(n, conc, k, threshold, seed):
     assert all(c["staleness"] >= 0 for c in s.history.clients)
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 8), st.integers(1, 6), st.integers(1, 4), st.integers(1, 3), st.integers(0, 2**31 - 1))
+def test_running_ahead_of_the_replies_changes_nothing(n, conc, k, threshold, seed):
+    """Arrivals are processed while dispatches' clients still train, up to their lower bounds;
+    the run is the one that waits for every dispatch at once, step for step."""
+    rng = np.random.default_rng(seed)
+    durations = {c: [float(x) for x in rng.exponential(1.0, 8)] for c in range(1, n + 1)}
+    bounds = {c: float(rng.uniform(0, 1.5)) for c in range(1, n + 1)}  # may exceed a duration: it then is one
+    fail = {(int(c), int(e)) for c, e in zip(rng.integers(1, n + 1, 6), rng.integers(1, 30, 6), strict=True)}
+    import tempfile
+
+    out = []
+    for ahead in (True, False):
+        with tempfile.TemporaryDirectory() as tmp:
+            s = Scripted(Path(tmp), n, ["run.rounds=5", f"server.async.concurrency={conc}",
+                                        f"server.async.buffer_size={k}", f"server.async.dispatch_threshold={threshold}"],
+                         durations=durations, fail=fail, lowest_first=False)
+            s.bounds, s.run_ahead = bounds, ahead
+            rows = s.run_steps()
+        drop = ("wall_s", "checkpoint_s", "checkpoint_bytes")
+        out.append(([{c: v for c, v in r.items() if c not in drop} for r in rows], s.history.clients, s.sent,
+                    s.dispatch.most_pending))
+    (rows_a, clients_a, sent_a, most_a), (rows_b, clients_b, sent_b, most_b) = out
+    assert rows_a == rows_b and clients_a == clients_b and sent_a == sent_b
+    assert most_b == 1
+
+
+def test_the_loop_goes_on_while_clients_train(tmp_path):
+    """With lower bounds, several dispatches' clients train at once (their replies not yet
+    taken) while the server processes arrivals."""
+    s = Scripted(tmp_path, 6, ["run.rounds=4", "server.async.concurrency=4", "server.async.buffer_size=2"],
+                 durations={c: 1.0 + 0.1 * c for c in range(1, 7)})
+    s.bounds = dict.fromkeys(range(1, 7), 0.9)
+    s.run_steps()
+    assert s.dispatch.most_pending >= 2
+    assert s.dispatch.ahead >= 1  # a dispatch's replies were taken after arrivals processed since it went out
+
+
 # ----------------------------------------------------------------------------- config
 def test_async_settings_need_async_mode():
     with pytest.raises(ConfigError, match="server.mode=async"):
@@ -262,3 +330,32 @@ def test_async_with_everything_synchronous_equals_the_wait_all_run(tmp_path):
     with np.load(sync.path / "model.npz") as za, np.load(asyn.path / "model.npz") as zb:
         for key in za.files:
             np.testing.assert_allclose(za[key], zb[key], rtol=1e-4, atol=1e-5)
+
+
+def test_clients_schedule_by_server_steps_and_strategies_see_their_metrics(tmp_path, monkeypatch):
+    """With K = 2 a client goes out on every arrival, a step comes every second one: the dispatch
+    numbers (which key the clients' seeds and states) run ahead of the steps, while the clients'
+    learning-rate schedule reads the server step their update is for.
+    A Flower strategy that reads the clients' losses (q-FedAvg) updates the model every step;
+    a strategy is built for K updates a step (DP noise is scaled by it)."""
+    import clients.client_app as client_app
+
+    seen: list[tuple[int, int]] = []
+    original = client_app.client_round
+
+    def spy(cfg, pid, weights, state, server_round, **kw):
+        seen.append((server_round, kw["schedule_round"]))
+        return original(cfg, pid, weights, state, server_round, **kw)
+
+    monkeypatch.setattr(client_app, "client_round", spy)
+    over = {**BASE, "run.rounds": 4, "server.mode": "async", "server.async.concurrency": 3,
+            "server.async.buffer_size": 2, "server.strategy": "qfedavg"}
+    r = ft.run("quickstart", overrides=over, out=tmp_path / "q")
+    rounds = pd.read_csv(r.path / "rounds.csv")
+    assert rounds.updated.all(), rounds.aggregation_error.tolist()
+    dispatches = [d for d, _ in seen]
+    assert max(dispatches) > 4 >= max(s for _, s in seen)  # more dispatches than steps; the schedule follows steps
+    assert [s for _, s in seen] == sorted(s for _, s in seen) and seen[0] == (1, 1)
+    cfg = load_config("quickstart", ["server.mode=async", "server.async.concurrency=8"])
+    server = AsyncServer(None, cfg, ClientStates(tmp_path / "s", 15, 2))
+    assert server.cohort(15) == 4  # K defaults to half the concurrency
