@@ -17,7 +17,7 @@ from fedtitan.compute import keep_heap, one_arena
 from fedtitan.config import Config
 from fedtitan.errors import FedtitanError
 from fedtitan.results import prepare_dir
-from strategies.dispatch import REPLIED_EVENT
+from strategies.dispatch import REPLIED_EVENT, REPLY_WAIT_S, wait_for_replies
 
 
 def progress_bar(fields: str, quiet: bool) -> Any:
@@ -183,7 +183,7 @@ class PromptDispatch:
     PARAMS = ("state", "queue", "nodes_mapping", "f_stop")
     REPLY_PARAMS = ("state", "queue", "f_stop")
     # the longest wait for a reply between two looks (a safety net: each reply wakes it)
-    REPLY_WAIT_S = 0.1
+    REPLY_WAIT_S = REPLY_WAIT_S
 
     def __init__(self) -> None:
         self.wake = threading.Event()
@@ -248,19 +248,7 @@ class PromptDispatch:
         def send_and_receive(messages: Any, *, timeout: float | None = None) -> list[Any]:
             """Flower's ``send_and_receive``: push, then pull until every reply is in or
             ``timeout`` has passed, waking on each stored reply instead of sleeping."""
-            ids = set(grid.push_messages(messages))
-            end = None if timeout is None else time.monotonic() + timeout
-            out: list[Any] = []
-            while ids:
-                self.replied.clear()  # before looking: a reply stored after the look wakes the wait
-                got = list(grid.pull_messages(ids))
-                out.extend(got)
-                ids.difference_update(m.metadata.reply_to_message_id for m in got)
-                left = math.inf if end is None else end - time.monotonic()
-                if not ids or left <= 0:
-                    break
-                self.replied.wait(min(self.REPLY_WAIT_S, left))
-            return out
+            return wait_for_replies(grid, grid.push_messages(messages), timeout, self.replied, wait_s=self.REPLY_WAIT_S)
 
         grid.send_and_receive = send_and_receive
 

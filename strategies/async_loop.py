@@ -51,13 +51,12 @@ from fedtitan.errors import FedtitanError
 from fedtitan.status import Status
 from fedtitan.training.setup import device_of, setup_for
 from fedtitan.wire import ARRAYS_RECORD, METRICS_RECORD, SCHEDULE_ROUND_KEY
-from strategies.aggregate import AggregationFailed, anchor, to_arrays
+from strategies.aggregate import anchor, to_arrays
 from strategies.dispatch import Sent
 from strategies.fleet import ClientResult
 from strategies.rows import RoundOutcome, client_row, fleet_rows, round_energy_j, round_row
 from strategies.server import FleetServer
 from strategies.sinks import RoundRows
-from strategies.weights import finite
 
 log = logging.getLogger("fedtitan")
 
@@ -286,21 +285,15 @@ class AsyncServer(FleetServer):
         strategy = getattr(self.aggregator, "strategy", None)
         if strategy is not None:
             anchor(strategy, w)
-        try:
-            new = self.aggregator.aggregate(step, rebased, w)
-        except AggregationFailed as exc:
-            log.warning("server step %d: %s; model not updated", step, exc)
-            return False, str(exc)[:300]
-        if new is None:
-            return False, f"{self.aggregator.name} returned no arrays"
-        if a.server_lr != 1.0:
-            new = {k: (w[k] + np.asarray(a.server_lr * (new[k].astype(np.float64) - w[k]), dtype=w[k].dtype))
-                   if np.issubdtype(w[k].dtype, np.floating) else new[k] for k in w}
-        if not finite(new):
-            log.warning("server step %d: %s produced non-finite weights; model not updated", step, self.aggregator.name)
-            return False, "non-finite aggregate"
-        self.global_state = new
-        return True, ""
+        return self.update_model(step, rebased, "server step")
+
+    def combine(self, rnd: int, included: list[ClientResult]) -> dict[str, np.ndarray] | None:
+        """The aggregator's weights, with the server step's learning rate applied."""
+        new, w, lr = super().combine(rnd, included), self.global_state, self.opts.server_lr
+        if new is None or lr == 1.0:
+            return new
+        return {k: (w[k] + np.asarray(lr * (new[k].astype(np.float64) - w[k]), dtype=w[k].dtype))
+                if np.issubdtype(w[k].dtype, np.floating) else new[k] for k in w}
 
     def reply_of(self, result: ClientResult, arrays: dict[str, np.ndarray]) -> Any:
         """A Flower reply carrying ``arrays`` and the client's metrics, for a Flower strategy
@@ -342,10 +335,7 @@ class AsyncServer(FleetServer):
             factors = self.sampler.dynamics.factors_many(self.sampler.partition_ids(d.nodes, d.partition_of), t)
             fleet = fleet_rows(step, t, d.nodes, d.partition_of, self.sampler.dynamics.devices, factors,
                                self.dispatched, outcome.included, self.cfg.fleet.timeline)
-        rows = RoundRows(step, row, clients, fleet)
-        self.sinks.add_round(rows)
-        self.history.rounds.append(row)
-        self.history.clients.extend(clients)
+        self.keep_rows(RoundRows(step, row, clients, fleet))
         self.counts["included"] += len(self.buffer)
         self.version += int(updated)
         self.buffer, self.arrived, self.dispatched = [], [], []

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
-from typing import Any, cast
+from collections.abc import Iterable
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 from flwr.app import ArrayRecord, Error, Message, RecordDict
@@ -48,17 +50,41 @@ from strategies.weights import finite_each
 log = logging.getLogger("fedtitan")
 WORKER_RETRIES = 4  # re-sends of a dead client process's work, 1, 2, 4 and 8 s apart
 PULL_INTERVAL_S = 0.5  # between looks for replies to pushed messages, where the grid says nothing else
+REPLY_WAIT_S = 0.1  # the longest wait on a reply event between two looks (a safety net: each reply wakes it)
 # a grid attribute: a threading.Event set whenever a reply is stored (simulations.run.PromptDispatch sets it)
 REPLIED_EVENT = "fedtitan_replied"
 
 
-class Sent:
-    """What :meth:`Dispatch.push` sent and is waiting for: the messages that went out (each with
-    the clients' messages it carries), the ids still without a reply, the replies so far."""
+class Sent(NamedTuple):
+    """What :meth:`Dispatch.push` sent: the messages that went out (each with the clients'
+    messages it carries) and their ids on the grid."""
 
-    def __init__(self, outgoing: list[tuple[Message, list[Message]]], ids: list[str]) -> None:
-        self.outgoing, self.waiting = outgoing, set(ids)
-        self.replies: list[Message] = []
+    outgoing: list[tuple[Message, list[Message]]]
+    ids: list[str]
+
+
+def wait_for_replies(grid: Grid, ids: Iterable[str], timeout: float | None, replied: threading.Event | None = None,
+                     interval: float = PULL_INTERVAL_S, wait_s: float = REPLY_WAIT_S) -> list[Message]:
+    """Pull the replies to the messages ``ids`` until every one is in or ``timeout`` seconds
+    have passed (None: no limit). Between looks: a wait on ``replied`` (an event set on each
+    stored reply) of at most ``wait_s``, or a sleep of ``interval``."""
+    waiting = set(ids)
+    end = None if timeout is None else time.monotonic() + timeout
+    out: list[Message] = []
+    while waiting:
+        if replied is not None:
+            replied.clear()  # before looking: a reply stored after the look wakes the wait
+        got = list(grid.pull_messages(list(waiting)))
+        out.extend(got)
+        waiting.difference_update(m.metadata.reply_to_message_id for m in got)
+        left = math.inf if end is None else end - time.monotonic()
+        if not waiting or left <= 0:
+            break
+        if replied is not None:
+            replied.wait(min(wait_s, left))
+        else:
+            time.sleep(min(interval, left))
+    return out
 
 
 class Dispatch:
@@ -120,22 +146,9 @@ class Dispatch:
     def pull(self, sent: Sent) -> dict[int, Message]:
         """The replies to what :meth:`push` sent, by client id: every one that comes within the
         timeout, counted from this call (the loop may have gone on for a while since the push)."""
-        deadline = time.monotonic() + self.timeout_s
-        replied = getattr(self.grid, REPLIED_EVENT, None)  # set on each stored reply, where the engine has one
-        while sent.waiting:
-            if replied is not None:
-                replied.clear()  # before looking: a reply stored after the look wakes the wait
-            got = list(self.grid.pull_messages(list(sent.waiting)))
-            sent.replies.extend(got)
-            sent.waiting.difference_update(r.metadata.reply_to_message_id for r in got)
-            left = deadline - time.monotonic()
-            if not sent.waiting or left <= 0:
-                break
-            if replied is not None:
-                replied.wait(min(0.1, left))
-            else:
-                time.sleep(min(getattr(self.grid, "pull_interval", PULL_INTERVAL_S), left))
-        return self._by_client(sent.outgoing, sent.replies)
+        replies = wait_for_replies(self.grid, sent.ids, self.timeout_s, getattr(self.grid, REPLIED_EVENT, None),
+                                   getattr(self.grid, "pull_interval", PULL_INTERVAL_S))
+        return self._by_client(sent.outgoing, replies)
 
     def _outgoing(self, messages: list[Message]) -> list[tuple[Message, list[Message]]]:
         """What goes on the grid for ``messages``: (a message, the clients' messages it carries).

@@ -179,18 +179,27 @@ class FleetServer:
         if len(included) < need or not included:
             log.warning("round %d: only %d sampled clients succeeded (need %d); model not updated", rnd, len(included), need)
             return False, f"{len(included)} included < server.min_clients={need}"
+        return self.update_model(rnd, included, "round")
+
+    def update_model(self, rnd: int, included: list[ClientResult], what: str) -> tuple[bool, str]:
+        """The global model becomes :meth:`combine` of ``included`` unless that fails or is not
+        finite; (updated, why not). ``what``: the step's name in the log (round, server step)."""
         try:
-            new = self.aggregator.aggregate(rnd, included, self.global_state)
+            new = self.combine(rnd, included)
         except AggregationFailed as exc:
-            log.warning("round %d: %s; model not updated", rnd, exc)
+            log.warning("%s %d: %s; model not updated", what, rnd, exc)
             return False, str(exc)[:300]
         if new is None:
             return False, f"{self.aggregator.name} returned no arrays"
         if not finite(new):
-            log.warning("round %d: %s produced non-finite weights; model not updated", rnd, self.aggregator.name)
+            log.warning("%s %d: %s produced non-finite weights; model not updated", what, rnd, self.aggregator.name)
             return False, "non-finite aggregate"
         self.global_state = new
         return True, ""
+
+    def combine(self, rnd: int, included: list[ClientResult]) -> dict[str, np.ndarray] | None:
+        """The aggregator's new weights from ``included``."""
+        return self.aggregator.aggregate(rnd, included, self.global_state)
 
     def evaluate(self, rnd: int, sampled: list[int]) -> Evaluation:
         s = self.cfg.server
@@ -212,7 +221,11 @@ class FleetServer:
             outcome.sampled, outcome.included, self.cfg.fleet.timeline)
         self.virtual_s += outcome.round_s
         self.energy_cum += round_energy_j(outcome.results)
-        rows = RoundRows(rnd, round_row(outcome, self.virtual_s, self.energy_cum), client_rows(outcome), fleet)
+        return self.keep_rows(RoundRows(rnd, round_row(outcome, self.virtual_s, self.energy_cum), client_rows(outcome),
+                                        fleet))
+
+    def keep_rows(self, rows: RoundRows) -> dict[str, Any]:
+        """A step's rows to the sinks and the history; its rounds.csv row back."""
         self.sinks.add_round(rows)
         self.history.rounds.append(rows.row)
         self.history.clients.extend(rows.clients)
