@@ -6,13 +6,18 @@ into one ``.npz`` file whose ``__tree__`` entry is JSON describing the structure
 other entries are the arrays. Loading uses ``numpy.load(allow_pickle=False)``, so a shared
 results folder can never run anyone's code.
 
-Two stores use that format:
+A value that holds no array (a stream's position, a battery level) is written as that JSON
+alone behind a tag and a CRC-32 instead of a zip.
+
+The stores:
 
 * :class:`ClientStateStore`: each client's state (stream position, selector buffer and
   estimators, pruning subset and scores, battery) keyed by partition id and tagged with the
-  round that produced it, ``ROOT/p000003/r000012.npz``. In simulation the server keeps it in
-  the run folder (the state travels with the train message and the reply); on a real board
-  ``fedtitan supernode --state-dir`` keeps it on the board's disk.
+  round that produced it, ``ROOT/p000003/r000012.npz``: on a real board,
+  ``fedtitan supernode --state-dir`` keeps its own there.
+* :class:`StateFile`: in simulation the server keeps the clients' states in the run folder
+  (a state travels with the train message and the reply), the states a round brought back in
+  one file, ``ROOT/round-000012.states`` (``strategies.client_states``).
 * :class:`CheckpointStore`: the server's state after a round, ``ROOT/round-000012.npz``,
   written atomically (temporary file, fsync, rename), the last ``keep`` of them kept. A
   truncated or corrupt checkpoint is refused in one line and the previous one is used.
@@ -27,6 +32,7 @@ import os
 import re
 import time
 import zipfile
+import zlib
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -117,11 +123,20 @@ def _decode(node: Any, arrays: Mapping[str, np.ndarray]) -> Any:
 
 
 def write_state(fh: Any, value: Any) -> None:
-    """Write ``value`` to the binary file ``fh`` as data (npz: JSON tree + arrays)."""
+    """Write ``value`` to the binary file ``fh`` as data: npz (JSON tree + arrays), or, when
+    it holds no array (a stream's position, a battery level), the JSON tree alone behind a
+    tag and its CRC-32 (a few microseconds where a zip takes a hundred)."""
     arrays: list[np.ndarray] = []
     tree = {"format": FORMAT_VERSION, "value": _encode(value, arrays, "")}
-    blob = np.frombuffer(json.dumps(tree, separators=(",", ":")).encode(), dtype=np.uint8)
+    text = json.dumps(tree, separators=(",", ":")).encode()
+    if not arrays:
+        fh.write(_JSON_TAG + zlib.crc32(text).to_bytes(4, "big") + text)
+        return
+    blob = np.frombuffer(text, dtype=np.uint8)
     np.savez(fh, __tree__=blob, **{f"a{i}": a for i, a in enumerate(arrays)})  # type: ignore[arg-type]
+
+
+_JSON_TAG = b"FTSTATE-JSON\n"  # never the start of a zip (those begin "PK")
 
 
 def pack(value: Any) -> bytes:
@@ -131,17 +146,30 @@ def pack(value: Any) -> bytes:
     return buf.getvalue()
 
 
+def _tree(tree: Any, arrays: Mapping[str, np.ndarray], what: str) -> Any:
+    if not isinstance(tree, dict) or tree.get("format") != FORMAT_VERSION:
+        found = tree.get("format") if isinstance(tree, dict) else None
+        raise StateError(f"{what} has format {found!r}; this fedtitan reads {FORMAT_VERSION}")
+    return _decode(tree["value"], arrays)
+
+
 def unpack(data: bytes | str | os.PathLike[str], what: str = "state") -> Any:
     """The value :func:`pack` / :func:`write_state` wrote (bytes or a file path). Never unpickles;
     anything truncated, corrupt or not written by fedtitan is a :class:`StateError` naming ``what``."""
     try:
-        src = io.BytesIO(data) if isinstance(data, bytes) else data
-        with np.load(src, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}  # reads every member: zip CRCs are checked here
-        tree = json.loads(bytes(arrays.pop("__tree__")).decode())
-        if tree.get("format") != FORMAT_VERSION:
-            raise StateError(f"{what} has format {tree.get('format')!r}; this fedtitan reads {FORMAT_VERSION}")
-        return _decode(tree["value"], arrays)
+        src = io.BytesIO(data) if isinstance(data, bytes) else open(data, "rb")  # noqa: SIM115 - closed below
+        with src:
+            head = src.read(len(_JSON_TAG))
+            if head == _JSON_TAG:
+                body = src.read()
+                crc, text = body[:4], body[4:]
+                if len(crc) < 4 or zlib.crc32(text) != int.from_bytes(crc, "big"):
+                    raise ValueError("its checksum does not match")
+                return _tree(json.loads(text.decode()), {}, what)
+            src.seek(0)
+            with np.load(src, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}  # reads every member: zip CRCs are checked here
+        return _tree(json.loads(bytes(arrays.pop("__tree__")).decode()), arrays, what)
     except StateError:
         raise
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
@@ -216,6 +244,61 @@ class ClientStateStore:
             except StateError as exc:
                 log.warning("%s; using an older one", exc)
         return None
+
+
+class StateFile:
+    """Several clients' states in one file, ``round-NNNNNN.states``: the states a round (or an
+    asynchronous dispatch) brought back, written at once (a server's one write and one ``fsync``
+    a round instead of one file per client). Layout: a tag, the length of a JSON header naming
+    each partition and its state's length, then the states (:func:`pack`'s bytes, each with its
+    own checksum) one after another."""
+
+    TAG = b"FTSTATES1\n"
+
+    @staticmethod
+    def write(path: Path, states: Mapping[int, bytes]) -> dict[int, tuple[int, int]]:
+        """Write ``states`` (partition -> bytes) atomically, without an fsync (see
+        :class:`FileSyncer`); returns where each one is (offset, length)."""
+        pids = [int(p) for p in states]
+        header = json.dumps({"pids": pids, "lengths": [len(states[p]) for p in pids]},
+                            separators=(",", ":")).encode()
+        offset = len(StateFile.TAG) + 8 + len(header)
+        index = {}
+        with atomic_writer(path) as fh:
+            fh.write(StateFile.TAG + len(header).to_bytes(8, "big") + header)
+            for pid in pids:
+                fh.write(states[pid])
+                index[pid] = (offset, len(states[pid]))
+                offset += len(states[pid])
+        return index
+
+    @staticmethod
+    def index(path: Path) -> dict[int, tuple[int, int]]:
+        """Where each partition's state is in the file (:meth:`write`'s answer, read back)."""
+        try:
+            with open(path, "rb") as fh:
+                if fh.read(len(StateFile.TAG)) != StateFile.TAG:
+                    raise ValueError("it is not a fedtitan state file")
+                size = int.from_bytes(fh.read(8), "big")
+                head = json.loads(fh.read(size).decode())
+            offset, index = len(StateFile.TAG) + 8 + size, {}
+            for pid, n in zip(head["pids"], head["lengths"], strict=True):
+                index[int(pid)] = (offset, int(n))
+                offset += int(n)
+            return index
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise StateError(f"client states {path} are truncated or corrupt ({type(exc).__name__}: "
+                             f"{str(exc)[:120]})") from None
+
+    @staticmethod
+    def read(path: Path, where: tuple[int, int]) -> bytes:
+        offset, length = where
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            blob = fh.read(length)
+        if len(blob) != length:
+            raise StateError(f"client states {path} are truncated (a state ends past its end)")
+        return blob
 
 
 class FileSyncer:
@@ -316,4 +399,5 @@ class CheckpointStore:
         return None
 
 
-__all__ = ["Checkpoint", "CheckpointStore", "ClientStateStore", "StateError", "pack", "unpack", "write_state"]
+__all__ = ["Checkpoint", "CheckpointStore", "ClientStateStore", "FileSyncer", "StateError", "StateFile", "pack", "unpack",
+           "write_state"]

@@ -225,9 +225,8 @@ class AsyncServer(FleetServer):
         updates (new weights minus the model they got) held until they arrive."""
         self.pending.remove(p)
         replies = self.dispatch.send_surviving(p.messages, f"dispatch {p.event}", p.sent)
-        for node, reply in replies.items():
-            if node in self.dispatch.partition_of:
-                self.states.keep(p.event, self.dispatch.partition_of[node], reply)
+        self.states.keep(p.event, {self.dispatch.partition_of[node]: reply for node, reply in replies.items()
+                                   if node in self.dispatch.partition_of})
         stored = self.dispatch.stored_arrays(replies, f"{self.token}/{p.event}/")
         results = self.dispatch.results(replies, p.dst, p.sampled, stored)
         for hook in self.after_collect:

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from fedtitan.checkpoint import Checkpoint, CheckpointStore, ClientStateStore, StateError, unpack
+from fedtitan.checkpoint import Checkpoint, CheckpointStore, StateError, unpack
 from fedtitan.config import Config
 from fedtitan.errors import FedtitanError
+from strategies.client_states import missing_state
 
 log = logging.getLogger("fedtitan")
 CHECKPOINTS = "checkpoints"  # a run's checkpoints and its clients' states, inside the run folder
@@ -74,18 +75,16 @@ def find_checkpoint(run_dir: str | Path) -> Checkpoint | None:
     corrupt, truncated or incomplete one is refused with one warning line, the previous one used)."""
     run_dir = Path(run_dir)
     store = CheckpointStore(run_dir / CHECKPOINTS, keep=KEEP_CHECKPOINTS)
-    states = ClientStateStore(client_states_dir(run_dir))
     at_most: int | None = None
     while True:
         ckpt = store.latest(at_most)
         if ckpt is None:
             return None
-        rounds = np.asarray(ckpt.state.get("client_rounds", []), dtype=np.int64)
-        gone = [pid for pid, r in enumerate(rounds) if r >= 0 and not states.path(pid, int(r)).is_file()]
-        if not gone:
+        gone = missing_state(client_states_dir(run_dir), np.asarray(ckpt.state.get("client_rounds", []), dtype=np.int64))
+        if gone is None:
             return ckpt
         log.warning("checkpoint %s refers to client states that are missing (partition %d, round %d); "
-                    "using the previous checkpoint", ckpt.path, gone[0], rounds[gone[0]])
+                    "using the previous checkpoint", ckpt.path, *gone)
         at_most = ckpt.server_round - 1
 
 

@@ -16,11 +16,11 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple, cast
 
 import numpy as np
-from flwr.app import ArrayRecord, Error, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, RecordDict
 from flwr.serverapp import Grid
 
 from clients.object_store import ServerArrays
-from clients.records import config_record
+from clients.records import config_record, record_of
 from fedtitan.status import Status
 from fedtitan.wire import (
     ARRAYS_KEY,
@@ -298,7 +298,7 @@ def _unbundled(reply: Message, j: int, member: Message) -> Message:
         return Message(Error(code=reply.error.code, reason=reply.error.reason), reply_to=member)
     prefix = member_key(j, "")
     content = reply.content
-    err = content.config_records.get(member_key(j, ERROR_RECORD))
+    err = record_of(content, member_key(j, ERROR_RECORD), ConfigRecord)
     if err is not None:
         return Message(Error(code=int(cast(int, err["code"])), reason=str(err["reason"])), reply_to=member)
     own = RecordDict({k[len(prefix):]: content[k] for k in content if k.startswith(prefix)})

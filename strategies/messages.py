@@ -13,11 +13,11 @@ import time
 from typing import Any, cast
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from clients.arrays import decode_arrays
-from clients.records import config_record
+from clients.records import config_record, record_of
 from fedtitan.status import Status
 from fedtitan.wire import (
     ARRAYS_KEY,
@@ -136,9 +136,10 @@ def without_arrays(message: Message, key: str) -> None:
 
 def stored_key(reply: Message) -> str | None:
     """The object-store key a successful reply names its new weights by (None: they travel inside)."""
-    if reply.has_error() or ARRAYS_KEY not in reply.content.config_records:
+    rec = None if reply.has_error() else record_of(reply.content, ARRAYS_KEY, ConfigRecord)
+    if rec is None:
         return None
-    return str(reply.content.config_records[ARRAYS_KEY][ARRAYS_NAME])
+    return str(rec[ARRAYS_NAME])
 
 
 def parse_reply(reply: Message, node_id: int, stored: dict[str, np.ndarray] | None = None,
@@ -154,15 +155,15 @@ def parse_reply(reply: Message, node_id: int, stored: dict[str, np.ndarray] | No
         metrics_rec = reply.content[METRICS_RECORD]
         if not isinstance(metrics_rec, MetricRecord):
             raise ValueError(f"{METRICS_RECORD!r} is a {type(metrics_rec).__name__}, not a MetricRecord")
-        report = ClientReport.from_wire(metrics_rec, reply.content.config_records.get(REPORT_RECORD))
+        report = ClientReport.from_wire(metrics_rec, record_of(reply.content, REPORT_RECORD, ConfigRecord))
     except (KeyError, ValueError) as exc:
         # a board on another version, a mod that drops a metric: this client failed, not the run
         return ClientResult(node_id, Status.FAILED, error=f"malformed report: {exc}")
     metrics = {k: float(v) for k, v in metrics_rec.items() if isinstance(v, int | float)}
     status, device = report.status, report.device
-    arrays_rec = reply.content.array_records.get(ARRAYS_RECORD)
+    arrays_rec = record_of(reply.content, ARRAYS_RECORD, ArrayRecord)
     arrays = None
-    if ARRAYS_KEY in reply.content.config_records:
+    if record_of(reply.content, ARRAYS_KEY, ConfigRecord) is not None:
         if stored is None:
             return ClientResult(node_id, Status.FAILED, metrics, device=device,
                                 error="its new weights were lost from Ray's object store (its process died)")
@@ -178,7 +179,7 @@ def state_of(reply: Message) -> bytes | None:
     """The client state a successful reply carries back (simulation clients send theirs), if any."""
     if reply.has_error():
         return None
-    rec = reply.content.config_records.get(STATE_RECORD)
+    rec = record_of(reply.content, STATE_RECORD, ConfigRecord)
     if rec is None or STATE_NPZ not in rec:
         return None
     return cast(bytes, rec[STATE_NPZ])

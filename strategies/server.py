@@ -167,9 +167,8 @@ class FleetServer:
         sent = [m.metadata.dst_node_id for m in messages]
         replies = self.dispatch.send_surviving(messages, f"round {rnd}")
         self.states.reset_io()
-        for node, reply in replies.items():
-            if node in self.dispatch.partition_of:
-                self.states.keep(rnd, self.dispatch.partition_of[node], reply)
+        self.states.keep(rnd, {self.dispatch.partition_of[node]: reply for node, reply in replies.items()
+                               if node in self.dispatch.partition_of})
         stored = self.dispatch.stored_arrays(replies, f"{self.token}/{rnd}/")
         return self.dispatch.results(replies, sent, sampled, stored)
 

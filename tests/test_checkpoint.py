@@ -3,6 +3,7 @@ strategy's state."""
 
 import errno
 import io
+import json
 import logging
 import math
 import os
@@ -249,3 +250,42 @@ def test_client_states_reach_the_disk_before_the_checkpoint_that_refers_to_them(
     with pytest.raises(DiskFullError, match="the disk is full: could not write .*r000003.npz"):
         syncer.wait()
     syncer.close()
+
+
+def test_a_state_without_arrays_packs_as_checked_json_and_old_zips_still_read():
+    """A stream position or battery level needs no zip: tagged JSON with a CRC-32 (a few us where
+    the npz took ~100), read back the same; truncation or a flipped byte is a StateError; a
+    state with arrays, and states written before, stay npz."""
+    state = {"stream": {"epoch": 3, "offset": 0}, "selector": {}, "battery_j": math.nan, "big": 2**70,
+             "flags": (True, "text", -math.inf), "ids": {0: 5, 7: 2}}
+    blob = pack(state)
+    assert blob.startswith(b"FTSTATE-JSON\n")
+    back = unpack(blob)
+    assert back["stream"] == {"epoch": 3, "offset": 0} and back["selector"] == {} and math.isnan(back["battery_j"])
+    assert back["big"] == 2**70 and back["flags"] == (True, "text", -math.inf) and back["ids"] == {0: 5, 7: 2}
+    for bad in (blob[:-1], blob[:15], blob[:-2] + b"9}", b"FTSTATE-JSON\n"):
+        with pytest.raises(StateError, match="truncated or corrupt"):
+            unpack(bad)
+    assert zipfile.is_zipfile(io.BytesIO(pack({"a": np.arange(3)})))
+    old = io.BytesIO()  # what pack wrote for this state before
+    tree = {"format": 1, "value": {"d": [["stream", {"d": [["epoch", 3], ["offset", 0]]}]]}}
+    np.savez(old, __tree__=np.frombuffer(json.dumps(tree).encode(), dtype=np.uint8))
+    assert unpack(old.getvalue()) == {"stream": {"epoch": 3, "offset": 0}}
+
+
+def test_a_state_file_holds_a_rounds_states_and_refuses_damage(tmp_path):
+    from fedtitan.checkpoint import StateFile
+
+    states = {3: pack({"r": 3}), 11: pack({"a": np.arange(4)}), 0: b""}
+    path = tmp_path / "round-000004.states"
+    index = StateFile.write(path, states)
+    assert StateFile.index(path) == index and set(index) == {0, 3, 11}
+    assert {pid: StateFile.read(path, index[pid]) for pid in index} == states
+    assert unpack(StateFile.read(path, index[11]))["a"].tolist() == [0, 1, 2, 3]
+    data = path.read_bytes()
+    path.write_bytes(data[:-5])
+    with pytest.raises(StateError, match="truncated"):
+        StateFile.read(path, index[11])
+    path.write_bytes(data[:20])
+    with pytest.raises(StateError, match="truncated or corrupt"):
+        StateFile.index(path)

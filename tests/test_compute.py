@@ -240,16 +240,35 @@ def test_torch_threads_sets_the_count_inside_and_puts_it_back():
         assert torch.get_num_threads() == before
 
 
-def test_a_deterministic_simulated_client_trains_on_its_ray_share_of_threads():
-    from flwr.app import ConfigRecord
+def test_a_simulated_client_trains_on_its_ray_share_of_threads_on_either_engine(monkeypatch):
+    """num_cpus threads for a simulated client (one named partition, or a bundle of them), with or
+    without run.deterministic; a real SuperNode keeps its own; a bundle sets them once."""
+    from types import SimpleNamespace
 
+    from flwr.app import ConfigRecord, Context, RecordDict
+
+    import clients.client_app as client_app
     from clients.client_app import PARTITION_KEY, _threads
+    from fedtitan.wire import BUNDLE_KEY, CONFIG_RECORD, RUN_CONFIG_KEY
 
     simulated, supernode = ConfigRecord({PARTITION_KEY: 3}), ConfigRecord({})
     cfg = load_config("quickstart", ["run.deterministic=true", "simulation.num_cpus=2.5"])
     assert _threads(cfg, simulated) == 2 and _threads(cfg, supernode) is None
+    assert _threads(cfg, ConfigRecord({BUNDLE_KEY: [3, 4]})) == 2
     assert _threads(load_config("quickstart", ["run.deterministic=true", "simulation.num_cpus=0.5"]), simulated) == 1
-    assert _threads(load_config("quickstart"), simulated) is None
+    assert _threads(load_config("quickstart"), simulated) == 1  # without the flag too
+
+    seen: list[int] = []
+    monkeypatch.setattr(client_app, "_train_one", lambda m, c: seen.append(torch.get_num_threads()) or RecordDict())
+    rec = ConfigRecord({RUN_CONFIG_KEY: load_config("quickstart", ["simulation.num_cpus=1"]).to_json(), BUNDLE_KEY: [1, 2]})
+    msg = SimpleNamespace(content=RecordDict({CONFIG_RECORD: rec}))  # a Message needs a run
+    monkeypatch.setattr(client_app, "Message", lambda content, reply_to: content)  # no run to reply in
+    calls: list[int | None] = []
+    real = client_app.torch_threads
+    monkeypatch.setattr(client_app, "torch_threads", lambda n: calls.append(n) or real(n))
+    before = torch.get_num_threads()
+    client_app._train(msg, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={}))
+    assert seen == [1, 1] and calls == [1] and torch.get_num_threads() == before
 
 
 def test_seed_torch_leaves_the_cpu_generator_as_manual_seed_does(monkeypatch):

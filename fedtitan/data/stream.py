@@ -114,9 +114,15 @@ class DataStream:
 
     def next_ids(self, v: int | None = None) -> np.ndarray:
         v = self.v if v is None else v
+        n = len(self.indices)
+        if self.offset + v <= n:  # within this pass (the common case)
+            ids = self._order[self.offset : self.offset + v].copy()
+            self.offset += v
+            if self.offset == n:
+                self.epoch, self.offset = self.epoch + 1, 0
+            return ids
         out = []
         need = v
-        n = len(self.indices)
         while need:
             take = min(need, n - self.offset)
             out.append(self._order[self.offset : self.offset + take])

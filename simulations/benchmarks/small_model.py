@@ -17,8 +17,8 @@ Run in one go, each in its own process (one tree, measured from outside):
 * ``plain``: a plain loop training *the same sampled clients* (read from the ray run's
   ``clients.csv``) on the same partitions with the same steps, batch size and learning rate:
   one model reused, its weights averaged by sample count, no Flower, no state, no records, one
-  thread (``--plain-threads``; fedtitan's clients use what torch gives them, so a model whose
-  arithmetic gains from threads, ``--variant cnn``, can come out below 1).
+  thread (``--plain-threads``; fedtitan's simulated clients train on ``simulation.num_cpus``
+  threads, 1 here, on either engine).
 
 Per engine: ``round_wall_s`` (median of rounds 2 to the last but one: round 1 warms up, the last
 evaluates), ``startup_s`` (the process's wall time minus its rounds'), ``peak_rss_mb`` and
@@ -197,8 +197,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--engines", default="ray,local", help="fedtitan engines to measure: ray, local or both")
     ap.add_argument("--plain-threads", type=int, default=1,
-                    help="torch threads of the plain loop (fedtitan's clients use what torch gives them: "
-                         "all cores on the local engine, simulation.num_cpus on Ray)")
+                    help="torch threads of the plain loop (fedtitan's simulated clients train on "
+                         "simulation.num_cpus threads, 1 by default, on either engine)")
     ap.add_argument("--breakdown", action="store_true",
                     help="instead: where a client's time goes on the local engine, in ms per client")
     ap.add_argument("--plain-child", action="store_true", help=argparse.SUPPRESS)
