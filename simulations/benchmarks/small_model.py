@@ -22,8 +22,9 @@ Run in one go, each in its own process (one tree, measured from outside):
 
 Per engine: ``round_wall_s`` (median of rounds 2 to the last but one: round 1 warms up, the last
 evaluates), ``startup_s`` (the process's wall time minus its rounds'), ``peak_rss_mb`` and
-``peak_pss_mb`` (the process tree, sampled at 5 Hz; PSS shares the pages processes share, RSS
-counts them once for each). ``overhead_ratio`` = the engine's round wall / the plain loop's
+``peak_pss_mb`` (the process tree: RSS sampled at 5 Hz, PSS read as RSS grows, so that the
+sampling does not take the CPU the run needs; PSS shares the pages processes share, RSS counts
+them once for each). ``overhead_ratio`` = the engine's round wall / the plain loop's
 (target <= 1.5, issue 42) and ``per_client_overhead_ms`` = their difference per sampled client.
 ``other_processes_cpus`` flags a machine that was not quiet (:mod:`simulations.benchmarks.machine`).
 """

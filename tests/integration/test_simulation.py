@@ -130,8 +130,10 @@ def test_a_population_larger_than_the_pool_is_played_by_the_workers(tmp_path):
     fleet = pd.read_csv(tmp_path / "ray" / "fleet.csv")
     assert len(fleet) == 3 * 300 and (fleet.available == 0).any()  # the fleet lives
     assert not fleet[(fleet.sampled == 1) & (fleet.available == 0)].size  # the offline are never sampled
-    stored = sorted(p.name for p in (tmp_path / "ray" / "checkpoints" / "clients").iterdir())
-    assert stored == [f"p{pid:06d}" for pid in sorted(set(clients.partition_id))]  # a state per client played
+    from fedtitan.checkpoint import StateFile  # a state per client played, in its round's file
+    folder = tmp_path / "ray" / "checkpoints" / "clients"
+    stored = {pid for f in folder.glob("round-*.states") for pid in StateFile.index(f)}
+    assert stored == set(clients.partition_id)
     run(load_config("quickstart", [*overrides, "simulation.engine=local"]), tmp_path / "local", quiet=True)
     for name in ("rounds.csv", "clients.csv"):
         a, b = pd.read_csv(tmp_path / "ray" / name), pd.read_csv(tmp_path / "local" / name)

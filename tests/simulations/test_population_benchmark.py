@@ -21,3 +21,32 @@ def test_tree_memory_sums_rss_and_pss():
     me = psutil.Process()
     rss, pss = tree_memory([me, me])
     assert rss >= pss > 0  # a page shared with others counts in full in RSS, in part in PSS
+
+
+def test_the_sampler_finds_the_peak_and_reads_pss_only_as_rss_grows(monkeypatch):
+    """RSS every tick, PSS (costly: smaps) only when RSS has grown 2% since its last read: a
+    child that holds 150 MB for a second is seen at its peak in both, with few PSS reads."""
+    import subprocess
+    import sys
+    import threading
+
+    import simulations.benchmarks.population as population
+
+    reads: list[int] = []
+    real = population.tree_memory
+
+    def counted(procs):
+        reads.append(len(procs))
+        return real(procs)
+
+    monkeypatch.setattr(population, "tree_memory", counted)
+    child = subprocess.Popen([sys.executable, "-c", "import time; b = bytearray(150 << 20); time.sleep(1.5)"])
+    stop, out = threading.Event(), []
+    watcher = threading.Thread(target=population.peak_tree_memory, args=(child.pid, stop, out, 0.05))
+    watcher.start()
+    child.wait()
+    stop.set()
+    watcher.join()
+    (rss, pss), = out
+    assert rss >= 150 << 20 and pss >= 140 << 20
+    assert 1 <= len(reads) <= 8  # about 30 ticks; PSS read while the child grew, not after
