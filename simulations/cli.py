@@ -475,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fedtitan.compute import one_arena
+    # torch-free: `fedtitan run` starts Ray before it imports torch
+    from fedtitan.malloc import one_arena
 
     one_arena()  # before any thread: the server's and Ray's threads allocate from the main heap
     parser = build_parser()

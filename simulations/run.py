@@ -13,11 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedtitan.compute import keep_heap, one_arena
 from fedtitan.config import Config
 from fedtitan.errors import FedtitanError
-from fedtitan.results import prepare_dir
-from strategies.dispatch import REPLIED_EVENT, REPLY_WAIT_S, wait_for_replies
+from fedtitan.malloc import keep_heap, one_arena
+
+# torch and Flower are imported where they are needed, not here: `fedtitan run` starts Ray
+# before it imports them (RayStart), so that their 3 to 4 s of imports overlap Ray's start.
 
 
 def progress_bar(fields: str, quiet: bool) -> Any:
@@ -104,9 +105,11 @@ def client_resources(cfg: Config, attach: bool) -> dict[str, float]:
     return {"num_cpus": sim.num_cpus, "num_gpus": gpus, "max_restarts": -1}
 
 
-def check_resources(cfg: Config, attach: bool) -> None:
+def check_resources(cfg: Config, attach: bool, available: int | None = None) -> None:
     """Say what to change, before Ray starts, when the requested client resources cannot fit
-    (or a name the config gives, the strategy, a plugin or the compute device is wrong)."""
+    (or a name the config gives, the strategy, a plugin or the compute device is wrong).
+    ``available``: the free memory to check against (default: what is free now; :func:`run`
+    passes what was free before it started Ray beside this check)."""
     import psutil
 
     from fedtitan.preflight import check_config
@@ -132,17 +135,36 @@ def check_resources(cfg: Config, attach: bool) -> None:
     ds = setup.dataset
     per_actor = ds.x_train.nbytes + ds.x_test.nbytes + 4 * setup.model_bytes + 400 * 2**20  # + interpreter/torch
     actors = max(1, int(cpus // sim.num_cpus)) if not attach else 1
-    avail = psutil.virtual_memory().available
+    avail = psutil.virtual_memory().available if available is None else available
     if per_actor * actors > avail:
         raise FedtitanError(
             f"{actors} client processes need about {per_actor * actors / 2**30:.1f} GiB but only {avail / 2**30:.1f} GiB "
             f"is free; raise simulation.num_cpus (fewer parallel clients) or use a smaller dataset/model")
 
 
+def _ray_env() -> None:
+    """The environment and loggers Ray is started with (set before ``ray.init``: its processes
+    inherit the environment)."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    logging.getLogger("ray").setLevel(logging.WARNING)
+
+
+class _NotMainThread(logging.Filter):
+    """Drops Ray's warning that ``ray.init`` outside the main thread sets no SIGTERM handler:
+    :class:`RayStart` runs it in a thread on purpose, and fedtitan installs its own handler
+    (:func:`_install_stop_handlers`) once Ray is up."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
 def _ray_init(cfg: Config, address: str | None, quiet: bool) -> None:
     """Start (or attach to) Ray here rather than inside Flower, so that fedtitan's signal
     handlers can be installed after Ray's (Ray's SIGTERM handler would otherwise abort the
     process with a page of tracebacks and no summary). Flower reuses an initialised Ray."""
+    _ray_env()
     import ray
 
     if ray.is_initialized():
@@ -159,7 +181,87 @@ def _ray_init(cfg: Config, address: str | None, quiet: bool) -> None:
                               "logging_level": logging.WARNING}
     if address:
         kwargs["address"] = address
-    ray.init(**kwargs)
+    else:
+        # Ray starts one idle worker process per CPU for the first driver; Flower's client
+        # actors never use them (each actor gets a process of its own), so on a small machine
+        # they only take CPU from the start-up (two of them: about 1.3 s of CPU on 2 cores)
+        kwargs["_system_config"] = {"prestart_worker_first_driver": False}
+    worker_log = logging.getLogger("ray._private.worker")
+    quiet_thread = _NotMainThread()
+    worker_log.addFilter(quiet_thread)
+    try:
+        ray.init(**kwargs)
+    finally:
+        worker_log.removeFilter(quiet_thread)
+
+
+def _end_ray_monitor() -> None:
+    """End the autoscaler monitor of the Ray cluster this process started, once the run is
+    over and before Ray shuts down. ``ray.shutdown`` stops the GCS first and then sends the
+    monitor SIGTERM, whose handler tries to report to the stopped GCS: shutdown waits 1 s for
+    it and then kills it (1.0 s of a 1.4 s shutdown, measured). The monitor has nothing to
+    do on a single machine's cluster, so it is killed here instead (SIGKILL: its handler
+    would report a "failed autoscaler" to this driver). Ray's internals: any change there
+    leaves shutdown as it was."""
+    try:
+        from ray._private import ray_constants
+        from ray._private import worker as ray_worker
+
+        node = getattr(ray_worker, "_global_node", None)
+        if node is None or not getattr(node, "head", False):
+            return
+        for info in node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []):
+            if info.process.poll() is None:
+                info.process.kill()
+                info.process.wait(1)
+    except Exception:  # an optimisation only: shutdown then takes its usual time
+        pass
+
+
+class RayStart:
+    """``ray.init`` in a thread of its own, begun before the run's own set-up (the data, the
+    partitions, the model, the server's imports) so that the two overlap: starting Ray is
+    mostly waiting for its processes (the GCS, the raylet and its agents) to come up, about
+    6 s on 2 cores, while the set-up is this process's own work. :func:`simulate` waits for it
+    (:meth:`wait`); :meth:`close` ends it once the run is over (and shuts Ray down if the run
+    failed before simulating).
+
+    The thread lives until :meth:`close`: Ray starts its processes with a parent-death signal
+    (``PR_SET_PDEATHSIG``), which Linux sends when the *thread* that started them ends, so
+    they would be killed with it."""
+
+    def __init__(self, cfg: Config, address: str | None, quiet: bool) -> None:
+        self.error: BaseException | None = None
+        self.up = threading.Event()
+        self.release = threading.Event()
+        self.thread = threading.Thread(target=self._start, args=(cfg, address, quiet), name="fedtitan-ray-start",
+                                       daemon=True)
+        self.thread.start()
+
+    def _start(self, cfg: Config, address: str | None, quiet: bool) -> None:
+        try:
+            _ray_init(cfg, address, quiet)
+        except BaseException as exc:  # handed to the main thread by wait()
+            self.error = exc
+        finally:
+            self.up.set()
+        self.release.wait()
+
+    def wait(self) -> None:
+        """Until Ray is up; its start's error, if it failed, is raised here."""
+        self.up.wait()
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        """Once the run is over: Ray shut down (if it is still up) and the thread ended."""
+        self.up.wait()
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        self.release.set()
+        self.thread.join()
 
 
 # How often the server looks for replies in simulation (Flower's default 0.1 s leaves a round's
@@ -182,8 +284,12 @@ class PromptDispatch:
 
     PARAMS = ("state", "queue", "nodes_mapping", "f_stop")
     REPLY_PARAMS = ("state", "queue", "f_stop")
-    # the longest wait for a reply between two looks (a safety net: each reply wakes it)
-    REPLY_WAIT_S = REPLY_WAIT_S
+    # the longest wait for a reply between two looks (a safety net: each reply wakes it);
+    # None: strategies.dispatch's REPLY_WAIT_S
+    REPLY_WAIT_S: float | None = None
+    # how often the engine's threads that wait on a queue look whether the run has ended
+    # (Flower's: every second, which every run then waited for at its end)
+    STOP_LOOK_S = 0.05
 
     def __init__(self) -> None:
         self.wake = threading.Event()
@@ -193,6 +299,9 @@ class PromptDispatch:
         self._original_store: Any = None
 
     def loop(self, state: Any, queue: Any, nodes_mapping: Any, f_stop: threading.Event) -> None:
+        # Flower's workers (vce_api.worker) take messages from this queue: they see the run's end
+        # within STOP_LOOK_S instead of a second
+        queue.get = _stoppable_get(queue.get, f_stop, self.STOP_LOOK_S)
         while not f_stop.is_set():
             self.wake.clear()
             for node_id in nodes_mapping.keys():
@@ -206,7 +315,7 @@ class PromptDispatch:
 
         while not f_stop.is_set():
             try:
-                reply = queue.get(timeout=1.0)
+                reply = queue.get(timeout=self.STOP_LOOK_S)
             except Empty:
                 continue
             state.store_message_res(reply)
@@ -233,6 +342,8 @@ class PromptDispatch:
     def watch(self, grid: Any) -> None:
         """Wake the loop whenever ``grid`` pushes messages; wake ``grid``'s wait for replies
         whenever one is stored (when the store loop is ours)."""
+        from strategies.dispatch import REPLIED_EVENT, REPLY_WAIT_S, wait_for_replies
+
         push = grid.push_messages
 
         def push_messages(messages: Any) -> Any:
@@ -244,11 +355,12 @@ class PromptDispatch:
         if self._original_store is None or not hasattr(grid, "pull_messages"):
             return
         setattr(grid, REPLIED_EVENT, self.replied)  # Dispatch.pull (asynchronous runs) waits on it too
+        wait_s = REPLY_WAIT_S if self.REPLY_WAIT_S is None else self.REPLY_WAIT_S
 
         def send_and_receive(messages: Any, *, timeout: float | None = None) -> list[Any]:
             """Flower's ``send_and_receive``: push, then pull until every reply is in or
             ``timeout`` has passed, waking on each stored reply instead of sleeping."""
-            return wait_for_replies(grid, grid.push_messages(messages), timeout, self.replied, wait_s=self.REPLY_WAIT_S)
+            return wait_for_replies(grid, grid.push_messages(messages), timeout, self.replied, wait_s=wait_s)
 
         grid.send_and_receive = send_and_receive
 
@@ -259,6 +371,28 @@ class PromptDispatch:
                 self._module.put_message_into_state = self._original_store
                 self._original_store = None
             self._module = None
+
+
+def _stoppable_get(get: Callable[..., Any], f_stop: threading.Event, look_s: float) -> Callable[..., Any]:
+    """A queue's ``get`` that, given a timeout, also gives up (``queue.Empty``) within ``look_s``
+    of ``f_stop`` being set. Flower's simulation workers wait for messages with
+    ``get(timeout=1.0)`` and see that the run has ended only after it: up to a second at the end
+    of every run."""
+    from queue import Empty
+
+    def get_or_stop(block: bool = True, timeout: float | None = None) -> Any:
+        if not block or timeout is None:
+            return get(block, timeout)
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            try:
+                return get(True, max(0.0, min(look_s, left)))
+            except Empty:
+                if f_stop.is_set() or left <= look_s:
+                    raise
+
+    return get_or_stop
 
 
 def pool_size(cfg: Config, population: int, cpus: float | None = None) -> int:
@@ -276,19 +410,18 @@ def pool_size(cfg: Config, population: int, cpus: float | None = None) -> int:
 
 
 def simulate(server_main: Callable[[Any], object], cfg: Config, population: int, ray_address: str | None = None,
-             quiet: bool = False, stop: threading.Event | None = None) -> int | None:
+             quiet: bool = False, stop: threading.Event | None = None, ray_start: RayStart | None = None) -> int | None:
     """Run ``server_main(grid)`` as the ServerApp of one Flower simulation whose SuperNodes are
     a pool of workers (:func:`pool_size`) that play any of ``population`` partitions (client
     resources from ``cfg``). Ctrl-C or SIGTERM asks the server to stop after the current round
     (a second one aborts); Ray is shut down in every case; a fedtitan error inside the server
-    is re-raised here. Returns the signal that asked to stop (None when none did)."""
+    is re-raised here. Returns the signal that asked to stop (None when none did). ``ray_start``:
+    Ray's start, begun earlier by the caller (:class:`RayStart`); without it Ray starts here."""
     # the ServerApp runs in a thread Flower starts: its central evaluation and aggregation
     # allocate from the main heap, kept as the clients' is (see one_arena)
     one_arena()
     keep_heap()
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     stop = stop if stop is not None else threading.Event()  # set by Ctrl-C / SIGTERM; server_main's server watches it
     if cfg.simulation.engine == "local":  # no Ray: imported below, so a machine without it runs this engine
         return _simulate_local(server_main, 1, quiet, stop)
@@ -313,6 +446,8 @@ def simulate(server_main: Callable[[Any], object], cfg: Config, population: int,
             server_main(grid)
         except FedtitanError as exc:  # re-raised below as the one-line error it is
             errors.append(exc)
+        finally:
+            _end_ray_monitor()  # the run is over: Flower shuts Ray down next
 
     init_args: dict[str, Any] = {"include_dashboard": False, "log_to_driver": not quiet}
     if address:
@@ -321,12 +456,14 @@ def simulate(server_main: Callable[[Any], object], cfg: Config, population: int,
     # Flower warns that run_simulation is deprecated in favour of `flwr run` (which fedtitan
     # also supports); keep the console for errors and our own progress.
     logging.getLogger("flwr").setLevel(logging.ERROR)
-    logging.getLogger("ray").setLevel(logging.WARNING)
     stop.clear()
     previous: dict[int, Any] = {}
     stopped_by: list[int] = []
     try:
-        _ray_init(cfg, address, quiet)
+        if ray_start is not None:
+            ray_start.wait()
+        else:
+            _ray_init(cfg, address, quiet)
         previous = _install_stop_handlers(stop, quiet, stopped_by)
         workers = pool_size(cfg, population, float(ray.cluster_resources().get("CPU", 1)))
         dispatch.install()
@@ -366,24 +503,45 @@ def run(cfg: Config, out: str | Path, ray_address: str | None = None, quiet: boo
     """Simulate ``cfg`` with ``data.num_clients`` virtual SuperNodes; results go to ``out``.
     ``resume_from``: a checkpoint of the run in ``out`` to go on from (see :func:`resume`)."""
     one_arena()  # before the progress display's thread (simulate says why)
-    from fedtitan.preflight import check_config
+    attach = bool(ray_address or cfg.simulation.ray_address)
+    # Ray starts first, beside the checks and the set-up below, which import torch and Flower
+    # (RayStart says why); a config, data or resource problem found there still ends the run
+    # before any client runs (after Ray, started for nothing, has come up and shut down).
+    ray_start = None
+    available = None
+    if cfg.simulation.engine != "local":
+        import psutil
 
-    # A misspelled name fails here, before the run folder exists (check_resources checks again).
-    check_config(cfg)
-    out_dir = prepare_dir(out)
-    # Fail fast on data and resource problems in this process, before Ray starts.
-    check_resources(cfg, attach=bool(ray_address or cfg.simulation.ray_address))
-    from strategies.server_app import run_server
+        available = psutil.virtual_memory().available  # checked as if Ray had not started yet
+        ray_start = RayStart(cfg, ray_address or cfg.simulation.ray_address, quiet)
+    try:
+        from fedtitan.preflight import check_config
+        from fedtitan.results import prepare_dir
+
+        # A misspelled name fails here, before the run folder exists (check_resources checks again).
+        check_config(cfg)
+        out_dir = prepare_dir(out)
+        check_resources(cfg, attach=attach, available=available)
+        from strategies.server_app import run_server
+    except BaseException:
+        if ray_start is not None:
+            ray_start.close()
+        raise
 
     stop = threading.Event()
     prog, update = _progress(cfg, quiet, done=resume_from.server_round if resume_from is not None else 0, stop=stop)
     t0 = time.perf_counter()
-    with prog:
-        stopped_by = simulate(lambda grid: run_server(grid, cfg, out_dir, update, resume_from, pool=True, stop=stop),
-                              cfg, cfg.data.num_clients, ray_address, quiet, stop)
-        if stop.is_set() or stopped_by is not None:  # the last frame: no ETA for rounds that will not run
-            for task in prog.tasks:
-                prog.update(task.id, stopped=True)
+    try:
+        with prog:
+            stopped_by = simulate(lambda grid: run_server(grid, cfg, out_dir, update, resume_from, pool=True,
+                                                          stop=stop), cfg, cfg.data.num_clients, ray_address, quiet,
+                                  stop, ray_start)
+            if stop.is_set() or stopped_by is not None:  # the last frame: no ETA for rounds that will not run
+                for task in prog.tasks:
+                    prog.update(task.id, stopped=True)
+    finally:
+        if ray_start is not None:  # after simulate has shut Ray down (or failed before it waited for it)
+            ray_start.close()
     summary = read_summary(out_dir, time.perf_counter() - t0)
     summary["stopped_by"] = stopped_by  # the signal (SIGINT, SIGTERM) that stopped the run, else None
     return summary

@@ -92,10 +92,12 @@ class DataStream:
         return self.indices[rng.permutation(len(self.indices))]
 
     def _noise_plan(self) -> tuple[np.ndarray, dict[int, int]]:
-        rng = keyed_rng(self.seed, self.client, 0xA015E)
         n = len(self.indices)
         nf = int(round(self.noise.feature_fraction * n))
         nl = int(round(self.noise.label_fraction * n))
+        if not nf and not nl:  # no noise: no generator to key
+            return np.empty(0, np.int64), {}
+        rng = keyed_rng(self.seed, self.client, 0xA015E)
         feat = np.sort(rng.choice(self.indices, size=nf, replace=False)) if nf else np.empty(0, np.int64)
         relabel: dict[int, int] = {}
         if nl:
