@@ -16,6 +16,20 @@ import psutil
 BUSY_CPUS = 0.1
 
 
+def wait_quiet(busy_cpus: float = BUSY_CPUS, max_s: float = 30.0, window_s: float = 0.5) -> float:
+    """Wait until the whole machine keeps fewer than ``busy_cpus`` CPUs busy over ``window_s``
+    (at most ``max_s``); returns the seconds waited. Between two measured runs: a Ray run's
+    processes take a few seconds to end after its driver does, and a run measured meanwhile
+    shares the CPUs with them (the small-model benchmark's local engine read 0.29 s a round
+    right after the Ray run, 0.24 s on its own)."""
+    t0 = time.perf_counter()
+    psutil.cpu_percent(interval=None)
+    while time.perf_counter() - t0 < max_s:
+        if psutil.cpu_percent(interval=window_s) / 100 * (psutil.cpu_count() or 1) < busy_cpus:
+            break
+    return round(time.perf_counter() - t0, 2)
+
+
 class OtherLoad:
     """CPU used by processes outside ``root``'s tree (by default this process and its
     descendants, Ray's workers included) while the ``with`` block runs, sampled every

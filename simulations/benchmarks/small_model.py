@@ -26,7 +26,13 @@ evaluates), ``startup_s`` (the process's wall time minus its rounds'), ``peak_rs
 sampling does not take the CPU the run needs; PSS shares the pages processes share, RSS counts
 them once for each). ``overhead_ratio`` = the engine's round wall / the plain loop's
 (target <= 1.5, issue 42) and ``per_client_overhead_ms`` = their difference per sampled client.
-``other_processes_cpus`` flags a machine that was not quiet (:mod:`simulations.benchmarks.machine`).
+Everything runs ``--repeat`` times (3), every other time in the reverse order; each figure is
+the median over the repetitions and ``overhead_ratio`` the median of the repetitions' own
+ratios (each against the plain loop of its repetition), listed under ``repetitions``: the
+same code's round here varied by a third between runs minutes apart.
+``other_processes_cpus`` flags a machine that was not quiet (:mod:`simulations.benchmarks.machine`);
+before each run the benchmark waits (``settle_s``, at most 30 s) until the machine is quiet:
+a Ray run's processes outlive its driver for a few seconds.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simulations.benchmarks.machine import OtherLoad, report
+from simulations.benchmarks.machine import OtherLoad, report, wait_quiet
 from simulations.benchmarks.population import measured
 
 CLIENTS_PER_ROUND, STEPS, BATCH, LR = 20, 10, 10, 0.1
@@ -196,6 +202,10 @@ def main() -> None:
     ap.add_argument("--variant", choices=list(VARIANTS), default="mlp")
     ap.add_argument("--clients", type=int, default=100_000, help="population (10 samples each)")
     ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="run every engine and the plain loop this many times, alternating the order; each "
+                         "figure is the median over the repetitions, overhead_ratio the median of each "
+                         "repetition's ratio (this machine's speed drifts by a third over minutes)")
     ap.add_argument("--engines", default="ray,local", help="fedtitan engines to measure: ray, local or both")
     ap.add_argument("--plain-threads", type=int, default=1,
                     help="torch threads of the plain loop (fedtitan's simulated clients train on "
@@ -225,21 +235,34 @@ def main() -> None:
         return
     result: dict = {"variant": args.variant, "clients": args.clients, "clients_per_round": CLIENTS_PER_ROUND,
                     "local_steps": STEPS, "batch_size": BATCH, "rounds": args.rounds}
+    reps: list[dict[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as tmp, OtherLoad() as load:
         data = Path(tmp) / "data.npz"
         make_data(data, args.variant, n_train=10 * args.clients)
         ovr = overrides(data, args.variant, args.clients, args.rounds)
-        for engine in engines:
-            print(f"small_model: fedtitan, {engine} engine ...", file=sys.stderr, flush=True)
-            result[engine] = run_engine(engine, ovr, Path(tmp) / engine)
-        print("small_model: plain loop ...", file=sys.stderr, flush=True)
-        result["plain"] = run_plain(ovr, Path(tmp) / engines[0] / "clients.csv", args.plain_threads)
-        result["plain"]["threads"] = args.plain_threads
+        for rep in range(args.repeat):
+            # every other repetition in the reverse order: the machine's speed drifts over minutes
+            order = [*engines, "plain"] if rep % 2 == 0 else ["plain", *reversed(engines)]
+            one: dict[str, dict[str, float]] = {}
+            for name in order:
+                settle = wait_quiet()  # each run on a quiet machine: a Ray run's processes outlive it a while
+                print(f"small_model: repetition {rep + 1}/{args.repeat}, {name} ...", file=sys.stderr, flush=True)
+                if name == "plain":  # the clients the first engine sampled (every engine samples the same)
+                    sampled = Path(tmp) / f"{engines[0]}-0" / "clients.csv"
+                    one[name] = {**run_plain(ovr, sampled, args.plain_threads), "settle_s": settle}
+                else:
+                    one[name] = {**run_engine(name, ovr, Path(tmp) / f"{name}-{rep}"), "settle_s": settle}
+            for engine in engines:
+                one[engine]["overhead_ratio"] = round(one[engine]["round_wall_s"] / one["plain"]["round_wall_s"], 3)
+            reps.append(one)
+    for name in [*engines, "plain"]:  # each figure: the median over the repetitions
+        result[name] = {k: round(float(np.median([r[name][k] for r in reps])), 4) for k in reps[0][name]}
+    result["plain"]["threads"] = args.plain_threads
     plain = result["plain"]["round_wall_s"]
     for engine in engines:
         r = result[engine]
-        r["overhead_ratio"] = round(r["round_wall_s"] / plain, 3)
         r["per_client_overhead_ms"] = round(1e3 * (r["round_wall_s"] - plain) / CLIENTS_PER_ROUND, 2)
+    result["repetitions"] = reps
     result["targets"] = {"overhead_ratio": 1.5, "startup_s_at_100000": 8}
     result.update(report(load))
     print(json.dumps(result, indent=2))
