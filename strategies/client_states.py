@@ -138,8 +138,10 @@ def missing_state(directory: str | Path, rounds: np.ndarray) -> tuple[int, int] 
     """(partition, round) of a state ``rounds`` (a checkpoint's) refers to that is not on disk
     in ``directory``; None when all are there. A file's index is read, not its states."""
     directory, rounds = Path(directory), np.asarray(rounds, dtype=np.int64)
-    for r in _referenced(rounds):
-        pids = np.flatnonzero(rounds == r)
+    held = np.flatnonzero(rounds >= 0)
+    by_round = held[np.argsort(rounds[held], kind="stable")]  # partitions grouped by round, one sort
+    values, starts = np.unique(rounds[by_round], return_index=True)
+    for r, pids in zip(values.tolist(), np.split(by_round, starts[1:]), strict=True):
         path = directory / f"round-{r:06d}.states"
         if path.is_file():
             try:
