@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from fedtitan.certs import make_certs
+from fedtitan.checkpoint import StateFile
 from simulations.cli import main as cli_main
 from tests.processes import TAG_ENV, kill_tagged
 
@@ -198,7 +199,10 @@ def test_boards_side_cannot_register_list_or_run_and_the_operator_can(tmp_path, 
         # the board's state is on its disk, tagged by round; the twin's is in the run folder
         (run_states,) = board_state.iterdir()  # one folder per run
         assert sorted(p.name for p in (run_states / "p000000").iterdir()) == ["r000001.npz", "r000002.npz"]
-        assert [p.name for p in (out / "checkpoints" / "clients").iterdir()] == ["p000001"]
+        # the twin's states: one file a round (both checkpoints refer to theirs)
+        files = sorted((out / "checkpoints" / "clients").glob("round-*.states"))
+        assert [f.name for f in files] == ["round-000001.states", "round-000002.states"]
+        assert all(set(StateFile.index(f)) == {1} for f in files)
 
         # the finished run is extended by one round through the run config: the board goes on
         # from its own state of round 2 and keeps the newest two
