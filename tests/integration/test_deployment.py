@@ -23,6 +23,7 @@ import pytest
 
 from fedtitan.certs import make_certs
 from fedtitan.checkpoint import StateFile
+from simulations.benchmarks.population import tree_rss
 from simulations.cli import main as cli_main
 from tests.processes import TAG_ENV, kill_tagged
 
@@ -248,13 +249,7 @@ def _tree_rss_mb(pid):
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
         return 0.0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total / 2**20
+    return tree_rss(procs) / 2**20
 
 
 # The server's processes may grow by at most this much, the run's own ServerApp process (torch, ~450 MB) included
