@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -220,10 +221,56 @@ class DeviceData:
         return self.resident[split][1][self._index(idx)]
 
 
+_PLAIN_LOADERS = (torch.nn.Module._load_from_state_dict,
+                  torch.nn.modules.batchnorm._NormBase._load_from_state_dict)  # copies, given every key
+_ENTRIES: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, torch.Tensor] | None] = weakref.WeakKeyDictionary()
+
+
+def state_entries(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The tensors behind ``model.state_dict()`` (the parameters and buffers themselves), found
+    once per model, when its state moves in and out by plain copies: no module loads or saves
+    its state its own way or has state-dict hooks. ``None`` otherwise.
+
+    ``load_state_dict`` and ``state_dict`` walk every module and look at its hooks on each
+    call: a tenth of a small model's client round, once per client."""
+    if model in _ENTRIES:
+        return _ENTRIES[model]
+    plain = not torch.__future__.get_swap_module_params_on_conversion() and all(
+        type(m)._load_from_state_dict in _PLAIN_LOADERS and type(m).state_dict is torch.nn.Module.state_dict
+        and type(m).load_state_dict is torch.nn.Module.load_state_dict
+        and not (m._load_state_dict_pre_hooks or m._load_state_dict_post_hooks or m._state_dict_hooks
+                 or m._state_dict_pre_hooks)
+        for m in model.modules())
+    entries = dict(model.state_dict(keep_vars=True)) if plain else None
+    _ENTRIES[model] = entries
+    return entries
+
+
+def forget_entries(model: torch.nn.Module) -> None:
+    """Look again at ``model`` (after ``.to()`` may have replaced its tensors)."""
+    _ENTRIES.pop(model, None)
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, Any]) -> None:
+    """``model.load_state_dict(state)``: the same copies, made directly when the model's
+    state is plain (:func:`state_entries`) and ``state`` has exactly its keys and shapes."""
+    own = state_entries(model)
+    if own is None or own.keys() != state.keys() or not all(
+            isinstance(v, torch.Tensor) and v.shape == own[k].shape for k, v in state.items()):
+        model.load_state_dict(state)  # anything else: torch's own checks and errors
+        return
+    with torch.no_grad():
+        for k, t in own.items():
+            t.copy_(state[k])
+
+
 def to_cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights as CPU tensors (one copy from an accelerator; a clone on the CPU)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    own = state_entries(model)
+    entries = own if own is not None else model.state_dict()
+    return {k: v.detach().to("cpu", copy=True) for k, v in entries.items()}
 
 
-__all__ = ["HEAP_KEEP_BYTES", "MALLOC_ENV", "DeviceData", "describe", "device_label", "keep_heap", "one_arena",
-           "resolve_device", "set_deterministic", "to_cpu_state", "torch_threads", "unit_device", "visible_devices"]
+__all__ = ["HEAP_KEEP_BYTES", "MALLOC_ENV", "DeviceData", "describe", "device_label", "forget_entries", "keep_heap",
+           "load_weights", "one_arena", "resolve_device", "set_deterministic", "state_entries", "to_cpu_state",
+           "torch_threads", "unit_device", "visible_devices"]

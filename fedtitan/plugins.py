@@ -91,11 +91,29 @@ def _params(fn: Callable[..., Any]) -> tuple[set[str], bool]:
     return names, any(p.kind is p.VAR_KEYWORD for p in params)
 
 
-def accepted(factory: Callable[..., Any]) -> tuple[set[str], bool]:
+_ACCEPTED: dict[Any, tuple[frozenset[str], bool]] = {}
+
+
+def accepted(factory: Callable[..., Any]) -> tuple[frozenset[str], bool]:
     """Keyword parameters ``factory`` takes, and whether it takes any keyword at all.
 
     For a class whose ``__init__`` passes ``**kwargs`` on (``super().__init__(**kwargs)``),
-    the parameters of the base classes' ``__init__`` count too, up the MRO."""
+    the parameters of the base classes' ``__init__`` count too, up the MRO. Looked up once
+    per factory (a client builds its selector every round)."""
+    try:
+        return _ACCEPTED[factory]
+    except (KeyError, TypeError):  # TypeError: not hashable, looked at every time
+        pass
+    names, var_kw = _accepted(factory)
+    got = frozenset(names), var_kw
+    try:
+        _ACCEPTED[factory] = got
+    except TypeError:
+        pass
+    return got
+
+
+def _accepted(factory: Callable[..., Any]) -> tuple[set[str], bool]:
     try:
         if not inspect.isclass(factory):
             return _params(factory)

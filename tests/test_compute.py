@@ -286,3 +286,37 @@ def test_seed_torch_leaves_the_cpu_generator_as_manual_seed_does(monkeypatch):
 
         monkeypatch.setattr(torch, "manual_seed", slow)
         seed_torch(99)
+
+
+def test_weights_load_and_leave_by_plain_copies_as_torch_does():
+    """load_weights / to_cpu_state copy straight into the parameters and buffers: the same
+    values as load_state_dict / state_dict (BatchNorm's counter included), torch's own error
+    for a wrong state, and torch's own path for a module with state-dict hooks."""
+    from fedtitan.compute import load_weights, state_entries, to_cpu_state
+
+    def net() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(),
+                                   torch.nn.Linear(8, 3))
+
+    torch.manual_seed(0)
+    src, a, b = net(), net(), net()
+    src(torch.randn(4, 1, 4, 4))  # running stats and num_batches_tracked move
+    state = {k: v.clone() for k, v in src.state_dict().items()}
+    assert state_entries(a) is not None
+    load_weights(a, state)
+    b.load_state_dict(state)
+    for (ka, va), (kb, vb) in zip(to_cpu_state(a).items(), b.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb) and va.dtype == vb.dtype
+    out = to_cpu_state(a)
+    out["3.weight"].add_(1.0)  # a copy, not the model's own tensor
+    assert not torch.equal(out["3.weight"], a.state_dict()["3.weight"])
+    with pytest.raises(RuntimeError, match="Missing key"):
+        load_weights(a, {k: v for k, v in state.items() if k != "3.bias"})
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        load_weights(a, {**state, "3.bias": torch.zeros(4)})
+    hooked = net()
+    seen = []
+    hooked.register_load_state_dict_post_hook(lambda *_: seen.append(1))
+    assert state_entries(hooked) is None
+    load_weights(hooked, state)
+    assert seen == [1]

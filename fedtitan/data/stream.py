@@ -10,6 +10,7 @@ the same way.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,6 +79,8 @@ class DataStream:
         self._order_of: int | None = None  # the epoch whose permutation ``_cached`` holds, made when first read
         self._cached = self.indices
         self._noisy_features, self._new_labels = self._noise_plan()
+        self._planned = 0  # chunks of ``v`` announced by :meth:`plan` and not yet read ahead
+        self._ahead: list[Chunk] = []  # chunks read ahead, in stream order, not yet handed out
 
     @property
     def _order(self) -> np.ndarray:
@@ -109,10 +112,39 @@ class DataStream:
         return feat, relabel
 
     def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "offset": self.offset}
+        """The position of the next sample :meth:`next` hands out (chunks read ahead and not yet
+        handed out are not consumed)."""
+        if not self._ahead:
+            return {"epoch": self.epoch, "offset": self.offset}
+        n = len(self.indices)
+        at = self.epoch * n + self.offset - len(self._ahead) * self.v
+        return {"epoch": at // n, "offset": at % n}
 
     def restore(self, state: dict[str, int]) -> None:
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
+        self._planned, self._ahead = 0, []
+
+    # at most this many bytes of a plan's inputs are read at once (the rest when reached)
+    AHEAD_BYTES = 4 << 20
+
+    def plan(self, chunks: int) -> None:
+        """Announce that the next ``chunks`` calls of :meth:`next` ask for ``v`` samples each.
+
+        They are then read a block at a time (up to :attr:`AHEAD_BYTES` of inputs): one gather
+        and one normalisation for many steps instead of one each, the same samples in the same
+        order with the same values (the normalisation is element-wise). A small model's step
+        spends more on these calls than on its arithmetic."""
+        self._planned = max(int(chunks), 0)
+
+    def _read_ahead(self) -> None:
+        shape = getattr(self.dataset, "input_shape", None)  # unknown: one chunk at a time
+        sample_bytes = 4 * max(math.prod(shape), 1) if shape else self.AHEAD_BYTES
+        count = min(self._planned, max(1, self.AHEAD_BYTES // (sample_bytes * self.v)))
+        self._planned -= count
+        v = self.v
+        block = self.materialise(self.next_ids(count * v))
+        self._ahead = [Chunk(x=block.x[i * v:(i + 1) * v], y=block.y[i * v:(i + 1) * v], ids=block.ids[i * v:(i + 1) * v])
+                       for i in range(count - 1, -1, -1)]  # popped from the end
 
     def next_ids(self, v: int | None = None) -> np.ndarray:
         v = self.v if v is None else v
@@ -153,4 +185,13 @@ class DataStream:
         return Chunk(x=x, y=y, ids=ids)
 
     def next(self, v: int | None = None) -> Chunk:
+        if self._planned or self._ahead:
+            if v is None or v == self.v:
+                if not self._ahead:
+                    self._read_ahead()
+                return self._ahead.pop()
+            self._drop_plan()  # asked for another size: what was read ahead goes back
         return self.materialise(self.next_ids(v))
+
+    def _drop_plan(self) -> None:
+        self.restore(self.state())

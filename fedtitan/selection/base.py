@@ -44,22 +44,36 @@ class StreamingSelector(Protocol):
     def load_state_dict(self, state: dict[str, object]) -> None: ...
 
 
-def take(chunk: Chunk, rows: np.ndarray, weights: np.ndarray, info: dict[str, float] | None = None) -> Selection:
-    """Selection of ``rows`` (positions in ``chunk``, repeats allowed) with ``weights``."""
+def take(chunk: Chunk, rows: np.ndarray, weights: np.ndarray | torch.Tensor,
+         info: dict[str, float] | None = None) -> Selection:
+    """Selection of ``rows`` (positions in ``chunk``, repeats allowed) with ``weights`` (float32
+    as a tensor; a tensor is taken as it is, and must not be changed in place afterwards)."""
     rows = np.asarray(rows, dtype=np.int64)
     x, y = chunk.x, chunk.y
-    if x.device.type == "cpu" and y.device.type == "cpu" and x.dtype in _NUMPY_DTYPES and not x.requires_grad:
+    if x.is_cpu and y.is_cpu and not x.requires_grad and x.dtype in _NUMPY_DTYPES and y.dtype in _NUMPY_DTYPES:
         # numpy's gather of a few rows: the same values, a third of torch's indexing cost
         x, y = torch.from_numpy(x.numpy()[rows]), torch.from_numpy(y.numpy()[rows])
     else:
         r = torch.as_tensor(rows, device=x.device)
         x, y = x[r], y[r.to(y.device)]
-    return Selection(x=x, y=y, ids=chunk.ids[rows], weights=torch.from_numpy(np.asarray(weights, dtype=np.float32)),
-                     info=info or {})
+    w = weights if isinstance(weights, torch.Tensor) else torch.from_numpy(np.asarray(weights, dtype=np.float32))
+    return Selection(x=x, y=y, ids=chunk.ids[rows], weights=w, info=info or {})
 
 
-_NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16, torch.uint8, torch.int64)
+_NUMPY_DTYPES = frozenset((torch.float32, torch.float64, torch.float16, torch.uint8, torch.int64))
 
 
 def uniform_weights(n: int) -> np.ndarray:
     return np.full(n, 1.0 / max(n, 1))
+
+
+_UNIFORM: dict[int, torch.Tensor] = {}
+
+
+def uniform_weight_tensor(n: int) -> torch.Tensor:
+    """:func:`uniform_weights` as the float32 tensor :func:`take` makes of it, made once per
+    ``n`` (shared: read, never changed in place)."""
+    w = _UNIFORM.get(n)
+    if w is None:
+        w = _UNIFORM[n] = torch.from_numpy(uniform_weights(n).astype(np.float32))
+    return w

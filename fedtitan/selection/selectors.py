@@ -15,7 +15,7 @@ from fedtitan.data.stream import Chunk
 from fedtitan.errors import ConfigError
 from fedtitan.models.base import BlockModel
 from fedtitan.plugins import call_with_accepted, require_methods, resolve
-from fedtitan.selection.base import Selection, take, uniform_weights
+from fedtitan.selection.base import Selection, take, uniform_weight_tensor
 from fedtitan.selection.cis import cis_draw, is_draw
 from fedtitan.selection.coarse import CoarseFilter
 from fedtitan.selection.lastlayer import head_stats
@@ -62,7 +62,7 @@ class RandomSelector(_ChunkSelector):
     def select(self, batch_size: int, model: BlockModel, rng: np.random.Generator) -> Selection:
         c = self._candidates()
         rows = rng.choice(len(c), size=min(batch_size, len(c)), replace=False)
-        return take(c, rows, uniform_weights(len(rows)), {"candidates": float(len(c))})
+        return take(c, rows, uniform_weight_tensor(len(rows)), {"candidates": float(len(c))})
 
 
 class ImportanceSelector(_ChunkSelector):
@@ -94,7 +94,7 @@ class ScoreSelector(_ChunkSelector):
         stats = head_stats(model, c.x, c.y)
         s = self.score(stats.loss, stats.entropy())
         rows = np.lexsort((np.arange(len(s)), -s))[: min(batch_size, len(c))]
-        return take(c, rows, uniform_weights(len(rows)), {"candidates": float(len(c)), "mean_score": float(s[rows].mean())})
+        return take(c, rows, uniform_weight_tensor(len(rows)), {"candidates": float(len(c)), "mean_score": float(s[rows].mean())})
 
 
 class OCSSelector(_ChunkSelector):
@@ -119,7 +119,7 @@ class OCSSelector(_ChunkSelector):
         div = -(cos.sum(axis=1) - 1.0) / max(n - 1, 1)
         s = rep + div
         rows = np.lexsort((np.arange(n), -s))[: min(batch_size, n)]
-        return take(c, rows, uniform_weights(len(rows)), {"candidates": float(n)})
+        return take(c, rows, uniform_weight_tensor(len(rows)), {"candidates": float(n)})
 
 
 def camel_flops(batch_size: int, candidates: int, dim: int) -> float:
@@ -153,7 +153,7 @@ class CamelSelector(_ChunkSelector):
             nxt = int(np.argmax(d))
             rows.append(nxt)
             d = np.minimum(d, ((x - x[nxt]) ** 2).sum(axis=1))
-        return take(c, np.asarray(rows), uniform_weights(k), {"candidates": float(n), "coverage_radius": float(np.sqrt(d.max()))})
+        return take(c, np.asarray(rows), uniform_weight_tensor(k), {"candidates": float(n), "coverage_radius": float(np.sqrt(d.max()))})
 
 
 def _cis_selection(c: Chunk, model: BlockModel, batch_size: int, rng: np.random.Generator, weighting: bool) -> Selection:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedtitan.compute import DeviceData, seed_torch, to_cpu_state
+from fedtitan.compute import DeviceData, forget_entries, load_weights, seed_torch, to_cpu_state
 from fedtitan.config import Config
 from fedtitan.data import DataStream, NoiseSpec
 from fedtitan.devices import Battery, MeasuredMeter, affordable_units
@@ -159,14 +159,15 @@ def client_round(
     if not 0 <= partition_id < len(setup.parts):
         raise ValueError(f"partition-id {partition_id} is outside 0..{len(setup.parts) - 1}")
     factors = fleet_dynamics(cfg).factors(partition_id, round_start_s)
-    profile = factors.apply(device_of(cfg, partition_id, device))  # as the device is at this moment
+    profile = factors.apply(device_of(cfg, partition_id, device, setup))  # as the device is at this moment
     meter = meter or cfg.fleet.meter
-    train_dev, select_dev = train_units(cfg, profile, meter)
+    train_dev, select_dev = train_units(cfg, profile, meter, setup)
     model = setup.model
     if next(model.parameters()).device != train_dev:  # only where a measured board trains on another unit
         model = model.to(train_dev)  # (.to walks every module even when nothing moves)
-    model.load_state_dict(global_state)  # the one copy in (CPU arrays -> the training unit)
-    data = data_on(cfg, train_dev)
+        forget_entries(model)
+    load_weights(model, global_state)  # the one copy in (CPU arrays -> the training unit)
+    data = data_on(cfg, train_dev, setup)
     mu = float((strategy_config or {}).get(PROXIMAL_MU_KEY, 0.0))
     prox = Proximal.at(model, mu)  # anchored at the global weights just loaded
     seeds = keyed_seeds(cfg.run.seed, server_round, partition_id)

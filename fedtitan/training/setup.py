@@ -210,8 +210,11 @@ def _data_on(cfg_json: str, device: torch.device, stamp: tuple[int, int] | None 
     return setup.data if device == setup.device else DeviceData.on(setup.dataset, device)
 
 
-def data_on(cfg: Config, device: torch.device) -> DeviceData:
-    """The run's dataset as tensors on ``device`` (the set-up's own, or a cached copy)."""
+def data_on(cfg: Config, device: torch.device, setup: Setup | None = None) -> DeviceData:
+    """The run's dataset as tensors on ``device`` (the set-up's own, or a cached copy);
+    ``setup``: :func:`setup_for`'s, when the caller has it (one look at the data file less)."""
+    if setup is not None and device == setup.device:
+        return setup.data
     return _data_on(cfg.to_json(), device, data_stamp(cfg))
 
 
@@ -219,13 +222,14 @@ def setup_for(cfg: Config) -> Setup:
     return _setup(cfg.to_json(), data_stamp(cfg))
 
 
-def train_units(cfg: Config, profile: DeviceProfile, meter: str) -> tuple[torch.device, torch.device]:
+def train_units(cfg: Config, profile: DeviceProfile, meter: str,
+                setup: Setup | None = None) -> tuple[torch.device, torch.device]:
     """(training device, selecting device) for this client.
 
     Simulated devices compute everything on ``compute.device``. A measured device (a real
     board) trains on its profile's ``train_unit`` and, with the pipeline on, selects on its
     ``select_unit`` (``gpu`` = the resolved accelerator, the CPU when there is none)."""
-    accel = setup_for(cfg).device
+    accel = (setup or setup_for(cfg)).device
     if meter != "measured":
         return accel, accel
     train = unit_device(profile.train_unit, accel)
@@ -245,9 +249,10 @@ def fleet_dynamics(cfg: Config) -> FleetDynamics:
     return _dynamics(cfg.to_json())
 
 
-def device_of(cfg: Config, partition_id: int, override: str | None = None) -> DeviceProfile:
+def device_of(cfg: Config, partition_id: int, override: str | None = None,
+              setup: Setup | None = None) -> DeviceProfile:
     """Catalog/TOML profile named by the node (deployment), else the fleet's device for this client."""
-    extra = setup_for(cfg).extra_profiles
+    extra = (setup or setup_for(cfg)).extra_profiles
     if override:
         return get_profile(override, extra)
     return device_for(fleet_spec(cfg), cfg.run.seed, partition_id, extra)

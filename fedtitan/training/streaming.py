@@ -92,6 +92,7 @@ def train_streaming(
     if lr is not None:
         set_lr(opt, lr)
     records: list[StepRecord] = []
+    stream.plan(cfg.steps)  # each step streams one chunk of v (read a block at a time)
     if not cfg.pipeline:
         for t in range(cfg.steps):
             sel, select_ms = _select(selector, stream, model, cfg, rng)

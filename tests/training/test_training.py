@@ -144,3 +144,48 @@ def test_the_pipeline_repeats_bit_for_bit_too(digits):
     m2, r2 = _run(digits, "titan", pipeline=True, steps=5)
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True))
     assert [r.loss for r in r1] == [r.loss for r in r2]
+
+
+def _mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+
+def test_a_plain_sgd_step_taken_directly_is_torchs_step_bit_for_bit():
+    """weighted_step takes a plain SGD step itself (no profiler ranges or hooks); the weights
+    must be torch's own, bit for bit, through learning-rate changes and weighted losses."""
+    from fedtitan.training.common import direct_sgd, make_optimizer, set_lr, weighted_step
+
+    a, b = _mlp(), _mlp()
+    opt_a = make_optimizer(a, "sgd", 0.1)
+    opt_b = make_optimizer(b, "sgd", 0.1)
+    assert direct_sgd(opt_a)
+    g = torch.Generator().manual_seed(1)
+    for step in range(6):
+        x, y = torch.randn(5, 6, generator=g), torch.randint(0, 3, (5,), generator=g)
+        w = torch.rand(5, generator=g)
+        if step == 3:
+            set_lr(opt_a, 0.037)
+            set_lr(opt_b, 0.037)
+        la, _ = weighted_step(a, opt_a, x, y, w)
+        opt_b.zero_grad(set_to_none=True)  # torch's own step, as the reference
+        lb = (w * torch.nn.functional.cross_entropy(b(x), y, reduction="none")).sum()
+        lb.backward()
+        opt_b.step()
+        assert la == float(lb)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_other_optimizers_and_hooks_take_torchs_step():
+    from fedtitan.training.common import direct_sgd, make_optimizer
+
+    assert not direct_sgd(make_optimizer(_mlp(), "sgd", 0.1, momentum=0.9))
+    assert not direct_sgd(make_optimizer(_mlp(), "sgd", 0.1, weight_decay=1e-4))
+    assert not direct_sgd(make_optimizer(_mlp(), "adam", 0.1))
+    opt = make_optimizer(_mlp(), "sgd", 0.1)
+    calls = []
+    handle = opt.register_step_post_hook(lambda *_: calls.append(1))
+    assert not direct_sgd(opt)  # a hook must run: torch's step runs it
+    handle.remove()
+    assert direct_sgd(opt)
