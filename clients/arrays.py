@@ -32,11 +32,11 @@ def decode_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def encode_arrays(state: dict[str, Any]) -> ArrayRecord:
     """Tensors or arrays as an ArrayRecord, byte for byte what ``ArrayRecord(state)`` makes."""
-    out = {}
+    out = ArrayRecord()  # filled item by item: ArrayRecord(dict) checks the dict, then copies it into a second record
     for k, v in state.items():
         a = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
         out[k] = Array(dtype=str(a.dtype), shape=tuple(a.shape), stype="numpy.ndarray", data=npy_bytes(a))
-    return ArrayRecord(out)
+    return out
 
 
 __all__ = ["decode_array", "decode_arrays", "encode_arrays"]
