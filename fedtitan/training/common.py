@@ -17,8 +17,23 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
 
 
+_PLAIN_SGD: weakref.WeakKeyDictionary[nn.Module, torch.optim.SGD] = weakref.WeakKeyDictionary()
+
+
 def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.0,
                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """A fresh optimiser over ``model``'s parameters. Plain SGD (no momentum or weight decay)
+    keeps no state, so one is made per model and handed out again with the new learning rate
+    (a client process trains one model for many clients; building torch's optimiser costs
+    about as much as a small model's step)."""
+    if name == "sgd" and momentum == 0 and weight_decay == 0:
+        params = list(model.parameters())
+        opt = _PLAIN_SGD.get(model)
+        if opt is None or len(opt.param_groups) != 1 or opt.state or len(opt.param_groups[0]["params"]) != len(params) \
+                or any(a is not b for a, b in zip(opt.param_groups[0]["params"], params, strict=True)):
+            opt = _PLAIN_SGD[model] = torch.optim.SGD(params, lr=lr)
+        set_lr(opt, lr)
+        return opt
     if name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":

@@ -189,3 +189,17 @@ def test_other_optimizers_and_hooks_take_torchs_step():
     assert not direct_sgd(opt)  # a hook must run: torch's step runs it
     handle.remove()
     assert direct_sgd(opt)
+
+
+def test_a_models_plain_sgd_is_made_once_and_given_each_round_its_learning_rate():
+    from fedtitan.training.common import make_optimizer
+
+    model = _mlp()
+    first = make_optimizer(model, "sgd", 0.1)
+    again = make_optimizer(model, "sgd", 0.02)
+    assert again is first and again.param_groups[0]["lr"] == 0.02 and not again.state
+    assert make_optimizer(model, "sgd", 0.1, momentum=0.9) is not first  # momentum keeps state: a fresh one
+    assert make_optimizer(_mlp(), "sgd", 0.1) is not first  # another model
+    model[0] = torch.nn.Linear(6, 8)  # new parameters: a new optimiser over them
+    fresh = make_optimizer(model, "sgd", 0.1)
+    assert fresh is not first and fresh.param_groups[0]["params"][0] is model[0].weight
