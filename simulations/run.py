@@ -189,10 +189,84 @@ def _ray_init(cfg: Config, address: str | None, quiet: bool) -> None:
     worker_log = logging.getLogger("ray._private.worker")
     quiet_thread = _NotMainThread()
     worker_log.addFilter(quiet_thread)
+    lean = _LeanHead(log_monitor=not quiet) if not address else None
     try:
+        if lean is not None:
+            lean.install()
         ray.init(**kwargs)
     finally:
+        if lean is not None:
+            lean.uninstall()
         worker_log.removeFilter(quiet_thread)
+
+
+RAY_PROCESSES_ENV = "FEDTITAN_RAY_PROCESSES"
+
+
+class _LeanHead:
+    """The Ray cluster ``ray.init`` starts for a run, without the processes a simulation on
+    one machine has no use for (set ``FEDTITAN_RAY_PROCESSES=full`` to keep Ray's own set):
+
+    * the dashboard's head process. ``include_dashboard=False`` does not stop it: Ray starts it
+      anyway with its usage-statistics module alone (usage statistics that ``ray.init`` turns
+      off), and ``ray.init`` waits until it is up before it starts the raylet. It is the
+      longest step of Ray's start: about 1.6 s of CPU for its imports, and ``ray.init`` took
+      7.5 s with it against 3.9 s without on 2 busy cores (measured, Ray 2.55.1);
+    * the autoscaler monitor (1.1 s of CPU at start; nothing to scale on one machine, and
+      :func:`_end_ray_monitor` had to kill it at the end so that shutdown would not wait 1 s);
+    * the log monitor, when the run is quiet (``log_to_driver=False``): it only sends the
+      client processes' output to the driver, which then does not print it (1.0 s of CPU).
+
+    The GCS, the raylet and its two agents (the runtime-env agent starts the client
+    processes; the raylet stops when its dashboard agent does) stay. Without them, ``ray
+    status`` and Ray's job and state APIs do not answer for this cluster: nothing in a run
+    uses them. Only a cluster that ``ray.init`` starts here is changed (an ``address`` given
+    leaves it as it is). Ray's internals (``ray._private.node.Node`` while ``ray.init`` runs,
+    then put back): a Ray release without them starts its usual processes."""
+
+    def __init__(self, log_monitor: bool) -> None:
+        self.log_monitor = log_monitor
+        self._module: Any = None
+        self._original: Any = None
+
+    def install(self) -> bool:
+        if os.environ.get(RAY_PROCESSES_ENV, "lean") == "full":
+            return False
+        try:
+            from ray._private import node as ray_node
+            from ray._private.parameter import RayParams
+        except ImportError:
+            return False
+        original = getattr(ray_node, "Node", None)
+        probe = RayParams()
+        if (original is None or not callable(getattr(original, "start_api_server", None))
+                or not hasattr(probe, "no_monitor") or not hasattr(probe, "include_log_monitor")):
+            return False
+        log_monitor = self.log_monitor
+
+        class LeanNode(original):  # type: ignore[misc, valid-type]
+            def __init__(self, ray_params: Any, head: bool = False, *args: Any, **kwargs: Any) -> None:
+                if head:
+                    ray_params.no_monitor = True
+                    if not log_monitor:
+                        ray_params.include_log_monitor = False
+                super().__init__(ray_params, head, *args, **kwargs)
+
+            def start_api_server(self, *, include_dashboard: bool | None, raise_on_failure: bool) -> None:
+                if include_dashboard:  # asked for: Ray's own
+                    super().start_api_server(include_dashboard=include_dashboard, raise_on_failure=raise_on_failure)
+                    return
+                self._webui_url = ""  # what Ray sets without the dashboard's modules
+
+        LeanNode.__name__ = LeanNode.__qualname__ = original.__name__
+        self._module, self._original = ray_node, original
+        ray_node.Node = LeanNode  # type: ignore[misc]
+        return True
+
+    def uninstall(self) -> None:
+        if self._module is not None:
+            self._module.Node = self._original
+            self._module = None
 
 
 def _end_ray_monitor() -> None:

@@ -1,0 +1,94 @@
+"""The Ray cluster a run starts (simulations.run._ray_init): without the dashboard's head, the
+autoscaler monitor, and (quiet) the log monitor; FEDTITAN_RAY_PROCESSES=full keeps Ray's own."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+import pytest
+
+from fedtitan.config import load_config
+from simulations.run import RAY_PROCESSES_ENV, _end_ray_monitor, _LeanHead, _ray_init
+
+pytestmark = pytest.mark.slow
+
+
+def _ray_processes() -> list[str]:
+    """The command lines of this process's descendants (Ray's processes)."""
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            out.append(" ".join(p.cmdline()))
+        except psutil.Error:
+            pass
+    return out
+
+
+def _started(monkeypatch: pytest.MonkeyPatch, quiet: bool, processes: str) -> list[str]:
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("Ray is running in this process")
+    monkeypatch.setenv(RAY_PROCESSES_ENV, processes)
+    _ray_init(load_config("quickstart", []), None, quiet)
+    try:
+        @ray.remote(num_cpus=1)
+        class Echo:
+            def pythonpath(self) -> str:
+                return os.environ.get("PYTHONPATH", "")
+
+        # a client process starts and has the driver's path, as before
+        assert os.getcwd() in ray.get(Echo.remote().pythonpath.remote()).split(os.pathsep)
+        return _ray_processes()
+    finally:
+        _end_ray_monitor()
+        ray.shutdown()
+
+
+def test_a_quiet_run_starts_ray_without_dashboard_autoscaler_and_log_monitor(monkeypatch):
+    import ray._private.node as ray_node
+
+    original = ray_node.Node
+    procs = _started(monkeypatch, quiet=True, processes="lean")
+    assert ray_node.Node is original  # put back once Ray is up
+    joined = "\n".join(procs)
+    assert "gcs_server" in joined and "raylet" in joined
+    for absent in ("dashboard/dashboard.py", "autoscaler/_private/monitor.py", "log_monitor.py"):
+        assert absent not in joined
+
+
+def test_a_run_that_prints_keeps_the_log_monitor(monkeypatch):
+    joined = "\n".join(_started(monkeypatch, quiet=False, processes="lean"))
+    assert "log_monitor.py" in joined
+    assert "dashboard/dashboard.py" not in joined and "autoscaler/_private/monitor.py" not in joined
+
+
+def test_full_keeps_rays_own_processes(monkeypatch):
+    joined = "\n".join(_started(monkeypatch, quiet=True, processes="full"))
+    for present in ("dashboard/dashboard.py", "autoscaler/_private/monitor.py", "log_monitor.py"):
+        assert present in joined
+
+
+def test_the_lean_head_changes_only_a_head_it_starts(monkeypatch):
+    """Installed and put back without Ray started; a node that is not a head keeps its params."""
+    import ray._private.node as ray_node
+    from ray._private.parameter import RayParams
+
+    monkeypatch.delenv(RAY_PROCESSES_ENV, raising=False)
+    original = ray_node.Node
+    seen: list[RayParams] = []
+    monkeypatch.setattr(original, "__init__", lambda self, ray_params, head=False, *a, **k: seen.append(ray_params))
+    lean = _LeanHead(log_monitor=False)
+    assert lean.install()
+    try:
+        assert ray_node.Node is not original and issubclass(ray_node.Node, original)
+        ray_node.Node(RayParams(), head=False)
+        ray_node.Node(ray_params=RayParams(), head=True)
+    finally:
+        lean.uninstall()
+    assert ray_node.Node is original
+    assert (seen[0].no_monitor, seen[0].include_log_monitor) == (False, None)
+    assert (seen[1].no_monitor, seen[1].include_log_monitor) == (True, False)
+    monkeypatch.setenv(RAY_PROCESSES_ENV, "full")
+    assert not _LeanHead(log_monitor=False).install()
+    assert ray_node.Node is original
