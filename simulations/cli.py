@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedtitan.errors import FedtitanError
-from fedtitan.results.views import PLOT_KINDS
+
+# fedtitan.results.views.PLOT_KINDS, spelled out: that module imports pandas (about 0.5 s), which
+# `fedtitan run` would then import before it starts Ray (tests/simulations/test_cli.py checks
+# that the two agree)
+PLOT_KINDS = ("accuracy-time", "accuracy-ratio", "tiers", "partition", "staleness")
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -479,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     from fedtitan.malloc import one_arena
 
     one_arena()  # before any thread: the server's and Ray's threads allocate from the main heap
+    if argv is None:  # the command line's own call: the process ends when it returns
+        _no_collection_at_exit()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.cmd is None:
@@ -493,6 +499,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fedtitan: interrupted; finished rounds are on disk", file=sys.stderr)
         return 130
+
+
+def _no_collection_at_exit() -> None:
+    """At the process's exit, after the exit handlers registered later (Ray's shutdown among
+    them), move every object to the garbage collector's permanent generation (``gc.freeze``), so that
+    the interpreter's last collections do not walk them: with torch, Flower, Ray and pandas
+    imported that is about 380,000 objects, and the process took 1.6 to 1.8 s to end after its
+    last line ran, against 0.3 s frozen (measured on 2 cores). Nothing is lost: the results
+    are written and closed by then, and the memory goes back with the process."""
+    import atexit
+    import gc
+
+    atexit.register(gc.freeze)  # exit handlers run last-registered first
 
 
 if __name__ == "__main__":

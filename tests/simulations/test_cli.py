@@ -121,3 +121,18 @@ def test_a_stopped_run_shows_no_eta():
     assert str(eta.render(prog.tasks[0])).startswith("ETA ")
     prog.update(task, stopped=True)
     assert "ETA" not in str(eta.render(prog.tasks[0])) and str(eta.render(prog.tasks[0])) == "stopping"
+
+
+def test_plot_kinds_spelled_out_agree_and_the_cli_imports_no_pandas():
+    """simulations.cli spells fedtitan.results.views.PLOT_KINDS out so that `fedtitan run`
+    starts Ray before pandas is imported."""
+    import subprocess
+    import sys
+
+    from fedtitan.results.views import PLOT_KINDS
+    from simulations import cli
+
+    assert cli.PLOT_KINDS == PLOT_KINDS
+    code = "import sys, simulations.cli; print('pandas' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
