@@ -39,7 +39,7 @@ from clients.object_store import ServerArrays
 from fedtitan.checkpoint import Checkpoint
 from fedtitan.compute import describe, resolve_device, set_deterministic
 from fedtitan.config import Config
-from fedtitan.data import summary as partition_summary
+from fedtitan.data.partition import PartitionTable
 from fedtitan.training.setup import build_global_model, dataset_for, fleet_dynamics, partition_for
 from fedtitan.wire import (
     ARRAYS_RECORD,
@@ -110,7 +110,7 @@ class FleetServer:
         mode = set_deterministic(cfg.run.deterministic)
         device = resolve_device(cfg.compute.device)
         ds = dataset_for(cfg)
-        partition = partition_summary(partition_for(cfg, ds), ds.y_train, ds.num_classes)
+        partition = PartitionTable.of(partition_for(cfg, ds), ds.y_train, ds.num_classes)
         model = build_global_model(cfg, ds)
         self.global_state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
         model.to(device)

@@ -16,16 +16,17 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import pandas as pd
 
 from fedtitan.checkpoint import Checkpoint
 from fedtitan.results import RunWriter
-from fedtitan.results.analysis import tier_costs
 from fedtitan.results.tracking import Tracker
 from strategies.history import History
+
+if TYPE_CHECKING:
+    from fedtitan.data.partition import PartitionTable
 
 log = logging.getLogger("fedtitan")
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -39,7 +40,7 @@ class RunStart:
     config_json: str
     seed: int
     compute: dict[str, Any]
-    partition: pd.DataFrame
+    partition: PartitionTable
     resume_from: Checkpoint | None = None
 
 
@@ -196,6 +197,10 @@ class TrackerSink:
                 build_report(self.run_dir)
             except Exception as exc:  # the report is a convenience; the run's files are the record
                 log.warning("tracking: no report.html for %s (%s)", self.run_dir, exc)
+        import pandas as pd
+
+        from fedtitan.results.analysis import tier_costs
+
         clients = pd.DataFrame(end.history.clients)
         self.tracker.finish(self.run_dir, end.summary,
                             tier_costs(clients, []) if "device" in clients else pd.DataFrame())

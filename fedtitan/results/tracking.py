@@ -25,11 +25,12 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from fedtitan.errors import ConfigError
+
+if TYPE_CHECKING:  # tables are made by the caller: a run's start does without pandas
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 

@@ -109,7 +109,7 @@ def tree_rss(procs: list[psutil.Process]) -> int:
 
 
 def peak_tree_memory(pid: int, stop: threading.Event, out: list[tuple[int, int]], period_s: float = 0.2,
-                     list_every_s: float = 1.0, pss_step: float = 0.02) -> None:
+                     list_every_s: float = 1.0, pss_step: float = 0.02, pss_every_s: float = 2.0) -> None:
     """Sample the tree under ``pid`` at 5 Hz until ``stop``; append its peak (RSS, PSS) to ``out``.
 
     The sampler must not slow what it measures: PSS (``smaps``) costs about 5 ms of CPU a
@@ -117,10 +117,14 @@ def peak_tree_memory(pid: int, stop: threading.Event, out: list[tuple[int, int]]
     machine whose cores the run's workers kept busy (a small model's Ray round read 0.26-0.28 s
     sampled so, 0.16-0.20 s unsampled). So RSS is read every tick, PSS only when the tree's RSS
     is ``pss_step`` (2%) above where PSS was last read (the peaks go together: PSS <= RSS, and
-    both grow with what the run holds), and the tree's processes are listed once a second (a
-    walk of /proc). Per tick outside those: a ``statm`` read a process."""
+    both grow with what the run holds) and at most once every ``pss_every_s`` (2 s), and the
+    tree's processes are listed once a second (a walk of /proc). Per tick outside those: a
+    ``statm`` read a process. (A run's start grows its RSS on every tick: reading PSS each time,
+    50-90 ms of CPU a read for a Ray run's tree, took about a second from an 8-second start on 2
+    cores. A peak held for less than ``pss_every_s`` may be missed by PSS, never by RSS.)"""
     peak_rss = peak_pss = 0
     read_at = -1  # the tree RSS at the last PSS read
+    pss_at = -math.inf  # and when
     procs: list[psutil.Process] = []
     listed = -math.inf
     try:
@@ -136,9 +140,9 @@ def peak_tree_memory(pid: int, stop: threading.Event, out: list[tuple[int, int]]
                 break
         rss = tree_rss(procs)
         peak_rss = max(peak_rss, rss)
-        if rss > read_at * (1 + pss_step):
+        if rss > read_at * (1 + pss_step) and now - pss_at >= pss_every_s:
             _, pss = tree_memory(procs)
-            read_at, peak_pss = rss, max(peak_pss, pss)
+            read_at, pss_at, peak_pss = rss, now, max(peak_pss, pss)
     out.append((peak_rss, peak_pss))
 
 

@@ -136,18 +136,17 @@ def test_rounds_csv_is_what_pandas_writes_of_every_row_after_each_change(tmp_pat
 
 
 def test_partition_tables_are_written_as_pandas_writes_them():
-    """frame_csv formats integer tables itself (partition.csv: a row a client, before round 1);
-    the text must be to_csv's, and anything else goes to to_csv."""
+    """A run writes partition.csv from the label histogram without pandas; the text must be
+    summary()'s to_csv, and summary() the table it always was."""
     import numpy as np
-    import pandas as pd
 
-    from fedtitan.data.partition import summary
-    from fedtitan.results.store import frame_csv
+    from fedtitan.data.partition import PartitionTable, summary
 
     rng = np.random.default_rng(0)
-    table = summary(np.array_split(rng.permutation(1000), 100), rng.integers(0, 7, 1000), 7)
-    others = [table.iloc[:0], pd.DataFrame({"a": [1, -2]}), pd.DataFrame(index=pd.Index([1, 2], name="i")),
-              pd.DataFrame({"x,y": [1]}), pd.DataFrame({"a": [1.5]}), pd.DataFrame({"a": np.array([1, 2], np.uint8)}),
-              pd.DataFrame({"a": np.array([2**63 + 5], np.uint64)}), pd.DataFrame({"a": ["s"]})]
-    for t in [table, *others]:
-        assert frame_csv(t) == t.to_csv()
+    parts, labels = np.array_split(rng.permutation(1000), 100), rng.integers(0, 7, 1000)
+    table = PartitionTable.of(parts, labels, 7, chunk=64)  # several chunks
+    frame = summary(parts, labels, 7)
+    assert table.csv() == frame.to_csv()
+    assert list(frame.columns) == ["n", "classes", *(f"class_{c}" for c in range(7))]
+    assert frame.index.name == "partition_id" and (frame.n == [len(p) for p in parts]).all()
+    assert PartitionTable(np.zeros((0, 3), np.int64)).csv() == PartitionTable(np.zeros((0, 3), np.int64)).frame().to_csv()

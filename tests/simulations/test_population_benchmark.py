@@ -24,8 +24,9 @@ def test_tree_memory_sums_rss_and_pss():
 
 
 def test_the_sampler_finds_the_peak_and_reads_pss_only_as_rss_grows(monkeypatch):
-    """RSS every tick, PSS (costly: smaps) only when RSS has grown 2% since its last read: a
-    child that holds 150 MB for a second is seen at its peak in both, with few PSS reads."""
+    """RSS every tick, PSS (costly: smaps) only when RSS has grown 2% since its last read and
+    not more often than ``pss_every_s``: a child that holds 150 MB for a second is seen at its
+    peak in both, with few PSS reads."""
     import subprocess
     import sys
     import threading
@@ -42,7 +43,8 @@ def test_the_sampler_finds_the_peak_and_reads_pss_only_as_rss_grows(monkeypatch)
     monkeypatch.setattr(population, "tree_memory", counted)
     child = subprocess.Popen([sys.executable, "-c", "import time; b = bytearray(150 << 20); time.sleep(1.5)"])
     stop, out = threading.Event(), []
-    watcher = threading.Thread(target=population.peak_tree_memory, args=(child.pid, stop, out, 0.05))
+    watcher = threading.Thread(target=population.peak_tree_memory, args=(child.pid, stop, out, 0.05),
+                               kwargs={"pss_every_s": 0.4})
     watcher.start()
     child.wait()
     stop.set()
