@@ -22,10 +22,11 @@ _PLAIN_SGD: weakref.WeakKeyDictionary[nn.Module, torch.optim.SGD] = weakref.Weak
 
 def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.0,
                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """A fresh optimiser over ``model``'s parameters. Plain SGD (no momentum or weight decay)
-    keeps no state, so one is made per model and handed out again with the new learning rate
-    (a client process trains one model for many clients; building torch's optimiser costs
-    about as much as a small model's step)."""
+    """An optimiser over ``model``'s parameters that carries nothing from earlier use. Plain
+    SGD (no momentum or weight decay) keeps no state, so one is made per model and handed out
+    again with the new learning rate (a client process trains one model for many clients;
+    building torch's optimiser costs about as much as a small model's step); the others are
+    made fresh."""
     if name == "sgd" and momentum == 0 and weight_decay == 0:
         params = list(model.parameters())
         opt = _PLAIN_SGD.get(model)
