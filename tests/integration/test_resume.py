@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 
 from fedtitan.config import load_config
@@ -224,16 +225,22 @@ RAY = ["run.deterministic=true", "simulation.arrays=object-store", "run.save_mod
        "server.fraction=0.5", "run.rounds=5", "selection.local_steps=3"]
 
 
-def _ray_left() -> list[str]:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [ln for ln in out.splitlines() if "ray::" in ln or "raylet" in ln or "gcs_server" in ln]
+def _alive(procs: list[psutil.Process]) -> list[str]:
+    """Those of ``procs`` still running (a zombie has ended), as "pid name"."""
+    left = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+        except psutil.Error:
+            continue
+    return left
 
 
 def test_ray_run_killed_from_outside_resumes_exactly(tmp_path):
     """The whole process is killed with SIGKILL while a round is under way (the kill comes when
     the checkpoint of a random round appears); `fedtitan resume` goes on under Ray."""
     full, cut = tmp_path / "full", tmp_path / "cut"
-    before = len(_ray_left())
     run(load_config("quickstart", RAY), full, quiet=True)
     k = _random_round(1, 3)
     proc = subprocess.Popen([sys.executable, "-m", "simulations.cli", "run", "--quiet", "--out", str(cut), *_sets(RAY)],
@@ -242,16 +249,20 @@ def test_ray_run_killed_from_outside_resumes_exactly(tmp_path):
     t0 = time.time()
     while not marker.exists() and proc.poll() is None and time.time() - t0 < 300:
         time.sleep(0.02)
+    tree = psutil.Process(proc.pid).children(recursive=True)  # its Ray cluster: GCS, raylet, agents, workers
     proc.kill()
     proc.wait()
     assert not (cut / "summary.json").exists()
     res = _fedtitan("resume", str(cut), "--quiet")
     assert res.returncode == 0, res.stderr[-2000:]
     assert_same_run(full, cut, node_ids=False)
-    t0 = time.time()  # the killed run's Ray processes go too (its agents notice within a minute or so)
-    while len(_ray_left()) > before and time.time() - t0 < 120:
+    # the killed run's Ray processes go too (its agents notice within a minute or so). Only its own
+    # are looked at: another test may run a Ray cluster beside this one (pytest-xdist)
+    assert tree
+    t0 = time.time()
+    while _alive(tree) and time.time() - t0 < 120:
         time.sleep(1)
-    assert len(_ray_left()) <= before, _ray_left()
+    assert not _alive(tree), _alive(tree)
 
 
 def test_a_ray_worker_killed_mid_round_is_restarted_and_the_run_is_unchanged(tmp_path):
