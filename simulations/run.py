@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -9,14 +10,14 @@ import signal
 import sys
 import threading
 import time
-import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from fedtitan.config import Config
 from fedtitan.errors import FedtitanError
 from fedtitan.malloc import keep_heap, one_arena
+from simulations.flower_lean import RAY_PROCESSES_ENV, defer_flower_sql, lean_flower
 
 # torch and Flower are imported where they are needed, not here: `fedtitan run` starts Ray
 # before it imports them (RayStart), so that their 3 to 4 s of imports overlap Ray's start.
@@ -178,11 +179,15 @@ def _ray_init(cfg: Config, address: str | None, quiet: bool) -> None:
         pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
     os.environ["PYTHONPATH"] = pythonpath
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": not quiet,
-                              "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}},
                               "logging_level": logging.WARNING}
-    if address:
+    if address:  # the cluster's processes have their own environment: the path goes as the job's
         kwargs["address"] = address
+        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": pythonpath}}
     else:
+        # a cluster started here inherits this environment, PYTHONPATH included, down to its
+        # client processes. A job runtime_env would say the same again, and each client process
+        # would then start through Ray's setup_worker.py, which imports Ray before it execs the
+        # worker that imports it again (about 1.3 s of CPU a client process)
         # Ray starts one idle worker process per CPU for the first driver; Flower's client
         # actors never use them (each actor gets a process of its own), so on a small machine
         # they only take CPU from the start-up (two of them: about 1.3 s of CPU on 2 cores)
@@ -199,72 +204,6 @@ def _ray_init(cfg: Config, address: str | None, quiet: bool) -> None:
         if lean is not None:
             lean.uninstall()
         worker_log.removeFilter(quiet_thread)
-
-
-RAY_PROCESSES_ENV = "FEDTITAN_RAY_PROCESSES"
-
-# Flower's SQL-backed stores: (module, class, the modules that import the class by name). A
-# simulation keeps its link state and objects in memory and opens neither.
-_FLOWER_SQL = (
-    ("flwr.supercore.object_store.sql_object_store", "SqlObjectStore",
-     ("flwr.supercore.object_store.object_store_factory",)),
-    ("flwr.server.superlink.linkstate.sql_linkstate", "SqlLinkState",
-     ("flwr.server.superlink.linkstate.linkstate_factory", "flwr.server.superlink.linkstate")),
-)
-_FLOWER_SQL_VERSIONS = ("1.41.", "1.42.")  # read: each class is only called by its factory
-
-
-def _defer_flower_sql() -> bool:
-    """Let ``import flwr.simulation`` skip SQLAlchemy and Alembic until something uses them.
-
-    Flower's simulation imports its link-state and object-store factories, which import their
-    SQL stores at module level: SQLAlchemy and Alembic, about 1 s of a run's start on 2 cores
-    (``import flwr.simulation``: 2.05 s with them, measured here), for stores a simulation
-    never opens (it keeps everything in memory). Each SQL store's module is stood in for by one
-    whose class name is a function that imports the real module when first called, puts the
-    real class where the stand-in was and calls it, so a database-backed store still works.
-    Only for the Flower releases whose uses of these names were read (1.41, 1.42), only before
-    any of them is imported, and not with ``FEDTITAN_RAY_PROCESSES=full``. True when the
-    stand-ins are in place."""
-    if any(isinstance(sys.modules.get(name), _DeferredModule) for name, _, _ in _FLOWER_SQL):
-        return True
-    if os.environ.get(RAY_PROCESSES_ENV, "lean") == "full" or any(
-            name in sys.modules for name, _, importers in _FLOWER_SQL for name in (name, *importers)):
-        return False
-    from importlib import metadata
-
-    try:
-        version = metadata.version("flwr")
-    except metadata.PackageNotFoundError:
-        return False
-    if not version.startswith(_FLOWER_SQL_VERSIONS):
-        return False
-    for name, cls, importers in _FLOWER_SQL:
-        sys.modules[name] = _DeferredModule(name, cls, importers)
-    return True
-
-
-class _DeferredModule(types.ModuleType):
-    """A stand-in for the module ``name`` whose import is put off (:func:`_defer_flower_sql`):
-    its ``cls`` imports it when first called and hands over to the real class."""
-
-    def __init__(self, name: str, cls: str, importers: tuple[str, ...]) -> None:
-        super().__init__(name)
-
-        def load(*args: Any, **kwargs: Any) -> Any:
-            import importlib
-
-            if sys.modules.get(name) is self:
-                del sys.modules[name]
-            real = getattr(importlib.import_module(name), cls)
-            for importer in importers:  # the next call goes straight to the real class
-                module = sys.modules.get(importer)
-                if module is not None and getattr(module, cls, None) is load:
-                    setattr(module, cls, real)
-            return real(*args, **kwargs)
-
-        load.__name__ = load.__qualname__ = cls
-        setattr(self, cls, load)
 
 
 class _LeanHead:
@@ -364,12 +303,20 @@ class RayStart:
     (:meth:`wait`); :meth:`close` ends it once the run is over (and shuts Ray down if the run
     failed before simulating).
 
+    The caller waits until the thread has imported Ray (:attr:`imported`, about 0.9 s) before
+    its own set-up: both hold the GIL while they import, so interleaved they took as long
+    together as one after the other, but Ray's processes then started about 1.5 s later (the
+    GCS at 2.7 s of a run instead of 1.1 s) and ``ray.init`` could end after the set-up did,
+    which then waited for it. Measured here (100,000-client small-model run, 4 runs each,
+    alternating): wall time outside the rounds 6.8-8.1 s with the wait, 7.7-8.8 s without.
+
     The thread lives until :meth:`close`: Ray starts its processes with a parent-death signal
     (``PR_SET_PDEATHSIG``), which Linux sends when the *thread* that started them ends, so
     they would be killed with it."""
 
     def __init__(self, cfg: Config, address: str | None, quiet: bool) -> None:
         self.error: BaseException | None = None
+        self.imported = threading.Event()
         self.up = threading.Event()
         self.release = threading.Event()
         self.thread = threading.Thread(target=self._start, args=(cfg, address, quiet), name="fedtitan-ray-start",
@@ -378,10 +325,16 @@ class RayStart:
 
     def _start(self, cfg: Config, address: str | None, quiet: bool) -> None:
         try:
+            try:
+                _ray_env()
+                import ray  # noqa: F401
+            finally:
+                self.imported.set()
             _ray_init(cfg, address, quiet)
         except BaseException as exc:  # handed to the main thread by wait()
             self.error = exc
         finally:
+            self.imported.set()
             self.up.set()
         self.release.wait()
 
@@ -565,7 +518,7 @@ def simulate(server_main: Callable[[Any], object], cfg: Config, population: int,
         return _simulate_local(server_main, 1, quiet, stop)
     import ray
 
-    _defer_flower_sql()
+    defer_flower_sql()
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
@@ -607,8 +560,9 @@ def simulate(server_main: Callable[[Any], object], cfg: Config, population: int,
         previous = _install_stop_handlers(stop, quiet, stopped_by)
         workers = pool_size(cfg, population, float(ray.cluster_resources().get("CPU", 1)))
         dispatch.install()
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=workers,
-                       backend_name="ray", backend_config=backend)
+        with _client_actor():
+            run_simulation(server_app=server_app, client_app=client_app, num_supernodes=workers,
+                           backend_name="ray", backend_config=backend)
     finally:
         dispatch.uninstall()
         for sig, handler in previous.items():
@@ -618,6 +572,27 @@ def simulate(server_main: Callable[[Any], object], cfg: Config, population: int,
     if errors:
         raise errors[0]
     return stopped_by[0] if stopped_by else None
+
+
+@contextlib.contextmanager
+def _client_actor() -> Iterator[None]:
+    """While a simulation runs: Flower's Ray backend makes its client actors from
+    :mod:`simulations.ray_actor`'s class (Flower's, imported without its SQL stores in each
+    client process; that module says why). ``FEDTITAN_RAY_PROCESSES=full``, or a Flower whose
+    SQL stores are not put off (:func:`~simulations.flower_lean.lean_flower`), keeps Flower's own."""
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    original = getattr(raybackend, "ClientAppActor", None)
+    if original is None or not lean_flower():  # a Flower not read, or FEDTITAN_RAY_PROCESSES=full
+        yield
+        return
+    from simulations.ray_actor import ClientAppActor
+
+    setattr(raybackend, "ClientAppActor", ClientAppActor)  # noqa: B010  (a module's name, rebound)
+    try:
+        yield
+    finally:
+        setattr(raybackend, "ClientAppActor", original)  # noqa: B010
 
 
 def _simulate_local(server_main: Callable[[Any], object], num_supernodes: int, quiet: bool,
@@ -652,10 +627,11 @@ def run(cfg: Config, out: str | Path, ray_address: str | None = None, quiet: boo
     if cfg.simulation.engine != "local":
         import psutil
 
-        _defer_flower_sql()  # before anything imports Flower's object store
+        defer_flower_sql()  # before anything imports Flower's object store
 
         available = psutil.virtual_memory().available  # checked as if Ray had not started yet
         ray_start = RayStart(cfg, ray_address or cfg.simulation.ray_address, quiet)
+        ray_start.imported.wait()  # RayStart says why
     try:
         from fedtitan.preflight import check_config
         from fedtitan.results import prepare_dir

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import weakref
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.0
         opt = _PLAIN_SGD.get(model)
         if opt is None or len(opt.param_groups) != 1 or opt.state or len(opt.param_groups[0]["params"]) != len(params) \
                 or any(a is not b for a, b in zip(opt.param_groups[0]["params"], params, strict=True)):
-            opt = _PLAIN_SGD[model] = torch.optim.SGD(params, lr=lr)
+            opt = _PLAIN_SGD[model] = plain_sgd(params, lr)
         set_lr(opt, lr)
         return opt
     if name == "sgd":
@@ -40,6 +41,34 @@ def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.0
     if name == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}{did_you_mean(name, OPTIMIZERS)}")
+
+
+def plain_sgd(params: list[nn.Parameter], lr: float) -> torch.optim.SGD:
+    """``torch.optim.SGD(params, lr=lr)``, made without importing TorchDynamo when nothing has.
+
+    torch wraps ``Optimizer.add_param_group`` in ``torch._disable_dynamo``, whose first call
+    imports ``torch._dynamo`` (to tell the compiler to leave the function alone): 2.4 s of CPU,
+    as long as ``import torch`` itself, in every process that makes its first optimiser
+    (measured here, torch 2.13; a client process's first round paid it). Until something has
+    imported ``torch._dynamo`` nothing in the process can be compiling, so telling the
+    compiler to skip the function changes nothing: the wrapper is handed the plain function
+    as its cached "disabled" one for this call only, and put back as it was. The SGD is
+    torch's own, the same as one made the usual way (tested); any other torch, or a process
+    that has imported TorchDynamo, makes it the usual way. A plain SGD step taken directly
+    (:func:`weighted_step`) never needs TorchDynamo either; torch's own ``step`` imports it."""
+    fn = getattr(torch.optim.Optimizer.add_param_group, "__wrapped__", None)
+    if "torch._dynamo" in sys.modules or fn is None or hasattr(fn, _DYNAMO_CACHE):
+        return torch.optim.SGD(params, lr=lr)
+    setattr(fn, _DYNAMO_CACHE, fn)
+    try:
+        return torch.optim.SGD(params, lr=lr)
+    finally:
+        if getattr(fn, _DYNAMO_CACHE, None) is fn:
+            delattr(fn, _DYNAMO_CACHE)
+
+
+# the attribute where torch._disable_dynamo's wrapper caches the disabled function (torch/_compile.py)
+_DYNAMO_CACHE = "__dynamo_disable"
 
 
 def lr_at(base_lr: float, schedule: str, step: int, total: int, decay: float = 0.95,

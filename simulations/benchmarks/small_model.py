@@ -21,7 +21,10 @@ Run in one go, each in its own process (one tree, measured from outside):
   threads, 1 here, on either engine).
 
 Per engine: ``round_wall_s`` (median of rounds 2 to the last but one: round 1 warms up, the last
-evaluates), ``startup_s`` (the process's wall time minus its rounds'), ``peak_rss_mb`` and
+evaluates), ``startup_s`` (the process's wall time minus its rounds': what the issue's target
+reads), ``first_round_s`` (round 1's wall: with Ray, the client processes' own start-up, their
+imports and data, falls in it), ``startup_and_first_round_s`` (``startup_s`` plus round 1's
+excess over a steady round: what the run costs beyond its rounds at pace), ``peak_rss_mb`` and
 ``peak_pss_mb`` (the process tree: RSS sampled at 5 Hz, PSS read as RSS grows, so that the
 sampling does not take the CPU the run needs; PSS shares the pages processes share, RSS counts
 them once for each). ``overhead_ratio`` = the engine's round wall / the plain loop's
@@ -91,9 +94,17 @@ def run_engine(engine: str, ovr: list[str], out: Path) -> dict[str, float]:
            *[a for o in [*ovr, f"simulation.engine={engine}"] for a in ("--set", o)]]
     wall, peak, pss, _ = measured(cmd, f"small_model: fedtitan run ({engine} engine)")
     rounds = pd.read_csv(out / "rounds.csv")
-    return {"round_wall_s": round(_steady(rounds.wall_s), 4), "startup_s": round(wall - float(rounds.wall_s.sum()), 2),
-            "peak_rss_mb": round(peak, 1), "peak_pss_mb": round(pss, 1),
+    return {**_walls(wall, rounds.wall_s), "peak_rss_mb": round(peak, 1), "peak_pss_mb": round(pss, 1),
             "final_accuracy": round(float(rounds.accuracy.dropna().iloc[-1]), 4)}
+
+
+def _walls(wall: float, walls: pd.Series) -> dict[str, float]:
+    """The round and start-up figures of a process that ran ``wall`` seconds with these rounds."""
+    steady = _steady(walls)
+    startup = wall - float(walls.sum())
+    return {"round_wall_s": round(steady, 4), "startup_s": round(startup, 2),
+            "first_round_s": round(float(walls.iloc[0]), 3),
+            "startup_and_first_round_s": round(startup + float(walls.iloc[0]) - steady, 2)}
 
 
 def plain_loop(args: argparse.Namespace) -> None:
@@ -192,9 +203,7 @@ def run_plain(ovr: list[str], clients_csv: Path, threads: int) -> dict[str, floa
            "--clients-csv", str(clients_csv), "--plain-threads", str(threads)]
     wall, peak, pss, out = measured(cmd, "small_model: the plain loop")
     got = json.loads(out.strip().splitlines()[-1])
-    walls = pd.Series(got["walls"])
-    return {"round_wall_s": round(_steady(walls), 4), "startup_s": round(wall - float(walls.sum()), 2),
-            "peak_rss_mb": round(peak, 1), "peak_pss_mb": round(pss, 1)}
+    return {**_walls(wall, pd.Series(got["walls"])), "peak_rss_mb": round(peak, 1), "peak_pss_mb": round(pss, 1)}
 
 
 def main() -> None:

@@ -92,3 +92,53 @@ def test_the_lean_head_changes_only_a_head_it_starts(monkeypatch):
     monkeypatch.setenv(RAY_PROCESSES_ENV, "full")
     assert not _LeanHead(log_monitor=False).install()
     assert ray_node.Node is original
+
+
+def _client_process_view(monkeypatch: pytest.MonkeyPatch, processes: str) -> dict:
+    """What a client process of a run's own cluster imported, and its job's runtime env."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("Ray is running in this process")
+    monkeypatch.setenv(RAY_PROCESSES_ENV, processes)
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    from simulations.run import _client_actor
+
+    flowers = raybackend.ClientAppActor
+    _ray_init(load_config("quickstart", []), None, True)
+    try:
+        with _client_actor():
+            actor_class = raybackend.ClientAppActor
+            actor = actor_class.options(num_cpus=1).remote()
+
+            def view(self: object) -> dict:
+                import sys
+
+                import ray as r
+                names = ("sqlalchemy", "alembic", "flwr.simulation", "simulations.ray_actor")
+                return {"modules": [m for m in names if m in sys.modules],
+                        "runtime_env": dict(r.get_runtime_context().runtime_env), "class": type(self).__mro__[1].__name__}
+
+            got = ray.get(actor.__ray_call__.remote(view))
+        assert raybackend.ClientAppActor is flowers  # put back after the run
+        return {**got, "swapped": actor_class is not flowers}
+    finally:
+        _end_ray_monitor()
+        ray.shutdown()
+
+
+def test_a_client_process_imports_flower_without_sql_and_without_a_runtime_env(monkeypatch):
+    """A run's client actors come from simulations.ray_actor: the client process imports
+    nothing of Flower's simulation runtime (its SQL stores, its command line); a cluster started
+    here hands its environment down, with no job runtime env (which would start each client
+    process through setup_worker.py)."""
+    got = _client_process_view(monkeypatch, "lean")
+    assert got["swapped"] and got["class"] == "LeanClientAppActor"
+    assert got["modules"] == ["simulations.ray_actor"]
+    assert got["runtime_env"] == {}
+
+
+def test_full_keeps_flowers_client_actor(monkeypatch):
+    got = _client_process_view(monkeypatch, "full")
+    assert not got["swapped"] and got["class"] == "ClientAppActor"
+    assert "simulations.ray_actor" not in got["modules"] and "flwr.simulation" in got["modules"]

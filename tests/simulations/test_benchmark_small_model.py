@@ -45,3 +45,12 @@ def test_the_breakdown_times_every_client_and_its_parts_add_up():
     parts = ["train_steps_ms", "select_ms", "client_round_setup_ms", "reply_and_state_ms", "engine_messaging_ms"]
     assert all(got[p] > 0 for p in parts)
     assert sum(got[p] for p in parts) <= got["client_ms"] + 1e-6  # parts of the client's time, nothing counted twice
+
+
+def test_startup_figures_from_a_process_wall_and_its_rounds():
+    """startup_s: the wall outside the rounds; startup_and_first_round_s adds round 1's excess
+    over a steady round (the median of rounds 2 to the last but one)."""
+    from simulations.benchmarks.small_model import _walls
+
+    got = _walls(20.0, pd.Series([5.0, 0.2, 0.4, 0.3, 1.0]))
+    assert got == {"round_wall_s": 0.3, "startup_s": 13.1, "first_round_s": 5.0, "startup_and_first_round_s": 17.8}

@@ -9,8 +9,8 @@ import textwrap
 
 SCRIPT = textwrap.dedent("""
     import os, sys, tempfile
-    import simulations.run as R
-    assert R._defer_flower_sql() and R._defer_flower_sql()  # in place, and again a no-op
+    import simulations.flower_lean as R
+    assert R.defer_flower_sql() and R.defer_flower_sql()  # in place, and again a no-op
     import flwr.simulation
     assert "sqlalchemy" not in sys.modules and "alembic" not in sys.modules, "SQL imported"
     from flwr.server.superlink.linkstate import LinkStateFactory
@@ -38,7 +38,7 @@ def test_flower_simulation_imports_without_sql_and_a_database_store_still_works(
 
 def test_full_ray_processes_leave_flower_as_it_is():
     script = ("import os, sys; os.environ['FEDTITAN_RAY_PROCESSES'] = 'full'\n"
-              "import simulations.run as R\nassert not R._defer_flower_sql()\n"
+              "import simulations.flower_lean as R\nassert not R.defer_flower_sql()\n"
               "assert not any(type(m).__name__ == '_DeferredModule' for m in list(sys.modules.values()))\nprint('ok')")
     got = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert got.returncode == 0 and got.stdout.strip() == "ok", got.stderr[-2000:]
