@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import islice
 
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ class BlockModel(nn.Module):
     def features(self, x: torch.Tensor, n_blocks: int = 1) -> torch.Tensor:
         if not 1 <= n_blocks <= len(self.blocks):
             raise ValueError(f"n_blocks must be in 1..{len(self.blocks)}, got {n_blocks}")
-        for block in self.blocks[:n_blocks]:
+        for block in islice(self.blocks, n_blocks):  # a slice of a ModuleList builds a new one (~90 us)
             x = block(x)
         return x
 
