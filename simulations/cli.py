@@ -484,7 +484,14 @@ def main(argv: list[str] | None = None) -> int:
 
     one_arena()  # before any thread: the server's and Ray's threads allocate from the main heap
     if argv is None:  # the command line's own call: the process ends when it returns
-        _no_collection_at_exit()
+        _quick_exit()
+    code = _main(argv)
+    if argv is None:
+        _EXIT_CODE.append(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.cmd is None:
@@ -501,17 +508,37 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _no_collection_at_exit() -> None:
-    """At the process's exit, after the exit handlers registered later (Ray's shutdown among
-    them), move every object to the garbage collector's permanent generation (``gc.freeze``), so that
-    the interpreter's last collections do not walk them: with torch, Flower, Ray and pandas
-    imported that is about 380,000 objects, and the process took 1.6 to 1.8 s to end after its
-    last line ran, against 0.3 s frozen (measured on 2 cores). Nothing is lost: the results
-    are written and closed by then, and the memory goes back with the process."""
+# the code main() returned to the command line (set once it has returned)
+_EXIT_CODE: list[int] = []
+
+
+def _quick_exit() -> None:
+    """End the command's process without the interpreter's own tear-down, once every exit
+    handler has run: registered first, this handler runs last, after the handlers registered
+    later (logging's flush, Ray's shutdown, a tracking backend's), flushes the standard
+    streams and ends the process with the code :func:`main` returned (``os._exit``). With
+    torch, Flower, Ray and pandas imported, the tear-down (collecting about 380,000 objects,
+    clearing modules, native destructors) took 1.6 to 1.8 s after the last line ran, 0.45 s
+    with the objects frozen out of the collector (``gc.freeze``), 0.15 s skipped (measured on 2
+    cores). Nothing is lost: results are written and closed before the command returns, and
+    the memory goes back with the process. A command that ended in an unexpected error (no
+    code recorded) ends the usual way, its objects frozen."""
     import atexit
     import gc
+    import os
 
-    atexit.register(gc.freeze)  # exit handlers run last-registered first
+    def end() -> None:
+        gc.freeze()
+        if not _EXIT_CODE:
+            return
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(_EXIT_CODE[-1])
+
+    atexit.register(end)  # exit handlers run last-registered first
 
 
 if __name__ == "__main__":

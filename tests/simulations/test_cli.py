@@ -136,3 +136,21 @@ def test_plot_kinds_spelled_out_agree_and_the_cli_imports_no_pandas():
     code = "import sys, simulations.cli; print('pandas' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_the_command_ends_with_its_code_and_its_whole_output():
+    """The command line's process skips the interpreter's tear-down (simulations.cli._quick_exit):
+    what it printed arrives whole, through a pipe, and its exit code is main()'s."""
+    import subprocess
+    import sys
+
+    ok = subprocess.run([sys.executable, "-m", "simulations.cli", "devices", "list"], capture_output=True, text=True,
+                        timeout=120)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "jetson" in ok.stdout.lower() and ok.stdout.endswith("\n")
+    bad = subprocess.run([sys.executable, "-m", "simulations.cli", "run", "--set", "data.datset=cifar10"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("fedtitan: error:") and "datset" in bad.stderr
+    code = "import sys; from simulations.cli import main; main(['devices', 'list']); print('after'); sys.exit(3)"
+    called = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert called.returncode == 3 and called.stdout.endswith("after\n")  # main(argv) leaves the process alone
