@@ -305,9 +305,9 @@ class RayStart:
 
     The caller waits until the thread has imported Ray (:attr:`imported`, about 0.9 s) before
     its own set-up: both hold the GIL while they import, so interleaved they took as long
-    together as one after the other, but Ray's processes then started about 1.5 s later (the
-    GCS at 2.7 s of a run instead of 1.1 s) and ``ray.init`` could end after the set-up did,
-    which then waited for it. Measured here (100,000-client small-model run, 4 runs each,
+    together as one after the other, but Ray's processes then started about 1.5 s later
+    (``ray.init`` began 2.5 s into a run instead of 1.0-1.1 s) and could be up only after the
+    set-up had ended, which then waited for them. Measured here (100,000-client small-model run, 4 runs each,
     alternating): wall time outside the rounds 6.8-8.1 s with the wait, 7.7-8.8 s without.
 
     The thread lives until :meth:`close`: Ray starts its processes with a parent-death signal
