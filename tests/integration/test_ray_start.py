@@ -3,7 +3,10 @@ autoscaler monitor, and (quiet) the log monitor; FEDTITAN_RAY_PROCESSES=full kee
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -25,13 +28,23 @@ def _ray_processes() -> list[str]:
     return out
 
 
-def _started(monkeypatch: pytest.MonkeyPatch, quiet: bool, processes: str) -> list[str]:
+@contextlib.contextmanager
+def _own_cluster(monkeypatch: pytest.MonkeyPatch, quiet: bool, processes: str) -> Iterator[Any]:
+    """Ray started here as a run starts it (``_ray_init``), with FEDTITAN_RAY_PROCESSES set; shut down after."""
     ray = pytest.importorskip("ray")
     if ray.is_initialized():
         pytest.skip("Ray is running in this process")
     monkeypatch.setenv(RAY_PROCESSES_ENV, processes)
     _ray_init(load_config("quickstart", []), None, quiet)
     try:
+        yield ray
+    finally:
+        _end_ray_monitor()
+        ray.shutdown()
+
+
+def _started(monkeypatch: pytest.MonkeyPatch, quiet: bool, processes: str) -> list[str]:
+    with _own_cluster(monkeypatch, quiet, processes) as ray:
         @ray.remote(num_cpus=1)
         class Echo:
             def pythonpath(self) -> str:
@@ -40,9 +53,6 @@ def _started(monkeypatch: pytest.MonkeyPatch, quiet: bool, processes: str) -> li
         # a client process starts and has the driver's path, as before
         assert os.getcwd() in ray.get(Echo.remote().pythonpath.remote()).split(os.pathsep)
         return _ray_processes()
-    finally:
-        _end_ray_monitor()
-        ray.shutdown()
 
 
 def test_a_quiet_run_starts_ray_without_dashboard_autoscaler_and_log_monitor(monkeypatch):
@@ -96,17 +106,12 @@ def test_the_lean_head_changes_only_a_head_it_starts(monkeypatch):
 
 def _client_process_view(monkeypatch: pytest.MonkeyPatch, processes: str) -> dict:
     """What a client process of a run's own cluster imported, and its job's runtime env."""
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        pytest.skip("Ray is running in this process")
-    monkeypatch.setenv(RAY_PROCESSES_ENV, processes)
     from flwr.server.superlink.fleet.vce.backend import raybackend
 
     from simulations.run import _client_actor
 
     flowers = raybackend.ClientAppActor
-    _ray_init(load_config("quickstart", []), None, True)
-    try:
+    with _own_cluster(monkeypatch, True, processes) as ray:
         with _client_actor():
             actor_class = raybackend.ClientAppActor
             actor = actor_class.options(num_cpus=1).remote()
@@ -122,9 +127,6 @@ def _client_process_view(monkeypatch: pytest.MonkeyPatch, processes: str) -> dic
             got = ray.get(actor.__ray_call__.remote(view))
         assert raybackend.ClientAppActor is flowers  # put back after the run
         return {**got, "swapped": actor_class is not flowers}
-    finally:
-        _end_ray_monitor()
-        ray.shutdown()
 
 
 def test_a_client_process_imports_flower_without_sql_and_without_a_runtime_env(monkeypatch):
