@@ -3,6 +3,7 @@
     python -m simulations.benchmarks.small_model [--clients 100000 --rounds 12 --engines ray,local]
     python -m simulations.benchmarks.small_model --variant cnn --clients 10000   # a FEMNIST-sized CNN
     python -m simulations.benchmarks.small_model --breakdown --clients 1000 --rounds 30   # where a client's time goes
+    python -m simulations.benchmarks.small_model --pfl-python /tmp/pfl/bin/python   # with pfl-research beside
 
 The workload (``--variant mlp``, the default): generated 8x8 uint8 images of 10 classes (class
 means plus noise; 10 samples a client, IID), the ``quickstart`` MLP, random selection with no
@@ -18,7 +19,11 @@ Run in one go, each in its own process (one tree, measured from outside):
   ``clients.csv``) on the same partitions with the same steps, batch size and learning rate:
   one model reused, its weights averaged by sample count, no Flower, no state, no records, one
   thread (``--plain-threads``; fedtitan's simulated clients train on ``simulation.num_cpus``
-  threads, 1 here, on either engine).
+  threads, 1 here, on either engine);
+* ``pfl`` (only with ``--pfl-python PY``): the same workload in pfl-research, run under an
+  interpreter that has it (:mod:`simulations.benchmarks.pfl_small_model`; pfl is no dependency
+  of fedtitan): its own random cohorts of 20, the same model, steps, batch and learning rate,
+  on the same thread count as the plain loop. Its ``overhead_ratio`` is against the same plain loop.
 
 Per engine: ``round_wall_s`` (median of rounds 2 to the last but one: round 1 warms up, the last
 evaluates), ``startup_s`` (the process's wall time minus its rounds': what the issue's target
@@ -198,6 +203,18 @@ def breakdown(ovr: list[str], out: Path) -> dict[str, float]:
             "engine_messaging_ms": round(ms["collect"] - ms["client_message"], 3)}
 
 
+def run_pfl(python: str, data: Path, variant: str, clients: int, rounds: int, threads: int) -> dict[str, float]:
+    """The same workload run by pfl-research under ``python`` (:mod:`simulations.benchmarks.pfl_small_model`)."""
+    script = Path(__file__).with_name("pfl_small_model.py")
+    cmd = [python, str(script), "--data", str(data), "--model", VARIANTS[variant][2], "--clients", str(clients),
+           "--rounds", str(rounds), "--cohort", str(CLIENTS_PER_ROUND), "--steps", str(STEPS), "--batch", str(BATCH),
+           "--lr", str(LR), "--threads", str(threads)]
+    wall, peak, pss, out = measured(cmd, "small_model: the pfl-research run")
+    got = json.loads(out.strip().splitlines()[-1])
+    return {**_walls(wall, pd.Series(got["walls"])), "peak_rss_mb": round(peak, 1), "peak_pss_mb": round(pss, 1),
+            "final_accuracy": got["final_accuracy"], "local_epochs": got["epochs"]}
+
+
 def run_plain(ovr: list[str], clients_csv: Path, threads: int) -> dict[str, float]:
     cmd = [sys.executable, "-m", "simulations.benchmarks.small_model", "--plain-child", "--overrides", json.dumps(ovr),
            "--clients-csv", str(clients_csv), "--plain-threads", str(threads)]
@@ -219,6 +236,9 @@ def main() -> None:
     ap.add_argument("--plain-threads", type=int, default=1,
                     help="torch threads of the plain loop (fedtitan's simulated clients train on "
                          "simulation.num_cpus threads, 1 by default, on either engine)")
+    ap.add_argument("--pfl-python", metavar="PY",
+                    help="also run the workload with pfl-research, under this interpreter (one with pfl and "
+                         "torch installed; pfl is no dependency of fedtitan): reported as 'pfl'")
     ap.add_argument("--breakdown", action="store_true",
                     help="instead: where a client's time goes on the local engine, in ms per client")
     ap.add_argument("--plain-child", action="store_true", help=argparse.SUPPRESS)
@@ -231,6 +251,10 @@ def main() -> None:
     engines = [e for e in args.engines.split(",") if e]
     if not engines or any(e not in ("ray", "local") for e in engines):
         raise SystemExit(f"small_model: --engines takes ray and/or local (comma-separated), got {args.engines!r}")
+    if args.pfl_python and subprocess.run([args.pfl_python, "-c", "import pfl, torch"], capture_output=True).returncode:
+        raise SystemExit(f"small_model: --pfl-python {args.pfl_python} cannot import pfl and torch; make a venv with "
+                         "`pip install torch==2.13.0 \"pfl[pytorch]\"` and give its bin/python")
+    others = ["plain", "pfl"] if args.pfl_python else ["plain"]
     if args.breakdown:
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(tmp) / "data.npz"
@@ -251,7 +275,7 @@ def main() -> None:
         ovr = overrides(data, args.variant, args.clients, args.rounds)
         for rep in range(args.repeat):
             # every other repetition in the reverse order: the machine's speed drifts over minutes
-            order = [*engines, "plain"] if rep % 2 == 0 else ["plain", *reversed(engines)]
+            order = [*engines, *others] if rep % 2 == 0 else [*reversed(others), *reversed(engines)]
             one: dict[str, dict[str, float]] = {}
             for name in order:
                 settle = wait_quiet()  # each run on a quiet machine: a Ray run's processes outlive it a while
@@ -259,16 +283,19 @@ def main() -> None:
                 if name == "plain":  # the clients the first engine sampled (every engine samples the same)
                     sampled = Path(tmp) / f"{engines[0]}-0" / "clients.csv"
                     one[name] = {**run_plain(ovr, sampled, args.plain_threads), "settle_s": settle}
+                elif name == "pfl":
+                    one[name] = {**run_pfl(args.pfl_python, data, args.variant, args.clients, args.rounds,
+                                           args.plain_threads), "settle_s": settle}
                 else:
                     one[name] = {**run_engine(name, ovr, Path(tmp) / f"{name}-{rep}"), "settle_s": settle}
-            for engine in engines:
+            for engine in [*engines, *others[1:]]:
                 one[engine]["overhead_ratio"] = round(one[engine]["round_wall_s"] / one["plain"]["round_wall_s"], 3)
             reps.append(one)
-    for name in [*engines, "plain"]:  # each figure: the median over the repetitions
+    for name in [*engines, *others]:  # each figure: the median over the repetitions
         result[name] = {k: round(float(np.median([r[name][k] for r in reps])), 4) for k in reps[0][name]}
     result["plain"]["threads"] = args.plain_threads
     plain = result["plain"]["round_wall_s"]
-    for engine in engines:
+    for engine in [*engines, *others[1:]]:
         r = result[engine]
         r["per_client_overhead_ms"] = round(1e3 * (r["round_wall_s"] - plain) / CLIENTS_PER_ROUND, 2)
     result["repetitions"] = reps

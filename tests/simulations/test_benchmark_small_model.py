@@ -54,3 +54,30 @@ def test_startup_figures_from_a_process_wall_and_its_rounds():
 
     got = _walls(20.0, pd.Series([5.0, 0.2, 0.4, 0.3, 1.0]))
     assert got == {"round_wall_s": 0.3, "startup_s": 13.1, "first_round_s": 5.0, "startup_and_first_round_s": 17.8}
+
+
+def test_the_pfl_run_needs_an_interpreter_with_pfl():
+    """``--pfl-python`` names an interpreter that has pfl-research; one without it ends the
+    benchmark at once with one line saying how to make one (pfl is no dependency of ours)."""
+    out = subprocess.run([sys.executable, "-m", "simulations.benchmarks.small_model", "--pfl-python", sys.executable],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "cannot import pfl and torch" in out.stderr and "pip install" in out.stderr
+
+
+def test_the_pfl_run_trains_the_zoos_model():
+    """pfl's model is the zoo's, written again in plain torch: the same parameters in the same
+    order and shapes, and the same outputs once the zoo's weights are copied in."""
+    import torch
+
+    from fedtitan.models import zoo
+    from simulations.benchmarks.pfl_small_model import model
+
+    for name, (shape, classes, _) in VARIANTS.items():
+        ours, theirs = getattr(zoo, name)(shape, classes), model(name, shape, classes)
+        assert [p.shape for p in ours.parameters()] == [p.shape for p in theirs.parameters()]
+        with torch.no_grad():
+            for dst, src in zip(theirs.parameters(), ours.parameters(), strict=True):
+                dst.copy_(src)
+        x = torch.rand(4, *shape)
+        assert torch.allclose(ours.eval()(x), theirs.eval()(x), atol=1e-6)
