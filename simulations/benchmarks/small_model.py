@@ -215,6 +215,13 @@ def run_pfl(python: str, data: Path, variant: str, clients: int, rounds: int, th
             "final_accuracy": got["final_accuracy"], "local_epochs": got["epochs"]}
 
 
+def _has_pfl(python: str) -> bool:
+    try:
+        return subprocess.run([python, "-c", "import pfl, torch"], capture_output=True, timeout=120).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):  # no such interpreter, or not one
+        return False
+
+
 def run_plain(ovr: list[str], clients_csv: Path, threads: int) -> dict[str, float]:
     cmd = [sys.executable, "-m", "simulations.benchmarks.small_model", "--plain-child", "--overrides", json.dumps(ovr),
            "--clients-csv", str(clients_csv), "--plain-threads", str(threads)]
@@ -251,7 +258,7 @@ def main() -> None:
     engines = [e for e in args.engines.split(",") if e]
     if not engines or any(e not in ("ray", "local") for e in engines):
         raise SystemExit(f"small_model: --engines takes ray and/or local (comma-separated), got {args.engines!r}")
-    if args.pfl_python and subprocess.run([args.pfl_python, "-c", "import pfl, torch"], capture_output=True).returncode:
+    if args.pfl_python and not _has_pfl(args.pfl_python):
         raise SystemExit(f"small_model: --pfl-python {args.pfl_python} cannot import pfl and torch; make a venv with "
                          "`pip install torch==2.13.0 \"pfl[pytorch]\"` and give its bin/python")
     others = ["plain", "pfl"] if args.pfl_python else ["plain"]

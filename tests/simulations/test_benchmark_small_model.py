@@ -59,10 +59,14 @@ def test_startup_figures_from_a_process_wall_and_its_rounds():
 def test_the_pfl_run_needs_an_interpreter_with_pfl():
     """``--pfl-python`` names an interpreter that has pfl-research; one without it ends the
     benchmark at once with one line saying how to make one (pfl is no dependency of ours)."""
-    out = subprocess.run([sys.executable, "-m", "simulations.benchmarks.small_model", "--pfl-python", sys.executable],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert "cannot import pfl and torch" in out.stderr and "pip install" in out.stderr
+    import importlib.util
+
+    without_pfl = [sys.executable] if importlib.util.find_spec("pfl") is None else []  # (ours has none)
+    for python in [*without_pfl, "/no/such/python"]:
+        out = subprocess.run([sys.executable, "-m", "simulations.benchmarks.small_model", "--pfl-python", python],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+        assert "cannot import pfl and torch" in out.stderr and "pip install" in out.stderr
 
 
 def test_the_pfl_run_trains_the_zoos_model():
