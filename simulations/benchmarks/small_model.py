@@ -261,7 +261,8 @@ def main() -> None:
     if args.pfl_python and not _has_pfl(args.pfl_python):
         raise SystemExit(f"small_model: --pfl-python {args.pfl_python} cannot import pfl and torch; make a venv with "
                          "`pip install torch==2.13.0 \"pfl[pytorch]\"` and give its bin/python")
-    others = ["plain", "pfl"] if args.pfl_python else ["plain"]
+    others = ["plain", "pfl"] if args.pfl_python else ["plain"]  # run beside the engines
+    rated = [*engines, "pfl"] if args.pfl_python else engines  # given an overhead ratio against the plain loop
     if args.breakdown:
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(tmp) / "data.npz"
@@ -295,14 +296,14 @@ def main() -> None:
                                            args.plain_threads), "settle_s": settle}
                 else:
                     one[name] = {**run_engine(name, ovr, Path(tmp) / f"{name}-{rep}"), "settle_s": settle}
-            for engine in [*engines, *others[1:]]:
+            for engine in rated:
                 one[engine]["overhead_ratio"] = round(one[engine]["round_wall_s"] / one["plain"]["round_wall_s"], 3)
             reps.append(one)
     for name in [*engines, *others]:  # each figure: the median over the repetitions
         result[name] = {k: round(float(np.median([r[name][k] for r in reps])), 4) for k in reps[0][name]}
     result["plain"]["threads"] = args.plain_threads
     plain = result["plain"]["round_wall_s"]
-    for engine in [*engines, *others[1:]]:
+    for engine in rated:
         r = result[engine]
         r["per_client_overhead_ms"] = round(1e3 * (r["round_wall_s"] - plain) / CLIENTS_PER_ROUND, 2)
     result["repetitions"] = reps
