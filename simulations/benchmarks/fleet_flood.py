@@ -115,6 +115,10 @@ class Flood:
                     sent += CHUNK
                 except TimeoutError:
                     break  # the server stopped reading: look for its answer
+                except OSError:
+                    # the server answered and closed with the body unread, so its reset cut the send:
+                    # the answer may still be waiting to be read, ahead of the reset
+                    break
         finally:
             self._count(kind, "bytes_sent", sent)
         s.settimeout(5)
